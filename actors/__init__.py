@@ -1,0 +1,1 @@
+"""Reference device actors built on the runtime."""

@@ -1,0 +1,80 @@
+"""piphi-runtime: a supervised, actor-style device runtime for PiPhi integrations.
+
+Write one ``DeviceActor`` subclass per vendor; the runtime gives every configured device
+a supervised trio actor that polls on schedule, restarts with backoff after crashes,
+reports offline devices once, and serializes commands with polls.
+"""
+
+from ._actor import CommandSpec, DeviceActor, command
+from ._config import DeviceIdentity, RuntimeConfig
+from ._errors import (
+    ActorBusy,
+    ActorCallError,
+    ActorCrashed,
+    ActorNotAttached,
+    ActorNotReady,
+    ActorStopped,
+    CallFailed,
+    CallTimeout,
+    DeviceUnavailable,
+    IllegalTransition,
+    InvalidActor,
+    InvalidConfig,
+    InvalidEvent,
+    InvalidReading,
+    PiPhiError,
+    PollTimeout,
+    RefreshUnsupported,
+    TeardownTimeout,
+    UnknownCommand,
+)
+from ._health import ActorHealth, ErrorRecord
+from ._lifecycle import ActorState, can_transition
+from ._nursery import ActorNursery, open_actor_nursery
+from ._policy import RestartPolicy
+from ._reading import Reading
+from ._sink import EventRecord, Sink, TelemetryRecord
+from ._supervisor import Refresh, Supervisor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorBusy",
+    "ActorCallError",
+    "ActorCrashed",
+    "ActorHealth",
+    "ActorNotAttached",
+    "ActorNotReady",
+    "ActorNursery",
+    "ActorState",
+    "ActorStopped",
+    "CallFailed",
+    "CallTimeout",
+    "CommandSpec",
+    "DeviceActor",
+    "DeviceIdentity",
+    "DeviceUnavailable",
+    "ErrorRecord",
+    "EventRecord",
+    "IllegalTransition",
+    "InvalidActor",
+    "InvalidConfig",
+    "InvalidEvent",
+    "InvalidReading",
+    "PiPhiError",
+    "PollTimeout",
+    "Reading",
+    "Refresh",
+    "RefreshUnsupported",
+    "RestartPolicy",
+    "RuntimeConfig",
+    "Sink",
+    "Supervisor",
+    "TeardownTimeout",
+    "TelemetryRecord",
+    "UnknownCommand",
+    "__version__",
+    "can_transition",
+    "command",
+    "open_actor_nursery",
+]

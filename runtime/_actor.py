@@ -1,0 +1,260 @@
+"""The class integration authors subclass, one per vendor: ``DeviceActor``.
+
+An actor says how to talk to one device (setup, poll or run, teardown, commands); the
+runtime decides when: its supervisor schedules polls, serializes commands with them,
+restarts it after crashes and delivers what it emits. Actor methods never deal with
+retries, timers or delivery.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+import attrs
+
+from ._config import RuntimeConfig
+from ._errors import ActorNotAttached, InvalidActor, InvalidEvent, InvalidReading
+from ._policy import RestartPolicy
+from ._reading import Reading, validate_readings
+from ._sink import SEVERITIES, Severity
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ["CommandSpec", "DeviceActor", "command"]
+
+ConfigT = TypeVar("ConfigT", bound=RuntimeConfig)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_COMMAND_MARK = "__piphi_command__"
+
+
+@attrs.frozen
+class CommandSpec:
+    """A command an actor declares with ``@command``."""
+
+    name: str
+    method: str
+    """The attribute name of the handler on the actor class."""
+    description: str | None = None
+    timeout: float | None = None
+
+
+def command(
+    name: str, *, description: str | None = None, timeout: float | None = None
+) -> Callable[[F], F]:
+    """Declare an actor method as the handler of command ``name``.
+
+    The handler is ``async def handler(self, args: Mapping[str, Any]) -> Any``. The runtime
+    runs it through the actor's mailbox, so it never overlaps a poll of the same device,
+    and bounds it by ``timeout`` (default: the actor's ``command_timeout``).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidActor(f"@command needs a non-empty name, got {name!r}")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise InvalidActor(f"@command({name!r}) timeout must be a positive number, got {timeout!r}")
+
+    def mark(handler: F) -> F:
+        if not inspect.iscoroutinefunction(handler):
+            raise InvalidActor(f"@command({name!r}) must decorate an 'async def' method")
+        spec = CommandSpec(name=name, method=handler.__name__, description=description, timeout=timeout)
+        setattr(handler, _COMMAND_MARK, spec)
+        return handler
+
+    return mark
+
+
+class _DeviceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every message with the device id and adds ids to the record's extras."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"[{extra.get('device_id')}] {msg}", kwargs
+
+
+class DeviceActor(Generic[ConfigT]):
+    """One configured device. Subclass per vendor and override ``poll()`` or ``run()``.
+
+    Polled devices override ``async poll() -> Iterable[Reading]``: the supervisor calls it
+    at the config's ``poll_interval_seconds`` (else the class's ``poll_interval``) and
+    sends each result to Core as one telemetry payload. Push devices override
+    ``async run()`` instead, which runs until cancelled and calls ``self.report()``
+    whenever data arrives.
+
+    Raise ``DeviceUnavailable`` when the device is offline: the actor keeps its session
+    and is retried with backoff. Any other exception tears the session down
+    (``teardown()``) and sets it up again (``setup()``) after a backoff, on this same
+    instance, so attributes the actor keeps between polls survive unless ``setup()``
+    resets them.
+
+    The config model is taken from the type parameter (``DeviceActor[PlugConfig]``) or
+    from a ``config_model`` class attribute.
+    """
+
+    #: The pydantic model this actor's configs are validated against.
+    config_model: ClassVar[type[RuntimeConfig]] = RuntimeConfig
+    #: Seconds between polls when the config has no ``poll_interval_seconds``.
+    poll_interval: ClassVar[float] = 30.0
+    #: Seconds a poll may take before it counts as the device not answering.
+    #: None means the poll interval, at most 10 s.
+    poll_timeout: ClassVar[float | None] = None
+    #: Seconds setup() may take before it counts as the device not answering.
+    setup_timeout: ClassVar[float] = 30.0
+    #: Default bound of a command, queueing included; ``@command(timeout=)`` overrides.
+    command_timeout: ClassVar[float] = 10.0
+    #: Grace period of teardown() when the actor is stopped or restarted.
+    stop_timeout: ClassVar[float] = 5.0
+    restart_policy: ClassVar[RestartPolicy] = RestartPolicy()
+
+    #: Filled in per subclass: the declared commands, by name.
+    commands: ClassVar[Mapping[str, CommandSpec]] = MappingProxyType({})
+    #: Filled in per subclass: "poll" or "push", None for an abstract intermediate class.
+    mode: ClassVar[Literal["poll", "push"] | None] = None
+
+    config: ConfigT
+    _supervisor: Supervisor | None
+    _log: logging.LoggerAdapter | None  # type: ignore[type-arg]
+
+    def __init__(self, config: ConfigT) -> None:
+        if self.mode is None:
+            raise InvalidActor(f"{type(self).__name__} must override poll() or run()")
+        if not isinstance(config, self.config_model):
+            raise InvalidActor(
+                f"{type(self).__name__} needs a {self.config_model.__name__}, "
+                f"got {type(config).__name__}"
+            )
+        self.config = config
+        self._supervisor = None
+        self._log = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_model" not in cls.__dict__:
+            for base in getattr(cls, "__orig_bases__", ()):
+                args = typing.get_args(base)
+                if args and isinstance(args[0], type) and issubclass(args[0], RuntimeConfig):
+                    cls.config_model = args[0]
+                    break
+        for hook in ("setup", "poll", "run", "teardown"):
+            if hook in cls.__dict__ and not inspect.iscoroutinefunction(cls.__dict__[hook]):
+                raise InvalidActor(f"{cls.__name__}.{hook}() must be 'async def'")
+        polls = cls.poll is not DeviceActor.poll
+        runs = cls.run is not DeviceActor.run
+        if polls and runs:
+            raise InvalidActor(f"{cls.__name__} overrides both poll() and run(); choose one")
+        cls.mode = "poll" if polls else "push" if runs else None
+        cls.commands = MappingProxyType(_collect_commands(cls))
+        for attr in ("poll_interval", "setup_timeout", "command_timeout", "stop_timeout"):
+            value = getattr(cls, attr)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise InvalidActor(f"{cls.__name__}.{attr} must be a positive number, got {value!r}")
+
+    # -- hooks: override these ---------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Open the device session (connect, log in). Raise to be retried with backoff."""
+
+    async def poll(self) -> Iterable[Reading]:
+        """Read the device once; the readings become one telemetry payload."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """For push devices: receive until cancelled, calling ``self.report()`` on data."""
+        raise NotImplementedError
+
+    async def teardown(self) -> None:
+        """Close the session. Bounded by ``stop_timeout``, and runs even when cancelled."""
+
+    def entities(self) -> Sequence[Mapping[str, Any]]:
+        """The entities this device exposes to Core; empty means the runtime's default."""
+        return ()
+
+    # -- output: call these from hooks; none of them blocks ----------------------------
+
+    def publish_state(self, state: Mapping[str, Any]) -> None:
+        """Merge ``state`` into this device's latest state (served by ``/state``)."""
+        if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+            raise InvalidReading(
+                f"publish_state() takes a mapping with string keys, got {type(state).__name__}"
+            )
+        self._attached().on_state(state)
+
+    def report(
+        self,
+        readings: Iterable[Reading],
+        device_id: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        """Send ``readings`` as one telemetry payload, now.
+
+        ``device_id`` reports for another device (a gateway's child sensor); it defaults
+        to this actor's device. ``timestamp`` is when the vendor observed the values, if
+        it says; it must be timezone-aware.
+        """
+        batch = validate_readings(readings, source="report()")
+        if device_id is not None and (not isinstance(device_id, str) or not device_id):
+            raise InvalidReading(f"report() device_id must be a non-empty string, got {device_id!r}")
+        observed_at: float | None = None
+        if timestamp is not None:
+            if not isinstance(timestamp, datetime) or timestamp.utcoffset() is None:
+                raise InvalidReading(
+                    f"report() timestamp must be a timezone-aware datetime, got {timestamp!r}",
+                    hint="Use datetime.now(timezone.utc) or attach the vendor's zone.",
+                )
+            observed_at = timestamp.timestamp()
+        self._attached().on_report(batch, device_id, observed_at)
+
+    def emit_event(
+        self,
+        event_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        severity: Severity = "info",
+        device_id: str | None = None,
+    ) -> str:
+        """Queue an event for Core and return its ``event_id`` (fixed across retries)."""
+        if not isinstance(event_type, str) or not event_type.strip():
+            raise InvalidEvent(f"emit_event() needs a non-empty event type, got {event_type!r}")
+        if severity not in SEVERITIES:
+            raise InvalidEvent(f"emit_event() severity must be one of {sorted(SEVERITIES)}, got {severity!r}")
+        if data is not None and not isinstance(data, Mapping):
+            raise InvalidEvent(f"emit_event() data must be a mapping, got {type(data).__name__}")
+        return self._attached().on_event(event_type, dict(data or {}), severity, device_id)
+
+    @property
+    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """A logger for this device: the actor's module logger, messages prefixed with its id."""
+        if self._log is None:
+            ident = self.config.identity
+            self._log = _DeviceLog(
+                logging.getLogger(type(self).__module__),
+                {"device_id": ident.device_id, "config_id": ident.config_id},
+            )
+        return self._log
+
+    def _attached(self) -> Supervisor:
+        if self._supervisor is None:
+            raise ActorNotAttached(f"{type(self).__name__} for {self.config.id!r} is not running under a supervisor")
+        return self._supervisor
+
+
+def _collect_commands(cls: type[DeviceActor[Any]]) -> dict[str, CommandSpec]:
+    commands: dict[str, CommandSpec] = {}
+    for klass in reversed(cls.__mro__):
+        own: set[str] = set()
+        for value in vars(klass).values():
+            spec = getattr(value, _COMMAND_MARK, None)
+            if isinstance(spec, CommandSpec):
+                if spec.name in own:
+                    raise InvalidActor(f"{klass.__name__} declares command {spec.name!r} twice")
+                own.add(spec.name)
+                commands[spec.name] = spec
+    return commands

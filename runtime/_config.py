@@ -1,0 +1,91 @@
+"""The device config model and the identities derived from it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import attrs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from ._errors import InvalidConfig
+
+__all__ = ["DeviceIdentity", "PollInterval", "RuntimeConfig", "validate_config"]
+
+#: A poll interval in seconds: finite and positive.
+PollInterval = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+@attrs.frozen(slots=True)
+class DeviceIdentity:
+    """The PiPhi identities of one configured device, resolved once per actor.
+
+    ``config_id`` and ``device_id`` fall back to the local ``id`` only when Core sent
+    none (CONTRACT.md, Identities).
+    """
+
+    id: str
+    config_id: str
+    device_id: str
+    container_id: str | None
+    integration_id: str | None
+
+
+class RuntimeConfig(BaseModel):
+    """One device config as Core sends it. Subclass it per integration with vendor fields.
+
+    Accepts snake_case and camelCase keys; unknown (vendor) keys are kept. Instances are
+    immutable: a changed config is a new config, which is how the runtime tells a change.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        coerce_numbers_to_str=True,
+    )
+
+    id: Annotated[str, Field(min_length=1)]
+    config_id: str | None = None
+    device_id: str | None = None
+    container_id: str | None = None
+    integration_id: str | None = None
+    #: Seconds between polls; when None, the actor class's ``poll_interval`` applies.
+    poll_interval_seconds: PollInterval | None = None
+
+    @property
+    def identity(self) -> DeviceIdentity:
+        return DeviceIdentity(
+            id=self.id,
+            config_id=self.config_id or self.id,
+            device_id=self.device_id or self.id,
+            container_id=self.container_id,
+            integration_id=self.integration_id,
+        )
+
+
+C = TypeVar("C", bound="RuntimeConfig")
+
+
+def validate_config(model: type[C], data: Any) -> C:
+    """Validate ``data`` (a mapping or an existing config) into ``model``.
+
+    Raises InvalidConfig carrying the config id (when readable) and pydantic's field
+    errors, so a caller can report exactly which config and field was wrong.
+    """
+    if isinstance(data, model):
+        return data
+    if isinstance(data, RuntimeConfig):
+        data = data.model_dump(by_alias=False)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        config_id = data.get("id") if isinstance(data, dict) else None
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)" for e in errors)
+        raise InvalidConfig(
+            f"Config {config_id!r} is not a valid {model.__name__}: {fields}",
+            details={"config_id": config_id, "errors": errors},
+        ) from exc

@@ -1,0 +1,218 @@
+"""Every error the runtime raises or records, in one hierarchy.
+
+    PiPhiError                      code + hint; str() shows both, to_dict() for HTTP bodies
+    ├── InvalidReading              a Reading, report() or poll() result is malformed (ValueError)
+    ├── InvalidEvent                emit_event() got a malformed event (ValueError)
+    ├── InvalidConfig               a device config failed validation (ValueError)
+    ├── InvalidActor                an actor class is declared wrongly (TypeError)
+    ├── ActorNotAttached            an actor's output methods used outside a supervisor
+    ├── DeviceUnavailable           raised BY actors: the device is offline or unreachable
+    │   └── PollTimeout             a poll or setup overran its timeout (recorded, not raised to users)
+    ├── ActorCrashed                recorded when an actor hook raised an unexpected exception
+    ├── TeardownTimeout             teardown overran its grace period (recorded)
+    ├── ActorCallError              a command or refresh sent to an actor did not succeed
+    │   ├── ActorBusy               the actor's mailbox is full
+    │   ├── ActorNotReady           the actor has no live session (restarting after a crash)
+    │   ├── ActorStopped            the actor was stopped before it answered
+    │   ├── UnknownCommand          the actor declares no such command
+    │   ├── RefreshUnsupported      push actors have no on-demand read
+    │   ├── CallTimeout             no answer within the call's timeout
+    │   └── CallFailed              the command or poll raised; the cause is chained
+    └── IllegalTransition           a supervisor bug: a lifecycle transition not in the table
+
+Errors carry a stable machine-readable ``code`` and a ``hint`` a person can act on.
+Subclasses set defaults as class attributes; an instance may override both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "ActorBusy",
+    "ActorCallError",
+    "ActorCrashed",
+    "ActorNotAttached",
+    "ActorNotReady",
+    "ActorStopped",
+    "CallTimeout",
+    "CallFailed",
+    "DeviceUnavailable",
+    "IllegalTransition",
+    "InvalidActor",
+    "InvalidConfig",
+    "InvalidEvent",
+    "InvalidReading",
+    "PiPhiError",
+    "PollTimeout",
+    "RefreshUnsupported",
+    "TeardownTimeout",
+    "UnknownCommand",
+]
+
+
+class PiPhiError(Exception):
+    """Base of every runtime error: a message, a stable ``code`` and a recovery ``hint``."""
+
+    code: ClassVar[str] = "piphi_error"
+    default_hint: ClassVar[str] = "See the runtime log for details."
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        self.details: Mapping[str, Any] = dict(details) if details else {}
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}] (hint: {self.hint})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.hint, dict(self.details)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready body: ``{code, message, hint, **details}``."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message, "hint": self.hint}
+        body.update(self.details)
+        return body
+
+
+def _rebuild(
+    cls: type[PiPhiError], message: str, hint: str, details: dict[str, Any]
+) -> PiPhiError:
+    err = cls.__new__(cls)
+    PiPhiError.__init__(err, message, hint=hint, details=details)
+    return err
+
+
+class InvalidReading(PiPhiError, ValueError):
+    code = "invalid_reading"
+    default_hint = (
+        "A reading needs a non-empty metric name and a bool, int, float or str value; "
+        "numbers must be finite. Fix the actor that produced it."
+    )
+
+
+class InvalidEvent(PiPhiError, ValueError):
+    code = "invalid_event"
+    default_hint = (
+        "An event needs a non-empty type, a mapping of data and a severity of "
+        "info, warning, error or critical."
+    )
+
+
+class InvalidConfig(PiPhiError, ValueError):
+    code = "invalid_config"
+    default_hint = "Correct the listed fields in the device config and send it again."
+
+
+class InvalidActor(PiPhiError, TypeError):
+    code = "invalid_actor"
+    default_hint = "Fix the DeviceActor subclass as the message says; see the DeviceActor docs."
+
+
+class ActorNotAttached(PiPhiError, RuntimeError):
+    code = "actor_not_attached"
+    default_hint = (
+        "publish_state(), report() and emit_event() work while the actor runs under a "
+        "supervisor; spawn it with open_actor_nursery() (tests: runtime.testing)."
+    )
+
+
+class DeviceUnavailable(PiPhiError):
+    """Raise from an actor when its device is offline or unreachable.
+
+    Unlike any other exception, this keeps the actor instance and its session: the
+    supervisor marks the actor ``unavailable``, emits one ``device.unavailable`` event
+    and retries the same hook with backoff, without teardown.
+    """
+
+    code = "device_unavailable"
+    default_hint = (
+        "Check that the device is powered and reachable from this host; "
+        "the runtime keeps retrying with backoff."
+    )
+
+
+class PollTimeout(DeviceUnavailable):
+    code = "poll_timeout"
+    default_hint = (
+        "The device did not answer in time. Check it is reachable, or raise the actor's "
+        "poll_timeout if it is just slow; the runtime keeps retrying with backoff."
+    )
+
+
+class ActorCrashed(PiPhiError):
+    code = "actor_crashed"
+    default_hint = (
+        "The actor raised an unexpected exception; the runtime tears it down and sets it up "
+        "again with backoff. The traceback is in the runtime log."
+    )
+
+
+class TeardownTimeout(PiPhiError):
+    code = "teardown_timeout"
+    default_hint = (
+        "teardown() did not finish within the grace period and was abandoned; make it "
+        "quicker or bound its network calls."
+    )
+
+
+class IllegalTransition(PiPhiError, RuntimeError):
+    code = "illegal_transition"
+    default_hint = "This is a bug in the runtime's supervisor; please report it with the log."
+
+
+class ActorCallError(PiPhiError):
+    """A command or refresh sent to an actor did not succeed."""
+
+    code = "actor_call_failed"
+    #: Whether the same call may succeed if sent again later.
+    retryable: ClassVar[bool] = False
+
+
+class ActorBusy(ActorCallError):
+    code = "actor_busy"
+    default_hint = "The device has too many requests queued; retry shortly."
+    retryable = True
+
+
+class ActorNotReady(ActorCallError):
+    code = "actor_not_ready"
+    default_hint = (
+        "The device is restarting after an error; retry after its backoff "
+        "(see its health record for the last error)."
+    )
+    retryable = True
+
+
+class ActorStopped(ActorCallError):
+    code = "actor_stopped"
+    default_hint = "The device was deconfigured or the runtime is shutting down."
+
+
+class UnknownCommand(ActorCallError):
+    code = "unsupported_command"
+    default_hint = "Send one of the commands the device declares (see /entities)."
+
+
+class RefreshUnsupported(ActorCallError):
+    code = "refresh_unsupported"
+    default_hint = "This device pushes its data; its latest state is already current."
+
+
+class CallTimeout(ActorCallError):
+    code = "call_timeout"
+    default_hint = "The device did not answer in time; check it is reachable and retry."
+    retryable = True
+
+
+class CallFailed(ActorCallError):
+    code = "call_failed"
+    default_hint = "The device rejected or failed the request; the cause is in the runtime log."

@@ -1,0 +1,145 @@
+"""Per-actor health: cheap counters written on every poll, immutable snapshots for readers.
+
+The supervisor writes plain attributes and a small ring of poll durations on its hot
+path; percentiles and wall-clock times are computed only when someone asks for a
+snapshot (``/diagnostics``, a test, a dashboard).
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from datetime import UTC, datetime
+from typing import Any, overload
+
+import attrs
+import trio
+
+from ._lifecycle import ActorState
+
+__all__ = ["ActorHealth", "ErrorRecord", "PollTimings", "wall_clock"]
+
+_WINDOW = 64  # poll durations kept for the rolling percentiles
+
+
+@overload
+def wall_clock(trio_time: float) -> datetime: ...
+@overload
+def wall_clock(trio_time: None) -> None: ...
+@overload
+def wall_clock(trio_time: float | None) -> datetime | None: ...
+
+
+def wall_clock(trio_time: float | None) -> datetime | None:
+    """Convert a trio-clock reading to an aware UTC datetime (trio's clock has no epoch).
+
+    Under a test's virtual clock the result moves with virtual time, so ordering and
+    spacing of recorded times stay meaningful.
+    """
+    if trio_time is None:
+        return None
+    return datetime.fromtimestamp(time.time() - (trio.current_time() - trio_time), UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@attrs.frozen
+class ErrorRecord:
+    """What went wrong last, in terms a person can act on."""
+
+    type: str
+    """The exception's qualified class name."""
+    message: str
+    code: str
+    hint: str
+    phase: str
+    """Which hook raised: setup, poll, run, teardown, report."""
+    at: float
+    """trio time; see ``ActorHealth.last_error_at``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "code": self.code,
+            "hint": self.hint,
+            "phase": self.phase,
+            "at": _iso(wall_clock(self.at)),
+        }
+
+
+class PollTimings:
+    """Last poll duration and a ring of recent ones for p50/p95 (float32: 256 bytes)."""
+
+    __slots__ = ("_n", "_ring", "last")
+
+    def __init__(self) -> None:
+        self._ring = array("f", bytes(4 * _WINDOW))
+        self._n = 0
+        self.last: float | None = None
+
+    def add(self, seconds: float) -> None:
+        self._ring[self._n % _WINDOW] = seconds
+        self._n += 1
+        self.last = seconds
+
+    def percentiles(self) -> tuple[float | None, float | None]:
+        count = min(self._n, _WINDOW)
+        if count == 0:
+            return None, None
+        ordered = sorted(self._ring[:count])
+        # Nearest-rank percentiles: always an observed duration, never interpolated.
+        p50 = ordered[max(0, -(-50 * count // 100) - 1)]
+        p95 = ordered[max(0, -(-95 * count // 100) - 1)]
+        return p50, p95
+
+
+@attrs.frozen(kw_only=True)
+class ActorHealth:
+    """An immutable snapshot of one actor's health. Times are aware UTC datetimes."""
+
+    config_id: str
+    device_id: str
+    actor: str
+    state: ActorState
+    state_since: datetime
+    available: bool
+    restarts_total: int
+    restarts_in_window: int
+    consecutive_failures: int
+    last_error: ErrorRecord | None
+    last_poll_started: datetime | None
+    last_poll_ended: datetime | None
+    next_poll_due: datetime | None
+    poll_duration_last: float | None
+    poll_duration_p50: float | None
+    poll_duration_p95: float | None
+    polls: int
+    overruns: int
+    readings: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; durations in seconds, times as ISO-8601 strings."""
+        return {
+            "config_id": self.config_id,
+            "device_id": self.device_id,
+            "actor": self.actor,
+            "state": self.state.value,
+            "state_since": _iso(self.state_since),
+            "available": self.available,
+            "restarts_total": self.restarts_total,
+            "restarts_in_window": self.restarts_in_window,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error.to_dict() if self.last_error else None,
+            "last_poll_started": _iso(self.last_poll_started),
+            "last_poll_ended": _iso(self.last_poll_ended),
+            "next_poll_due": _iso(self.next_poll_due),
+            "poll_duration_last": self.poll_duration_last,
+            "poll_duration_p50": self.poll_duration_p50,
+            "poll_duration_p95": self.poll_duration_p95,
+            "polls": self.polls,
+            "overruns": self.overruns,
+            "readings": self.readings,
+        }

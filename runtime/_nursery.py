@@ -1,0 +1,101 @@
+"""The owner of a set of running actors: their nursery, scheduler and sink.
+
+Leaving ``async with open_actor_nursery(...)`` stops every actor: each runs its
+teardown shielded and bounded by its grace period, concurrently with the others.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ._actor import DeviceActor
+from ._config import validate_config
+from ._errors import InvalidActor
+from ._policy import RestartPolicy
+from ._scheduler import Scheduler
+from ._sink import Sink
+from ._supervisor import Supervisor
+
+__all__ = ["ActorNursery", "open_actor_nursery"]
+
+
+class ActorNursery:
+    """Spawns supervised actors; one per config id. Made by ``open_actor_nursery()``."""
+
+    def __init__(self, nursery: trio.Nursery, scheduler: Scheduler, sink: Sink, rng: random.Random) -> None:
+        self._nursery = nursery
+        self._scheduler = scheduler
+        self._sink = sink
+        self._rng = rng
+        self._actors: dict[str, Supervisor] = {}
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def __iter__(self) -> Iterator[Supervisor]:
+        return iter(list(self._actors.values()))
+
+    def __contains__(self, config_id: object) -> bool:
+        return config_id in self._actors
+
+    def get(self, config_id: str) -> Supervisor | None:
+        """The supervisor of the actor for local config ``id``, if one is running."""
+        return self._actors.get(config_id)
+
+    def spawn(
+        self,
+        actor_class: type[DeviceActor[Any]],
+        config: Mapping[str, Any] | Any,
+        *,
+        policy: RestartPolicy | None = None,
+    ) -> Supervisor:
+        """Start a supervised actor for ``config`` (a mapping or a config model instance).
+
+        Returns at once; setup() runs in the actor's own task. Raises InvalidConfig if the
+        config does not validate against the actor's ``config_model``, and ValueError if an
+        actor for the same config id is still running (stop it first).
+        """
+        if not (isinstance(actor_class, type) and issubclass(actor_class, DeviceActor)):
+            raise InvalidActor(f"spawn() needs a DeviceActor subclass, got {actor_class!r}")
+        validated = validate_config(actor_class.config_model, config)
+        if validated.id in self._actors:
+            raise ValueError(f"an actor for config {validated.id!r} is already running; stop it first")
+        actor = actor_class(validated)
+        supervisor = Supervisor(
+            actor,
+            scheduler=self._scheduler,
+            sink=self._sink,
+            rng=self._rng,
+            policy=policy,
+            on_exit=self._forget,
+        )
+        self._actors[validated.id] = supervisor
+        self._nursery.start_soon(supervisor.run, name=f"actor {validated.id}")
+        return supervisor
+
+    def _forget(self, supervisor: Supervisor) -> None:
+        if self._actors.get(supervisor.identity.id) is supervisor:
+            del self._actors[supervisor.identity.id]
+
+
+@asynccontextmanager
+async def open_actor_nursery(
+    sink: Sink, *, rng: random.Random | None = None, resolution: float = 0.005
+) -> AsyncIterator[ActorNursery]:
+    """Open a nursery of supervised actors that hand their output to ``sink``.
+
+    ``rng`` drives poll spreading and backoff jitter (seed it for reproducible runs);
+    ``resolution`` is the shared scheduler's tick, the most lateness it adds.
+    """
+    scheduler = Scheduler(resolution=resolution)
+    async with trio.open_nursery() as outer:
+        await outer.start(scheduler.run)
+        async with trio.open_nursery() as inner:
+            yield ActorNursery(inner, scheduler, sink, rng or random.Random())
+            inner.cancel_scope.cancel(reason="actor nursery closed")
+        outer.cancel_scope.cancel(reason="actor nursery closed")

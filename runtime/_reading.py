@@ -1,0 +1,75 @@
+"""The unit of telemetry: one named, validated measurement."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TypeAlias
+
+import attrs
+
+from ._errors import InvalidReading
+
+__all__ = ["Reading", "Value", "validate_readings"]
+
+#: What Core accepts as a metric value (CONTRACT.md, telemetry ``metrics``).
+Value: TypeAlias = bool | int | float | str
+
+_EXACT = frozenset({bool, int, str})
+
+
+@attrs.frozen(slots=True)
+class Reading:
+    """One measurement: ``Reading("temperature_c", 21.4, "C")``.
+
+    Validated at construction, so a malformed value fails where the actor made it,
+    with the metric's name in the message, rather than later inside delivery.
+    """
+
+    metric: str
+    value: Value
+    unit: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        metric, value, unit = self.metric, self.value, self.unit
+        if type(metric) is not str or not metric.strip():
+            raise InvalidReading(f"A reading's metric name must be a non-empty string, got {metric!r}")
+        kind = type(value)
+        # Exact type checks first (this runs for every reading of every poll); subclasses
+        # such as numpy.float64 or an IntEnum take the isinstance path.
+        if kind is float or (kind not in _EXACT and isinstance(value, float)):
+            if not math.isfinite(value):  # type: ignore[arg-type]
+                raise InvalidReading(f"Reading {metric!r} has a non-finite value {value!r}")
+        elif kind not in _EXACT and not isinstance(value, (int, str)):
+            raise InvalidReading(
+                f"Reading {metric!r} has a value of type {kind.__name__}; "
+                "use bool, int, float or str",
+                hint="Convert vendor types first, e.g. float(x) for a Decimal.",
+            )
+        if unit is not None and (type(unit) is not str or not unit.strip()):
+            raise InvalidReading(f"Reading {metric!r} has an invalid unit {unit!r}; use None or a non-empty string")
+
+
+def validate_readings(readings: Iterable[Reading], *, source: str) -> tuple[Reading, ...]:
+    """Check a batch of readings (one telemetry payload) and freeze it into a tuple.
+
+    ``source`` names where the batch came from (``poll()``, ``report()``) for the message.
+    Metric names must be unique within a payload: Core receives them as a mapping, so a
+    repeated name would silently drop one value.
+    """
+    if isinstance(readings, (str, bytes, dict)) or not isinstance(readings, Iterable):
+        raise InvalidReading(
+            f"{source} must give an iterable of Reading objects, got {type(readings).__name__}"
+        )
+    batch = tuple(readings)
+    seen: set[str] = set()
+    for item in batch:
+        if type(item) is not Reading:
+            raise InvalidReading(
+                f"{source} must give Reading objects, got {type(item).__name__}: {item!r}",
+                hint='Return e.g. [Reading("temperature_c", 21.4, "C")].',
+            )
+        if item.metric in seen:
+            raise InvalidReading(f"{source} gave metric {item.metric!r} twice in one payload")
+        seen.add(item.metric)
+    return batch

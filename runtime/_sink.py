@@ -1,0 +1,58 @@
+"""What actors emit, and the protocol of whatever takes it (the outbox, a test recorder).
+
+Records are immutable and stamped with the emitting actor's identities when they are
+made, so nothing downstream has to look an actor up to deliver its data.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, TypeAlias
+
+import attrs
+
+from ._config import DeviceIdentity
+from ._reading import Reading
+
+__all__ = ["SEVERITIES", "EventRecord", "Severity", "Sink", "TelemetryRecord"]
+
+Severity: TypeAlias = Literal["info", "warning", "error", "critical"]
+SEVERITIES: frozenset[str] = frozenset({"info", "warning", "error", "critical"})
+
+
+@attrs.frozen(slots=True)
+class TelemetryRecord:
+    """One telemetry payload: the readings of one poll or one ``report()`` call."""
+
+    identity: DeviceIdentity
+    """The emitting actor's identities (config, container, integration)."""
+    device_id: str
+    """The device the readings are about: the actor's own, or a gateway's child."""
+    readings: tuple[Reading, ...]
+    observed_at: float
+    """Unix time of the observation: the vendor's when given, else when it was read."""
+
+
+@attrs.frozen(slots=True)
+class EventRecord:
+    """One event for Core; ``event_id`` is fixed here and kept across every retry."""
+
+    identity: DeviceIdentity
+    device_id: str
+    event_type: str
+    severity: Severity
+    data: Mapping[str, Any]
+    source: str
+    created_at: float = attrs.field(factory=time.time)
+    event_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+
+
+class Sink(Protocol):
+    """Takes what actors emit. Both methods must return at once and never block:
+    they are called from inside actors' poll loops."""
+
+    def telemetry(self, record: TelemetryRecord) -> None: ...
+
+    def event(self, record: EventRecord) -> None: ...
