@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
 import attrs
@@ -57,19 +57,22 @@ def validate_readings(readings: Iterable[Reading], *, source: str) -> tuple[Read
     Metric names must be unique within a payload: Core receives them as a mapping, so a
     repeated name would silently drop one value.
     """
-    if isinstance(readings, (str, bytes, dict)) or not isinstance(readings, Iterable):
+    kind = type(readings)
+    if kind is not list and kind is not tuple and (
+        isinstance(readings, (str, bytes, Mapping)) or not isinstance(readings, Iterable)
+    ):
         raise InvalidReading(
-            f"{source} must give an iterable of Reading objects, got {type(readings).__name__}"
+            f"{source} must give an iterable of Reading objects, got {kind.__name__}"
         )
     batch = tuple(readings)
-    seen: set[str] = set()
     for item in batch:
         if type(item) is not Reading:
             raise InvalidReading(
                 f"{source} must give Reading objects, got {type(item).__name__}: {item!r}",
                 hint='Return e.g. [Reading("temperature_c", 21.4, "C")].',
             )
-        if item.metric in seen:
-            raise InvalidReading(f"{source} gave metric {item.metric!r} twice in one payload")
-        seen.add(item.metric)
+    if len({item.metric for item in batch}) != len(batch):
+        seen: set[str] = set()
+        twice = next(r.metric for r in batch if r.metric in seen or seen.add(r.metric))  # type: ignore[func-returns-value]
+        raise InvalidReading(f"{source} gave metric {twice!r} twice in one payload")
     return batch

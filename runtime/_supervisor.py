@@ -23,7 +23,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import nullcontext
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -79,10 +78,9 @@ class _Watchdog:
     def ring(self) -> None:
         supervisor = self._supervisor
         if trio.current_time() >= supervisor._poll_deadline:
+            supervisor._lane_cancelled = True
             supervisor._lane.cancel(reason="poll timeout")
 
-
-_UNBOUNDED = nullcontext()
 
 
 @attrs.frozen
@@ -127,6 +125,7 @@ class Supervisor:
         "_healthy_since",
         "_interval",
         "_lane",
+        "_lane_cancelled",
         "_last_error",
         "_last_error_key",
         "_mailbox",
@@ -186,6 +185,8 @@ class Supervisor:
         self._bell = Doorbell()
         self._scope = trio.CancelScope()
         self._lane = trio.CancelScope()  # replaced by run(); see there
+        # Set with the watchdog's cancel: CancelScope.cancel_called reads the clock.
+        self._lane_cancelled = False
         self._watchdog = _Watchdog(self)
         self._poll_deadline = math.inf  # while a scheduled poll runs: when it times out
         self._poll_open = False  # a scheduled poll is awaiting the actor
@@ -363,7 +364,7 @@ class Supervisor:
                     # is opened. Polls thus need no cancel scope of their own, which is most
                     # of a poll's cost otherwise (docs/benchmarks.md).
                     with trio.CancelScope() as lane:
-                        self._lane = lane
+                        self._lane, self._lane_cancelled = lane, False
                         await self._loop()
                     if self._poll_open:  # the poll was interrupted where it stood
                         self._poll_open = False
@@ -375,7 +376,7 @@ class Supervisor:
     async def _loop(self) -> None:
         # A poll that swallowed the watchdog's cancellation returns here with the lane
         # cancelled; leave it at once rather than run anything else inside it.
-        while not self._lane.cancel_called:
+        while not self._lane_cancelled:
             # Requests sent before the first setup() finishes wait for it, rather than
             # being refused as "not ready" by an actor that is merely starting.
             if self._mailbox and (self._ready or self._state is not S.STARTING):
@@ -430,22 +431,28 @@ class Supervisor:
         inside a mailbox call, so it takes a cancel scope of its own (refreshes are rare).
         """
         self._poll_started = started
-        scope = None if scheduled else trio.move_on_after(self._poll_timeout)
+        batch: tuple[Reading, ...] = ()
+        error: Exception | None = None
         if scheduled:
             self._poll_open = True
             self._poll_deadline = started + self._poll_timeout
             self._scheduler.ring_at(self._poll_deadline, self._watchdog)
-        batch: tuple[Reading, ...] = ()
-        error: Exception | None = None
-        with scope or _UNBOUNDED:
             try:
                 batch = validate_readings(await self.actor.poll(), source="poll()")
             except Exception as exc:
                 error = exc
             finally:
                 self._poll_deadline = math.inf
-        self._poll_open = False
-        if (scope or self._lane).cancel_called:
+            self._poll_open = False
+            timed_out = self._lane_cancelled
+        else:
+            with trio.move_on_after(self._poll_timeout) as scope:
+                try:
+                    batch = validate_readings(await self.actor.poll(), source="poll()")
+                except Exception as exc:
+                    error = exc
+            timed_out = scope.cancel_called
+        if timed_out:
             error = _timed_out("poll", self._poll_timeout, error)
         await self._finish_poll(started, batch, error, scheduled=scheduled)
         return batch if error is None else error
