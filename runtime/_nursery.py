@@ -6,6 +6,7 @@ teardown shielded and bounded by its grace period, concurrently with the others.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ class ActorNursery:
         self._scheduler = scheduler
         self._sink = sink
         self._rng = rng
+        self._salt = rng.getrandbits(64).to_bytes(8, "little")
         self._actors: dict[str, Supervisor] = {}
 
     def __len__(self) -> int:
@@ -71,12 +73,23 @@ class ActorNursery:
             scheduler=self._scheduler,
             sink=self._sink,
             rng=self._rng,
+            phase=self._phase(validated.id),
             policy=policy,
             on_exit=self._forget,
         )
         self._actors[validated.id] = supervisor
         self._nursery.start_soon(supervisor.run, name=f"actor {validated.id}")
         return supervisor
+
+    def _phase(self, config_id: str) -> float:
+        """Where in its interval a device's first poll falls, in [0, 1).
+
+        A hash of the config id rather than a draw from the shared rng: trio varies the
+        order in which new tasks first run, so draws would land on different devices from
+        run to run, while a hash gives each device the same phase every time.
+        """
+        digest = hashlib.blake2b(config_id.encode(), key=self._salt, digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2**64
 
     def _forget(self, supervisor: Supervisor) -> None:
         if self._actors.get(supervisor.identity.id) is supervisor:
@@ -89,7 +102,8 @@ async def open_actor_nursery(
 ) -> AsyncIterator[ActorNursery]:
     """Open a nursery of supervised actors that hand their output to ``sink``.
 
-    ``rng`` drives poll spreading and backoff jitter (seed it for reproducible runs);
+    ``rng`` salts the first-poll spread and drives backoff jitter (seed it for
+    reproducible runs);
     ``resolution`` is the shared scheduler's tick, the most lateness it adds.
     """
     scheduler = Scheduler(resolution=resolution)

@@ -101,6 +101,7 @@ class _Call:
     done: trio.Event = attrs.field(factory=trio.Event)
     value: Any = None
     error: PiPhiError | None = None
+    started: bool = False  # the actor began running it: it may have reached the device
     abandoned: bool = False
 
     def reply(self, value: Any = None, error: PiPhiError | None = None) -> None:
@@ -132,6 +133,7 @@ class Supervisor:
         "_needs_teardown",
         "_on_exit",
         "_overruns",
+        "_phase",
         "_policy",
         "_poll_deadline",
         "_poll_ended",
@@ -165,6 +167,7 @@ class Supervisor:
         scheduler: Scheduler,
         sink: Sink,
         rng: random.Random,
+        phase: float = 0.0,
         policy: RestartPolicy | None = None,
         on_exit: Callable[[Supervisor], None] | None = None,
     ) -> None:
@@ -174,6 +177,7 @@ class Supervisor:
         self._scheduler = scheduler
         self._sink = sink
         self._rng = rng
+        self._phase = phase
         self._policy = policy or cls.restart_policy
         self._on_exit = on_exit
         interval = actor.config.poll_interval_seconds or cls.poll_interval
@@ -416,7 +420,7 @@ class Supervisor:
             if self.actor.mode == "poll" and not self._started:
                 # Spread first polls over one interval so N actors never poll in lockstep.
                 self._started = True
-                self._due = now + self._rng.uniform(0.0, self._interval)
+                self._due = now + self._phase * self._interval
             else:
                 self._due = now
         elif isinstance(error, DeviceUnavailable):
@@ -607,7 +611,7 @@ class Supervisor:
             if not call.done.is_set():
                 call.abandoned = True
         if not call.done.is_set():
-            raise CallTimeout(f"{what}: no reply within {timeout:g} s", details={"started": True})
+            raise CallTimeout(f"{what}: no reply within {timeout:g} s", details={"started": call.started})
         if call.error is not None:
             raise call.error
         return call.value
@@ -633,6 +637,7 @@ class Supervisor:
             await self._execute(call)
 
     async def _execute(self, call: _Call) -> None:
+        call.started = True
         with trio.move_on_at(call.deadline) as scope:
             try:
                 value = await call.run()

@@ -1,0 +1,92 @@
+"""Shared test doubles: a scriptable probe actor, a jitter-free rng, a virtual-time waiter."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import trio
+
+from runtime import DeviceActor, DeviceUnavailable, Reading, RuntimeConfig, command
+from runtime._config import PollInterval
+
+
+class ProbeConfig(RuntimeConfig):
+    """A device whose behaviour is scripted per call: ok | down | crash | hang | slow:<s>."""
+
+    poll_interval_seconds: PollInterval = 1.0
+    polls: list[str] = []
+    setups: list[str] = []
+    then: str = "ok"  # polls after the script; setups after theirs are ok
+
+
+class Probe(DeviceActor[ProbeConfig]):
+    """Records every hook call as (hook, trio time) and acts out its script."""
+
+    poll_timeout = 0.5
+
+    def __init__(self, config: ProbeConfig) -> None:
+        super().__init__(config)
+        self.calls: list[tuple[str, float]] = []
+        self.polling = False
+        self.overlapped = False
+        self.cancelled_polls = 0
+
+    def times(self, hook: str) -> list[float]:
+        return [t for h, t in self.calls if h == hook]
+
+    async def _act(self, hook: str, script: list[str], then: str) -> None:
+        n = len(self.times(hook))
+        self.calls.append((hook, trio.current_time()))
+        step = script[n] if n < len(script) else then
+        if step == "down":
+            raise DeviceUnavailable(f"{hook} #{n}: no answer")
+        if step == "crash":
+            raise RuntimeError(f"{hook} #{n}: boom")
+        if step == "hang":
+            await trio.sleep_forever()
+        if step.startswith("slow:"):
+            await trio.sleep(float(step[5:]))
+
+    async def setup(self) -> None:
+        await self._act("setup", self.config.setups, "ok")
+
+    async def poll(self) -> list[Reading]:
+        assert not self.polling, "two polls of one device at once"
+        self.polling = True
+        try:
+            await self._act("poll", self.config.polls, self.config.then)
+        except trio.Cancelled:
+            self.cancelled_polls += 1
+            raise
+        finally:
+            self.polling = False
+        return [Reading("n", len(self.times("poll")))]
+
+    async def teardown(self) -> None:
+        self.calls.append(("teardown", trio.current_time()))
+
+    @command("echo")
+    async def echo(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Replies with its args after ``args["sleep"]`` seconds; records overlap with polls."""
+        self.calls.append(("command", trio.current_time()))
+        self.overlapped = self.overlapped or self.polling
+        await trio.sleep(float(args.get("sleep", 0)))
+        if args.get("fail"):
+            raise ValueError("the device refused")
+        return dict(args)
+
+
+class TopRandom(random.Random):
+    """Full jitter at its ceiling: every uniform(a, b) returns b."""
+
+    def random(self) -> float:
+        return 1.0
+
+
+async def wait_until(predicate: Callable[[], Any], *, timeout: float = 600.0, step: float = 0.01) -> None:
+    """Wait (in virtual time) until ``predicate()`` is true."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(step)
