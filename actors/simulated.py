@@ -45,9 +45,9 @@ class SimulatedConfig(RuntimeConfig):
     poll_interval_seconds: PollInterval = 1.0
     seed: int = 0
     offline_every: int = Field(default=0, ge=0)
-    """An offline spell starts every this many polls..."""
+    """Out of every this many polls..."""
     offline_for: int = Field(default=0, ge=0)
-    """...and lasts this many polls."""
+    """...the last this many find the device offline."""
     crash_every: int = Field(default=0, ge=0)
     """Every this many polls raises an unexpected exception."""
     slow_every: int = Field(default=0, ge=0)
@@ -68,7 +68,8 @@ class _Simulated(DeviceActor[SimulatedConfig]):
         tick, config = self._tick, self.config
         if config.crash_every and tick % config.crash_every == 0:
             raise RuntimeError(f"simulated crash on poll {tick}")
-        if config.offline_every and (tick % config.offline_every) < config.offline_for:
+        every = config.offline_every
+        if every and (tick - 1) % every >= every - config.offline_for:
             raise DeviceUnavailable(f"simulated offline spell (poll {tick})")
         if config.slow_every and tick % config.slow_every == 0:
             await trio.sleep(config.slow_seconds)

@@ -78,7 +78,7 @@ def validate_config(model: type[C], data: Any) -> C:
     if isinstance(data, model):
         return data
     if isinstance(data, RuntimeConfig):
-        data = data.model_dump(by_alias=False)
+        data = data.model_dump(exclude_unset=True)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -46,10 +46,10 @@ class RestartPolicy:
         """The longest wait for 0-based ``attempt``: the un-jittered capped exponential."""
         if attempt < 0:
             raise ValueError("attempt must be >= 0")
-        # A float power overflows past ~2**1024; the cap has long been reached by then.
-        if attempt > 1024:
+        try:
+            return min(self.max_delay, self.initial_delay * self.multiplier**attempt)
+        except OverflowError:  # a float power past ~1e308; the cap was reached long before
             return self.max_delay
-        return min(self.max_delay, self.initial_delay * self.multiplier**attempt)
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """A full-jitter wait for ``attempt``: uniform in ``[0, ceiling(attempt)]``."""

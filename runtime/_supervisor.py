@@ -362,6 +362,7 @@ class Supervisor:
         """The actor's task body; ``ActorNursery.spawn`` starts it. Returns once stopped."""
         try:
             with self._scope:
+                await trio.lowlevel.checkpoint()  # stopped before it ever ran: no setup
                 while True:
                     # The lane is the one cancel scope a scheduled poll runs in. Only the
                     # watchdog cancels it, when a poll overruns its timeout; then a new lane

@@ -1,0 +1,144 @@
+import logging
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from runtime import ActorNotAttached, DeviceActor, InvalidActor, InvalidEvent, InvalidReading, Reading, RuntimeConfig, command
+from runtime.testing import RecordingSink
+
+from .helpers import ProbeConfig
+
+
+class PlugConfig(RuntimeConfig):
+    host: str = "10.0.0.9"
+
+
+class Plug(DeviceActor[PlugConfig]):
+    async def poll(self) -> list[Reading]:
+        return [Reading("is_on", True)]
+
+    @command("turn_on", description="Switch on", timeout=3)
+    async def turn_on(self, args: Mapping[str, Any]) -> dict[str, bool]:
+        return {"is_on": True}
+
+
+def test_the_config_model_comes_from_the_type_parameter() -> None:
+    assert Plug.config_model is PlugConfig
+    assert Plug.mode == "poll"
+
+
+def test_commands_are_collected_and_inherited() -> None:
+    class SmartPlug(Plug):
+        @command("turn_off")
+        async def turn_off(self, args: Mapping[str, Any]) -> dict[str, bool]:
+            return {"is_on": False}
+
+    assert set(Plug.commands) == {"turn_on"}
+    assert set(SmartPlug.commands) == {"turn_on", "turn_off"}
+    spec = SmartPlug.commands["turn_on"]
+    assert (spec.method, spec.description, spec.timeout) == ("turn_on", "Switch on", 3)
+
+
+def test_an_intermediate_generic_base_keeps_its_subclasses_parameter() -> None:
+    from typing import TypeVar
+
+    C = TypeVar("C", bound=RuntimeConfig)
+
+    class VendorBase(DeviceActor[C]):
+        pass
+
+    class Thermo(VendorBase[ProbeConfig]):
+        async def poll(self) -> list[Reading]:
+            return []
+
+    assert VendorBase.mode is None and VendorBase.config_model is RuntimeConfig
+    assert Thermo.config_model is ProbeConfig
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("async def poll(self): return []\n    async def run(self): pass", "both poll() and run()"),
+        ("def poll(self): return []", "must be 'async def'"),
+        ("async def poll(self): return []\n    poll_interval = 0", "poll_interval must be a positive"),
+        ("async def poll(self): return []\n    stop_timeout = float('inf')", "stop_timeout"),
+    ],
+)
+def test_malformed_actor_classes_fail_at_definition(body: str, words: str) -> None:
+    source = f"class Bad(DeviceActor):\n    {body}\n"
+    with pytest.raises(InvalidActor, match=re.escape(words)):
+        exec(source, {"DeviceActor": DeviceActor})
+
+
+def test_duplicate_or_sync_commands_fail_at_definition() -> None:
+    with pytest.raises(InvalidActor, match="twice"):
+
+        class Twice(DeviceActor[RuntimeConfig]):
+            @command("go")
+            async def a(self, args: Any) -> None: ...
+
+            @command("go")
+            async def b(self, args: Any) -> None: ...
+
+    with pytest.raises(InvalidActor, match="async def"):
+        command("go")(lambda self, args: None)  # type: ignore[arg-type,return-value]
+    for bad_name in ("", "  "):
+        with pytest.raises(InvalidActor, match="non-empty"):
+            command(bad_name)
+    with pytest.raises(InvalidActor, match="timeout"):
+        command("go", timeout=0)
+
+
+def test_an_actor_needs_poll_or_run_and_a_config_of_its_model() -> None:
+    class Abstract(DeviceActor[RuntimeConfig]):
+        pass
+
+    with pytest.raises(InvalidActor, match="override poll"):
+        Abstract(RuntimeConfig(id="x"))
+    with pytest.raises(InvalidActor, match="needs a PlugConfig"):
+        Plug(RuntimeConfig(id="x"))  # type: ignore[arg-type]
+
+
+async def test_an_actor_can_be_exercised_directly_without_a_runtime() -> None:
+    plug = Plug(PlugConfig(id="p"))
+    assert await plug.poll() == [Reading("is_on", True)]
+    assert await plug.turn_on({}) == {"is_on": True}
+    with pytest.raises(ActorNotAttached, match="not running under a supervisor"):
+        plug.report([Reading("x", 1)])
+
+
+def test_output_methods_validate_their_arguments_before_anything_is_sent() -> None:
+    plug = Plug(PlugConfig(id="p"))
+    with pytest.raises(InvalidReading, match="timezone-aware"):
+        plug.report([Reading("x", 1)], timestamp=datetime(2026, 1, 1))  # noqa: DTZ001
+    with pytest.raises(InvalidReading, match="device_id"):
+        plug.report([Reading("x", 1)], device_id="")
+    with pytest.raises(InvalidReading, match="got dict"):
+        plug.report({"x": 1})  # type: ignore[arg-type]
+    with pytest.raises(InvalidEvent, match="event type"):
+        plug.emit_event("")
+    with pytest.raises(InvalidEvent, match="severity"):
+        plug.emit_event("x", severity="fatal")  # type: ignore[arg-type]
+    with pytest.raises(InvalidEvent, match="mapping"):
+        plug.emit_event("x", data=[1])  # type: ignore[arg-type]
+    with pytest.raises(InvalidReading, match="string keys"):
+        plug.publish_state({1: "x"})  # type: ignore[dict-item]
+
+
+def test_the_logger_is_bound_to_the_device(caplog: pytest.LogCaptureFixture) -> None:
+    plug = Plug(PlugConfig(id="p", device_id="dev-9", config_id="cfg-9"))
+    with caplog.at_level(logging.INFO):
+        plug.log.info("connected to %s", "10.0.0.9")
+    (record,) = caplog.records
+    assert record.getMessage() == "[dev-9] connected to 10.0.0.9"
+    assert record.name == __name__
+    assert (record.device_id, record.config_id) == ("dev-9", "cfg-9")  # type: ignore[attr-defined]
+    assert plug.log is plug.log
+
+
+def test_recording_sink_filters() -> None:
+    sink = RecordingSink(limit=2)
+    assert sink.events() == [] and sink.telemetry_for("x") == []
