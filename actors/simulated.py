@@ -143,7 +143,13 @@ class SimulatedAirQuality(_Simulated):
         seed = self._seed
         return [
             Reading("pm2_5", round(8.0 + 4.0 * (1 + _noise(seed, tick, 1)), 1), "ug/m3"),
-            Reading("co2_ppm", round(600 + 150 * (1 + math.sin(tick * math.tau / 900)) + 20 * _noise(seed, tick, 2)), "ppm"),
+            Reading(
+                "co2_ppm",
+                round(
+                    600 + 150 * (1 + math.sin(tick * math.tau / 900)) + 20 * _noise(seed, tick, 2)
+                ),
+                "ppm",
+            ),
             Reading("voc_index", round(100 + 30 * _noise(seed, tick, 3))),
         ]
 

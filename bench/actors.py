@@ -30,8 +30,8 @@ import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from actors.simulated import SimulatedConfig, SimulatedThermostat  # noqa: E402
-from runtime import EventRecord, TelemetryRecord, open_actor_nursery  # noqa: E402
+from actors.simulated import SimulatedConfig, SimulatedThermostat
+from runtime import EventRecord, TelemetryRecord, open_actor_nursery
 
 INTERVAL = 1.0
 
@@ -164,21 +164,35 @@ def child(impl: str, n: int, warmup: float, duration: float) -> None:
 
 
 def spawn_child(impl: str, n: int, warmup: float, duration: float) -> dict[str, Any]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--actors", str(n),
-           "--warmup", str(warmup), "--duration", str(duration)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        impl,
+        "--actors",
+        str(n),
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="10k actors, short window (<1 min)")
     parser.add_argument("--actors", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--impl", nargs="+", default=["runtime", "naive"], choices=["runtime", "naive"])
+    parser.add_argument(
+        "--impl", nargs="+", default=["runtime", "naive"], choices=["runtime", "naive"]
+    )
     parser.add_argument("--child", choices=["runtime", "naive"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -187,36 +201,57 @@ def main() -> None:
     if args.quick:
         args.actors, args.repeat, args.warmup, args.duration = [10000], 1, 3.0, 8.0
 
-    print(f"# {os.cpu_count()} cores, python {sys.version.split()[0]}, trio {trio.__version__}; "
-          f"interval {INTERVAL:g} s, warmup {args.warmup:g} s, window {args.duration:g} s, "
-          f"{args.repeat} run(s) each, medians")
-    header = "| impl | actors | polls/s | CPU % of one core | RSS KiB/actor | lateness p50 ms | p99 ms | max ms | overruns |"
+    print(
+        f"# {os.cpu_count()} cores, python {sys.version.split()[0]}, trio {trio.__version__}; "
+        f"interval {INTERVAL:g} s, warmup {args.warmup:g} s, window {args.duration:g} s, "
+        f"{args.repeat} run(s) each, medians"
+    )
+    header = (
+        "| impl | actors | polls/s | CPU % of one core | RSS KiB/actor "
+        "| lateness p50 ms | p99 ms | max ms | overruns |"
+    )
     print(header)
     print("|---" * 9 + "|")
     medians: dict[tuple[str, int], dict[str, float]] = {}
     for n in args.actors:
         for impl in args.impl:
             runs = [spawn_child(impl, n, args.warmup, args.duration) for _ in range(args.repeat)]
-            med = {k: statistics.median(r[k] for r in runs)
-                   for k in ("polls_per_s", "cpu_pct", "rss_per_actor_kib", "lateness_p50_ms",
-                             "lateness_p99_ms", "lateness_max_ms", "overruns")}
+            med = {
+                k: statistics.median(r[k] for r in runs)
+                for k in (
+                    "polls_per_s",
+                    "cpu_pct",
+                    "rss_per_actor_kib",
+                    "lateness_p50_ms",
+                    "lateness_p99_ms",
+                    "lateness_max_ms",
+                    "overruns",
+                )
+            }
             medians[(impl, n)] = med
-            print(f"| {impl} | {n} | {med['polls_per_s']:.0f} | {med['cpu_pct']:.1f} | "
-                  f"{med['rss_per_actor_kib']:.2f} | {med['lateness_p50_ms']:.2f} | "
-                  f"{med['lateness_p99_ms']:.2f} | {med['lateness_max_ms']:.1f} | {med['overruns']:.0f} |",
-                  flush=True)
+            print(
+                f"| {impl} | {n} | {med['polls_per_s']:.0f} | {med['cpu_pct']:.1f} | "
+                f"{med['rss_per_actor_kib']:.2f} | {med['lateness_p50_ms']:.2f} | "
+                f"{med['lateness_p99_ms']:.2f} | {med['lateness_max_ms']:.1f} | "
+                f"{med['overruns']:.0f} |",
+                flush=True,
+            )
     for n in args.actors:
         if ("runtime", n) in medians and ("naive", n) in medians:
             r, b = medians[("runtime", n)], medians[("naive", n)]
-            print(f"# {n} actors: runtime/naive CPU ratio {r['cpu_pct'] / b['cpu_pct']:.2f}, "
-                  f"RSS ratio {r['rss_per_actor_kib'] / b['rss_per_actor_kib']:.2f}")
+            print(
+                f"# {n} actors: runtime/naive CPU ratio {r['cpu_pct'] / b['cpu_pct']:.2f}, "
+                f"RSS ratio {r['rss_per_actor_kib'] / b['rss_per_actor_kib']:.2f}"
+            )
     key = (args.impl[0], 10000) if (args.impl[0], 10000) in medians else next(iter(medians))
     m = medians[key]
     extra = ""
     if ("naive", key[1]) in medians and key[0] == "runtime":
         extra = f" cpu_ratio_vs_naive={m['cpu_pct'] / medians[('naive', key[1])]['cpu_pct']:.2f}"
-    print(f"RESULT actors={key[1]} lateness_p99_ms={m['lateness_p99_ms']:.2f} "
-          f"rss_per_actor_kib={m['rss_per_actor_kib']:.2f} cpu_pct={m['cpu_pct']:.1f}{extra}")
+    print(
+        f"RESULT actors={key[1]} lateness_p99_ms={m['lateness_p99_ms']:.2f} "
+        f"rss_per_actor_kib={m['rss_per_actor_kib']:.2f} cpu_pct={m['cpu_pct']:.1f}{extra}"
+    )
 
 
 if __name__ == "__main__":

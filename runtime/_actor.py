@@ -62,9 +62,12 @@ def command(
         raise InvalidActor(f"@command({name!r}) timeout must be a positive number, got {timeout!r}")
 
     def mark(handler: F) -> F:
-        if not inspect.iscoroutinefunction(handler):
+        is_async = inspect.iscoroutinefunction(handler)  # not inline: it would narrow away F
+        if not is_async:
             raise InvalidActor(f"@command({name!r}) must decorate an 'async def' method")
-        spec = CommandSpec(name=name, method=handler.__name__, description=description, timeout=timeout)
+        spec = CommandSpec(
+            name=name, method=handler.__name__, description=description, timeout=timeout
+        )
         setattr(handler, _COMMAND_MARK, spec)
         return handler
 
@@ -155,7 +158,9 @@ class DeviceActor(Generic[ConfigT]):
         for attr in ("poll_interval", "setup_timeout", "command_timeout", "stop_timeout"):
             value = getattr(cls, attr)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise InvalidActor(f"{cls.__name__}.{attr} must be a positive number, got {value!r}")
+                raise InvalidActor(
+                    f"{cls.__name__}.{attr} must be a positive number, got {value!r}"
+                )
 
     # -- hooks: override these ---------------------------------------------------------
 
@@ -201,7 +206,9 @@ class DeviceActor(Generic[ConfigT]):
         """
         batch = validate_readings(readings, source="report()")
         if device_id is not None and (not isinstance(device_id, str) or not device_id):
-            raise InvalidReading(f"report() device_id must be a non-empty string, got {device_id!r}")
+            raise InvalidReading(
+                f"report() device_id must be a non-empty string, got {device_id!r}"
+            )
         observed_at: float | None = None
         if timestamp is not None:
             if not isinstance(timestamp, datetime) or timestamp.utcoffset() is None:
@@ -224,7 +231,9 @@ class DeviceActor(Generic[ConfigT]):
         if not isinstance(event_type, str) or not event_type.strip():
             raise InvalidEvent(f"emit_event() needs a non-empty event type, got {event_type!r}")
         if severity not in SEVERITIES:
-            raise InvalidEvent(f"emit_event() severity must be one of {sorted(SEVERITIES)}, got {severity!r}")
+            raise InvalidEvent(
+                f"emit_event() severity must be one of {sorted(SEVERITIES)}, got {severity!r}"
+            )
         if data is not None and not isinstance(data, Mapping):
             raise InvalidEvent(f"emit_event() data must be a mapping, got {type(data).__name__}")
         return self._attached().on_event(event_type, dict(data or {}), severity, device_id)
@@ -242,7 +251,9 @@ class DeviceActor(Generic[ConfigT]):
 
     def _attached(self) -> Supervisor:
         if self._supervisor is None:
-            raise ActorNotAttached(f"{type(self).__name__} for {self.config.id!r} is not running under a supervisor")
+            raise ActorNotAttached(
+                f"{type(self).__name__} for {self.config.id!r} is not running under a supervisor"
+            )
         return self._supervisor
 
 

@@ -7,7 +7,7 @@
     ├── InvalidActor                an actor class is declared wrongly (TypeError)
     ├── ActorNotAttached            an actor's output methods used outside a supervisor
     ├── DeviceUnavailable           raised BY actors: the device is offline or unreachable
-    │   └── PollTimeout             a poll or setup overran its timeout (recorded, not raised to users)
+    │   └── PollTimeout             a poll or setup overran its timeout (recorded)
     ├── ActorCrashed                recorded when an actor hook raised an unexpected exception
     ├── TeardownTimeout             teardown overran its grace period (recorded)
     ├── ActorCallError              a command or refresh sent to an actor did not succeed
@@ -36,8 +36,8 @@ __all__ = [
     "ActorNotAttached",
     "ActorNotReady",
     "ActorStopped",
-    "CallTimeout",
     "CallFailed",
+    "CallTimeout",
     "DeviceUnavailable",
     "IllegalTransition",
     "InvalidActor",
@@ -83,9 +83,7 @@ class PiPhiError(Exception):
         return body
 
 
-def _rebuild(
-    cls: type[PiPhiError], message: str, hint: str, details: dict[str, Any]
-) -> PiPhiError:
+def _rebuild(cls: type[PiPhiError], message: str, hint: str, details: dict[str, Any]) -> PiPhiError:
     err = cls.__new__(cls)
     PiPhiError.__init__(err, message, hint=hint, details=details)
     return err

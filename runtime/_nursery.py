@@ -28,7 +28,9 @@ __all__ = ["ActorNursery", "open_actor_nursery"]
 class ActorNursery:
     """Spawns supervised actors; one per config id. Made by ``open_actor_nursery()``."""
 
-    def __init__(self, nursery: trio.Nursery, scheduler: Scheduler, sink: Sink, rng: random.Random) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, scheduler: Scheduler, sink: Sink, rng: random.Random
+    ) -> None:
         self._nursery = nursery
         self._scheduler = scheduler
         self._sink = sink
@@ -66,7 +68,9 @@ class ActorNursery:
             raise InvalidActor(f"spawn() needs a DeviceActor subclass, got {actor_class!r}")
         validated = validate_config(actor_class.config_model, config)
         if validated.id in self._actors:
-            raise ValueError(f"an actor for config {validated.id!r} is already running; stop it first")
+            raise ValueError(
+                f"an actor for config {validated.id!r} is already running; stop it first"
+            )
         actor = actor_class(validated)
         supervisor = Supervisor(
             actor,

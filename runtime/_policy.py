@@ -11,7 +11,9 @@ __all__ = ["RestartPolicy"]
 
 def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not (value > 0 and value != float("inf")):
-        raise ValueError(f"RestartPolicy.{attribute.name} must be a positive finite number, got {value!r}")
+        raise ValueError(
+            f"RestartPolicy.{attribute.name} must be a positive finite number, got {value!r}"
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -33,7 +33,9 @@ class Reading:
     def __attrs_post_init__(self) -> None:
         metric, value, unit = self.metric, self.value, self.unit
         if type(metric) is not str or not metric.strip():
-            raise InvalidReading(f"A reading's metric name must be a non-empty string, got {metric!r}")
+            raise InvalidReading(
+                f"A reading's metric name must be a non-empty string, got {metric!r}"
+            )
         kind = type(value)
         # Exact type checks first (this runs for every reading of every poll); subclasses
         # such as numpy.float64 or an IntEnum take the isinstance path.
@@ -47,7 +49,9 @@ class Reading:
                 hint="Convert vendor types first, e.g. float(x) for a Decimal.",
             )
         if unit is not None and (type(unit) is not str or not unit.strip()):
-            raise InvalidReading(f"Reading {metric!r} has an invalid unit {unit!r}; use None or a non-empty string")
+            raise InvalidReading(
+                f"Reading {metric!r} has an invalid unit {unit!r}; use None or a non-empty string"
+            )
 
 
 def validate_readings(readings: Iterable[Reading], *, source: str) -> tuple[Reading, ...]:
@@ -58,8 +62,10 @@ def validate_readings(readings: Iterable[Reading], *, source: str) -> tuple[Read
     repeated name would silently drop one value.
     """
     kind = type(readings)
-    if kind is not list and kind is not tuple and (
-        isinstance(readings, (str, bytes, Mapping)) or not isinstance(readings, Iterable)
+    if (
+        kind is not list
+        and kind is not tuple
+        and (isinstance(readings, (str, bytes, Mapping)) or not isinstance(readings, Iterable))
     ):
         raise InvalidReading(
             f"{source} must give an iterable of Reading objects, got {kind.__name__}"

@@ -82,7 +82,6 @@ class _Watchdog:
             supervisor._lane.cancel(reason="poll timeout")
 
 
-
 @attrs.frozen
 class Refresh:
     """The result of an on-demand read: the readings sent to Core and when."""
@@ -225,7 +224,8 @@ class Supervisor:
         actor._supervisor = self
 
     def __repr__(self) -> str:
-        return f"<Supervisor {type(self.actor).__name__} {self.identity.config_id} {self._state.value}>"
+        name = type(self.actor).__name__
+        return f"<Supervisor {name} {self.identity.config_id} {self._state.value}>"
 
     # -- public face ---------------------------------------------------------------------
 
@@ -270,7 +270,11 @@ class Supervisor:
         return MappingProxyType(dict(self._state_values or {})), wall_clock(self._state_updated)
 
     async def command(
-        self, name: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the actor enforces it (see _call)
     ) -> Any:
         """Run command ``name`` on the actor, serialized with its polls; return its result.
 
@@ -291,7 +295,7 @@ class Supervisor:
         limit = timeout or spec.timeout or cls.command_timeout
         return await self._call(f"command {name!r}", lambda: handler(payload), limit)
 
-    async def refresh(self, *, timeout: float | None = None) -> Refresh:
+    async def refresh(self, *, timeout: float | None = None) -> Refresh:  # noqa: ASYNC109
         """Poll the device now, through the mailbox, and return what was read.
 
         The readings are delivered like a scheduled poll's; the schedule is unchanged.
@@ -336,7 +340,9 @@ class Supervisor:
         self._state_values.update(state)
         self._state_updated = trio.current_time()
 
-    def on_report(self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None) -> None:
+    def on_report(
+        self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
+    ) -> None:
         if batch:
             self._emit_telemetry(batch, device_id, observed_at)
         # Data arriving while the session is live proves the device is back. Only there:
@@ -344,7 +350,9 @@ class Supervisor:
         if self._ready and self._state in (S.RUNNING, S.UNAVAILABLE):
             self._succeeded(trio.current_time())
 
-    def on_event(self, event_type: str, data: dict[str, Any], severity: Severity, device_id: str | None) -> str:
+    def on_event(
+        self, event_type: str, data: dict[str, Any], severity: Severity, device_id: str | None
+    ) -> str:
         record = EventRecord(
             identity=self.identity,
             device_id=device_id or self.identity.device_id,
@@ -374,7 +382,9 @@ class Supervisor:
                     if self._poll_open:  # the poll was interrupted where it stood
                         self._poll_open = False
                         error = _timed_out("poll", self._poll_timeout, None)
-                        await self._finish_poll(self._poll_started or 0.0, (), error, scheduled=True)
+                        await self._finish_poll(
+                            self._poll_started or 0.0, (), error, scheduled=True
+                        )
         finally:
             await self._shutdown()
 
@@ -463,7 +473,12 @@ class Supervisor:
         return batch if error is None else error
 
     async def _finish_poll(
-        self, started: float, batch: tuple[Reading, ...], error: Exception | None, *, scheduled: bool
+        self,
+        started: float,
+        batch: tuple[Reading, ...],
+        error: Exception | None,
+        *,
+        scheduled: bool,
     ) -> None:
         ended = trio.current_time()
         self._poll_ended = ended
@@ -526,7 +541,9 @@ class Supervisor:
             self._announced_unavailable = True
             self.actor.log.warning("device unavailable (%s): %s", phase, error)
             self._emit_event(
-                "device.unavailable", "warning", {"reason": _message(error), "code": _code(error), "phase": phase}
+                "device.unavailable",
+                "warning",
+                {"reason": _message(error), "code": _code(error), "phase": phase},
             )
         else:
             self.actor.log.debug("still unavailable (%s): %s", phase, error)
@@ -548,18 +565,24 @@ class Supervisor:
             self._restarts = deque(maxlen=policy.max_restarts + 1)
         self._restarts.append(now)
         full = len(self._restarts) == self._restarts.maxlen
-        newly_failed = not self._failed and full and now - self._restarts[0] <= policy.restart_window
+        newly_failed = (
+            not self._failed and full and now - self._restarts[0] <= policy.restart_window
+        )
         self._failed = self._failed or newly_failed
         key = (type(error).__qualname__, str(error))
         if key != self._last_error_key:
             self.actor.log.error("%s() raised; restarting with backoff", phase, exc_info=error)
         else:
-            self.actor.log.debug("%s() raised the same error again (restart %d)", phase, self._restarts_total)
+            self.actor.log.debug(
+                "%s() raised the same error again (restart %d)", phase, self._restarts_total
+            )
         self._last_error_key = key
         if newly_failed:
             self.actor.log.error(
                 "more than %d restarts in %g s: marked failed, retrying every %g s",
-                policy.max_restarts, policy.restart_window, policy.max_delay,
+                policy.max_restarts,
+                policy.restart_window,
+                policy.max_delay,
             )
         if self._failed:
             self._transition(S.FAILED)
@@ -592,7 +615,14 @@ class Supervisor:
 
     # -- mailbox ---------------------------------------------------------------------------
 
-    async def _call(self, what: str, run: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+    async def _call(
+        self,
+        what: str,
+        run: Callable[[], Awaitable[Any]],
+        timeout: float,  # noqa: ASYNC109 - see below
+    ) -> Any:
+        # A deadline the actor knows, rather than a caller's cancel scope: the actor skips
+        # calls that expired while queued, and a reply can say whether the call started.
         if self._finished or self._state in (S.STOPPING, S.STOPPED):
             raise ActorStopped(f"{what} not sent: the actor is stopped")
         box = self._mailbox
@@ -612,7 +642,9 @@ class Supervisor:
             if not call.done.is_set():
                 call.abandoned = True
         if not call.done.is_set():
-            raise CallTimeout(f"{what}: no reply within {timeout:g} s", details={"started": call.started})
+            raise CallTimeout(
+                f"{what}: no reply within {timeout:g} s", details={"started": call.started}
+            )
         if call.error is not None:
             raise call.error
         return call.value
@@ -624,13 +656,18 @@ class Supervisor:
             if call.abandoned:
                 continue
             if trio.current_time() >= call.deadline:
-                call.reply(error=CallTimeout(f"{call.what} expired in the queue", details={"started": False}))
+                call.reply(
+                    error=CallTimeout(
+                        f"{call.what} expired in the queue", details={"started": False}
+                    )
+                )
                 continue
             if not self._ready:
                 retry = max(0.0, self._due - trio.current_time())
                 call.reply(
                     error=ActorNotReady(
-                        f"{call.what} refused: the device is {self._state.value}; next attempt in {retry:.1f} s",
+                        f"{call.what} refused: the device is {self._state.value}; "
+                        f"next attempt in {retry:.1f} s",
                         details={"state": self._state.value, "retry_after": round(retry, 3)},
                     )
                 )
@@ -646,13 +683,17 @@ class Supervisor:
                 call.reply(error=exc)
                 return
             except Exception as exc:
-                failure = CallFailed(f"{call.what} failed: {_message(exc)}", details={"cause": _code(exc)})
+                failure = CallFailed(
+                    f"{call.what} failed: {_message(exc)}", details={"cause": _code(exc)}
+                )
                 failure.__cause__ = exc
                 self.actor.log.warning("%s failed: %s", call.what, exc)
                 call.reply(error=failure)
                 return
         if scope.cancelled_caught:
-            call.reply(error=CallTimeout(f"{call.what} timed out while running", details={"started": True}))
+            call.reply(
+                error=CallTimeout(f"{call.what} timed out while running", details={"started": True})
+            )
         else:
             call.reply(value)
 
@@ -677,7 +718,9 @@ class Supervisor:
                 self._record(exc, "teardown", trio.current_time())
         if scope.cancelled_caught:
             self.actor.log.warning("teardown() did not finish within %g s; abandoned", grace)
-            self._record(TeardownTimeout(f"teardown() exceeded {grace:g} s"), "teardown", trio.current_time())
+            self._record(
+                TeardownTimeout(f"teardown() exceeded {grace:g} s"), "teardown", trio.current_time()
+            )
 
     async def _shutdown(self) -> None:
         with trio.CancelScope(shield=True):
@@ -702,7 +745,9 @@ class Supervisor:
         self._state = target
         self._state_since = trio.current_time()
 
-    def _emit_telemetry(self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None) -> None:
+    def _emit_telemetry(
+        self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
+    ) -> None:
         self._readings += len(batch)
         self._sink.telemetry(
             TelemetryRecord(

@@ -30,7 +30,9 @@ class RecordingSink:
         self.event_records.append(record)
         self.event_count += 1
 
-    def events(self, event_type: str | None = None, device_id: str | None = None) -> list[EventRecord]:
+    def events(
+        self, event_type: str | None = None, device_id: str | None = None
+    ) -> list[EventRecord]:
         """Recorded events, optionally only of one type and/or device."""
         return [
             e

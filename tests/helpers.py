@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
+from pydantic import Field
 
 from runtime import DeviceActor, DeviceUnavailable, Reading, RuntimeConfig, command
 from runtime._config import PollInterval
@@ -16,8 +17,8 @@ class ProbeConfig(RuntimeConfig):
     """A device whose behaviour is scripted per call: ok | down | crash | hang | slow:<s>."""
 
     poll_interval_seconds: PollInterval = 1.0
-    polls: list[str] = []
-    setups: list[str] = []
+    polls: list[str] = Field(default_factory=list)
+    setups: list[str] = Field(default_factory=list)
     then: str = "ok"  # polls after the script; setups after theirs are ok
 
 
@@ -85,8 +86,13 @@ class TopRandom(random.Random):
         return 1.0
 
 
-async def wait_until(predicate: Callable[[], Any], *, timeout: float = 600.0, step: float = 0.01) -> None:
-    """Wait (in virtual time) until ``predicate()`` is true."""
+async def wait_until(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 600.0,  # noqa: ASYNC109 - a test helper; virtual seconds
+    step: float = 0.01,
+) -> None:
+    """Wait (in virtual time) until ``predicate()`` is true: a bounded poll, for tests only."""
     with trio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - the predicates are plain attribute reads
             await trio.sleep(step)

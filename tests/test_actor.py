@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from runtime import ActorNotAttached, DeviceActor, InvalidActor, InvalidEvent, InvalidReading, Reading, RuntimeConfig, command
+from runtime import (
+    ActorNotAttached,
+    DeviceActor,
+    InvalidActor,
+    InvalidEvent,
+    InvalidReading,
+    Reading,
+    RuntimeConfig,
+    command,
+)
 from runtime.testing import RecordingSink
 
 from .helpers import ProbeConfig
@@ -63,7 +72,10 @@ def test_an_intermediate_generic_base_keeps_its_subclasses_parameter() -> None:
     [
         ("async def poll(self): return []\n    async def run(self): pass", "both poll() and run()"),
         ("def poll(self): return []", "must be 'async def'"),
-        ("async def poll(self): return []\n    poll_interval = 0", "poll_interval must be a positive"),
+        (
+            "async def poll(self): return []\n    poll_interval = 0",
+            "poll_interval must be a positive",
+        ),
         ("async def poll(self): return []\n    stop_timeout = float('inf')", "stop_timeout"),
     ],
 )
@@ -113,7 +125,7 @@ async def test_an_actor_can_be_exercised_directly_without_a_runtime() -> None:
 def test_output_methods_validate_their_arguments_before_anything_is_sent() -> None:
     plug = Plug(PlugConfig(id="p"))
     with pytest.raises(InvalidReading, match="timezone-aware"):
-        plug.report([Reading("x", 1)], timestamp=datetime(2026, 1, 1))  # noqa: DTZ001
+        plug.report([Reading("x", 1)], timestamp=datetime(2026, 1, 1))
     with pytest.raises(InvalidReading, match="device_id"):
         plug.report([Reading("x", 1)], device_id="")
     with pytest.raises(InvalidReading, match="got dict"):

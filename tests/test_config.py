@@ -16,9 +16,13 @@ def test_identities_fall_back_to_the_local_id_only_when_core_sent_none() -> None
         {"id": "l", "configId": "cfg", "deviceId": "dev", "containerId": "c", "integrationId": "i"}
     )
     ident = full.identity
-    assert (ident.id, ident.config_id, ident.device_id, ident.container_id, ident.integration_id) == (
-        "l", "cfg", "dev", "c", "i"
-    )
+    assert (
+        ident.id,
+        ident.config_id,
+        ident.device_id,
+        ident.container_id,
+        ident.integration_id,
+    ) == ("l", "cfg", "dev", "c", "i")
 
 
 def test_snake_and_camel_case_are_both_accepted_and_answered_in_snake_case() -> None:
@@ -42,7 +46,12 @@ def test_numeric_ids_become_strings() -> None:
 def test_poll_interval_is_optional_on_the_base_and_defaultable_in_subclasses() -> None:
     assert RuntimeConfig(id="x").poll_interval_seconds is None
     assert PlugConfig(id="x", host="h").poll_interval_seconds == 10.0
-    assert PlugConfig.model_validate({"id": "x", "host": "h", "pollIntervalSeconds": 2}).poll_interval_seconds == 2
+    assert (
+        PlugConfig.model_validate(
+            {"id": "x", "host": "h", "pollIntervalSeconds": 2}
+        ).poll_interval_seconds
+        == 2
+    )
 
 
 @pytest.mark.parametrize("interval", [0, -1, float("inf"), float("nan"), "soon"])

@@ -17,12 +17,20 @@ from runtime import (
 
 def test_str_shows_the_message_the_code_and_the_hint() -> None:
     error = DeviceUnavailable("no answer from 10.0.0.5")
-    assert str(error) == f"no answer from 10.0.0.5 [device_unavailable] (hint: {DeviceUnavailable.default_hint})"
+    assert (
+        str(error)
+        == f"no answer from 10.0.0.5 [device_unavailable] (hint: {DeviceUnavailable.default_hint})"
+    )
 
 
 def test_an_instance_can_carry_its_own_hint_and_details() -> None:
     error = CallTimeout("slow", hint="try later", details={"started": False})
-    assert error.to_dict() == {"code": "call_timeout", "message": "slow", "hint": "try later", "started": False}
+    assert error.to_dict() == {
+        "code": "call_timeout",
+        "message": "slow",
+        "hint": "try later",
+        "started": False,
+    }
 
 
 def test_every_error_is_a_piphi_error_with_a_distinct_stable_code() -> None:
@@ -43,7 +51,9 @@ def test_the_hierarchy_lets_callers_catch_by_family() -> None:
     assert issubclass(IllegalTransition, RuntimeError)
 
 
-@pytest.mark.parametrize("error", [DeviceUnavailable("x", hint="h"), CallTimeout("y", details={"started": True})])
+@pytest.mark.parametrize(
+    "error", [DeviceUnavailable("x", hint="h"), CallTimeout("y", details={"started": True})]
+)
 def test_errors_survive_pickling(error: PiPhiError) -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error) and copy.to_dict() == error.to_dict()

@@ -30,8 +30,14 @@ def test_every_state_is_reachable_from_starting() -> None:
 
 @pytest.mark.parametrize(
     ("current", "target"),
-    [(S.BACKOFF, S.RUNNING), (S.FAILED, S.RUNNING), (S.STOPPED, S.STARTING), (S.RUNNING, S.STARTING),
-     (S.RUNNING, S.RUNNING), (S.STOPPING, S.RUNNING)],
+    [
+        (S.BACKOFF, S.RUNNING),
+        (S.FAILED, S.RUNNING),
+        (S.STOPPED, S.STARTING),
+        (S.RUNNING, S.STARTING),
+        (S.RUNNING, S.RUNNING),
+        (S.STOPPING, S.RUNNING),
+    ],
 )
 def test_illegal_transitions_raise_as_bugs(current: ActorState, target: ActorState) -> None:
     assert not can_transition(current, target)

@@ -8,7 +8,9 @@ from runtime import ActorNursery, ActorState, InvalidActor, InvalidConfig
 from .helpers import Probe, wait_until
 
 
-async def test_spawn_validates_the_config_against_the_actor_model(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_spawn_validates_the_config_against_the_actor_model(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     with pytest.raises(InvalidConfig) as info:
         actors.spawn(Probe, {"id": "p", "pollIntervalSeconds": -2})
     assert info.value.details["config_id"] == "p"
@@ -36,7 +38,9 @@ async def test_stop_before_the_actor_ever_ran(actors: ActorNursery, autojump_clo
     await sup.wait_stopped()
 
 
-async def test_cancel_is_immediate_and_wait_stopped_waits(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_cancel_is_immediate_and_wait_stopped_waits(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     sup = actors.spawn(Probe, {"id": "p"})
     await wait_until(lambda: sup.actor.times("poll"))
     sup.cancel()

@@ -10,7 +10,12 @@ from runtime import RestartPolicy
 
 def test_defaults_match_the_documented_ones() -> None:
     policy = RestartPolicy()
-    assert (policy.initial_delay, policy.max_delay, policy.max_restarts, policy.restart_window) == (1, 60, 5, 60)
+    assert (policy.initial_delay, policy.max_delay, policy.max_restarts, policy.restart_window) == (
+        1,
+        60,
+        5,
+        60,
+    )
     assert policy.reset_after != policy.initial_delay
 
 
@@ -37,8 +42,15 @@ def test_policies_are_immutable_and_derived_with_evolve() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"initial_delay": 0}, {"max_delay": -1}, {"multiplier": 0.5}, {"initial_delay": 5, "max_delay": 1},
-     {"max_restarts": -1}, {"reset_after": float("inf")}, {"restart_window": float("nan")}],
+    [
+        {"initial_delay": 0},
+        {"max_delay": -1},
+        {"multiplier": 0.5},
+        {"initial_delay": 5, "max_delay": 1},
+        {"max_restarts": -1},
+        {"reset_after": float("inf")},
+        {"restart_window": float("nan")},
+    ],
 )
 def test_nonsense_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - attrs and our checks word it differently

@@ -35,7 +35,9 @@ def test_accepts_the_values_core_accepts(value: object) -> None:
         ("t", 1, 5, "unit"),
     ],
 )
-def test_rejects_malformed_readings_with_a_clear_error(metric: object, value: object, unit: object, words: str) -> None:
+def test_rejects_malformed_readings_with_a_clear_error(
+    metric: object, value: object, unit: object, words: str
+) -> None:
     with pytest.raises(InvalidReading, match=words) as info:
         Reading(metric, value, unit)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError) and isinstance(info.value, PiPhiError)

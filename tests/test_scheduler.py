@@ -32,7 +32,9 @@ async def test_targets_ring_at_their_time_in_order_and_never_early(autojump_cloc
         assert 0 <= at - (start + wants[name]) <= 0.005
 
 
-async def test_an_earlier_entry_wakes_a_scheduler_sleeping_towards_a_later_one(autojump_clock: Any) -> None:
+async def test_an_earlier_entry_wakes_a_scheduler_sleeping_towards_a_later_one(
+    autojump_clock: Any,
+) -> None:
     scheduler = Scheduler()
     log: list[tuple[str, float]] = []
     async with trio.open_nursery() as nursery:
@@ -48,7 +50,10 @@ async def test_an_earlier_entry_wakes_a_scheduler_sleeping_towards_a_later_one(a
 
 
 @settings(max_examples=200)
-@given(st.floats(min_value=0, max_value=1e7, allow_nan=False), st.sampled_from([0.001, 0.005, 0.1, 0.003]))
+@given(
+    st.floats(min_value=0, max_value=1e7, allow_nan=False),
+    st.sampled_from([0.001, 0.005, 0.1, 0.003]),
+)
 def test_slots_are_never_before_the_requested_time(when: float, resolution: float) -> None:
     scheduler = Scheduler(resolution=resolution)
     scheduler._sleeping_until = -1.0  # no wakeup needed outside trio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import Counter
@@ -13,6 +14,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import Field
 
 from runtime import (
     ActorBusy,
@@ -34,11 +36,11 @@ from runtime import (
 )
 from runtime.testing import RecordingSink
 
-from .helpers import Probe, ProbeConfig, TopRandom, wait_until
+from .helpers import Probe, TopRandom, wait_until
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
+    return [round(b - a, 3) for a, b in itertools.pairwise(times)]
 
 
 # -- backoff ------------------------------------------------------------------------------
@@ -72,10 +74,14 @@ async def test_backoff_resets_only_after_the_healthy_window(autojump_clock: Any)
     crash_three_times = ["crash"] * 3
     async with open_actor_nursery(RecordingSink(), rng=TopRandom()) as actors:
         long_ok = actors.spawn(
-            Probe, {"id": "long", "setups": crash_three_times, "polls": ["ok"] * 40 + ["crash"]}, policy=policy
+            Probe,
+            {"id": "long", "setups": crash_three_times, "polls": ["ok"] * 40 + ["crash"]},
+            policy=policy,
         )
         short_ok = actors.spawn(
-            Probe, {"id": "short", "setups": crash_three_times, "polls": ["ok"] * 10 + ["crash"]}, policy=policy
+            Probe,
+            {"id": "short", "setups": crash_three_times, "polls": ["ok"] * 10 + ["crash"]},
+            policy=policy,
         )
         await wait_until(lambda: all(len(s.actor.times("setup")) == 5 for s in (long_ok, short_ok)))
     for sup, crashing_poll, expected_wait in ((long_ok, 40, 1.0), (short_ok, 10, 8.0)):
@@ -118,7 +124,9 @@ async def test_a_failed_actor_that_recovers_and_stays_healthy_backs_off_normally
     autojump_clock: Any,
 ) -> None:
     async with open_actor_nursery(RecordingSink(), rng=TopRandom()) as actors:
-        sup = actors.spawn(Probe, {"id": "p", "setups": ["crash"] * 6, "polls": ["ok"] * 40 + ["crash"]})
+        sup = actors.spawn(
+            Probe, {"id": "p", "setups": ["crash"] * 6, "polls": ["ok"] * 40 + ["crash"]}
+        )
         await wait_until(lambda: sup.state is ActorState.FAILED)
         await wait_until(lambda: len(sup.actor.times("poll")) == 41)
         await wait_until(lambda: sup.state is not ActorState.RUNNING)
@@ -140,8 +148,12 @@ def expected_availability_events(script: list[str]) -> list[str]:
     return events
 
 
-async def test_one_unavailable_and_one_available_event_per_outage(actors: ActorNursery, autojump_clock: Any, sink: RecordingSink) -> None:
-    script = ["ok"] * 3 + ["down"] * 6 + ["ok"] * 5 + ["down"] * 4 + ["ok"] * 5 + ["down"] + ["ok"] * 3
+async def test_one_unavailable_and_one_available_event_per_outage(
+    actors: ActorNursery, autojump_clock: Any, sink: RecordingSink
+) -> None:
+    script = (
+        ["ok"] * 3 + ["down"] * 6 + ["ok"] * 5 + ["down"] * 4 + ["ok"] * 5 + ["down"] + ["ok"] * 3
+    )
     sup = actors.spawn(Probe, {"id": "p", "polls": script})
     await wait_until(lambda: len(sup.actor.times("poll")) == len(script))
     assert sink.event_types("p") == ["device.unavailable", "device.available"] * 3
@@ -206,7 +218,9 @@ async def test_a_hung_poll_is_cancelled_at_its_timeout_and_marks_the_device_unav
     assert sink.event_types("p") == ["device.unavailable", "device.available"]
 
 
-async def test_a_hung_setup_times_out_as_unavailable(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_a_hung_setup_times_out_as_unavailable(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class SlowStart(Probe):
         setup_timeout = 3.0
 
@@ -217,7 +231,9 @@ async def test_a_hung_setup_times_out_as_unavailable(actors: ActorNursery, autoj
     await wait_until(lambda: len(sup.actor.times("poll")) >= 1)
 
 
-async def test_ticks_missed_by_a_long_poll_are_skipped_and_counted_as_overruns(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_ticks_missed_by_a_long_poll_are_skipped_and_counted_as_overruns(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class Patient(Probe):
         poll_timeout = 10.0
 
@@ -228,7 +244,9 @@ async def test_ticks_missed_by_a_long_poll_are_skipped_and_counted_as_overruns(a
     assert sup.health().overruns == 6
 
 
-async def test_polls_are_fixed_rate_and_first_polls_are_spread_over_one_interval(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_polls_are_fixed_rate_and_first_polls_are_spread_over_one_interval(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     fleet = [actors.spawn(Probe, {"id": f"d{i}", "pollIntervalSeconds": 2.0}) for i in range(200)]
     await wait_until(lambda: all(len(s.actor.times("poll")) >= 4 for s in fleet))
     firsts = sorted(s.actor.times("poll")[0] - s.actor.times("setup")[0] for s in fleet)
@@ -269,7 +287,9 @@ def test_healthy_actors_poll_on_time_whatever_a_crashing_and_a_hanging_sibling_d
 # -- sessions -----------------------------------------------------------------------------
 
 
-async def test_a_crash_tears_down_and_sets_up_again_on_the_same_instance(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_a_crash_tears_down_and_sets_up_again_on_the_same_instance(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     sup = actors.spawn(Probe, {"id": "p", "polls": ["ok", "down", "down", "ok", "crash", "ok"]})
     actor = sup.actor
     await wait_until(lambda: len(actor.times("poll")) == 7)
@@ -277,11 +297,18 @@ async def test_a_crash_tears_down_and_sets_up_again_on_the_same_instance(actors:
     hooks = [h for h, _ in actor.calls]
     # One session across the outage; the crash alone tears down, then setup on the same
     # instance (whose call log, instance state, survived).
-    assert hooks == ["setup", "poll", "poll", "poll", "poll", "poll", "teardown", "setup", "poll", "poll"][: len(hooks)]
+    assert (
+        hooks
+        == ["setup", "poll", "poll", "poll", "poll", "poll", "teardown", "setup", "poll", "poll"][
+            : len(hooks)
+        ]
+    )
     assert hooks.count("setup") == 2 and hooks.count("teardown") == 1
 
 
-async def test_invalid_poll_results_are_crashes_with_a_clear_error(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_invalid_poll_results_are_crashes_with_a_clear_error(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class Sloppy(DeviceActor[RuntimeConfig]):
         poll_interval = 1.0
 
@@ -305,7 +332,9 @@ async def test_invalid_poll_results_are_crashes_with_a_clear_error(actors: Actor
 # -- commands and refreshes -------------------------------------------------------------
 
 
-async def test_commands_and_refreshes_never_overlap_a_poll(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_commands_and_refreshes_never_overlap_a_poll(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class Patient(Probe):
         poll_timeout = 5.0
 
@@ -360,7 +389,9 @@ async def test_command_errors_are_typed(actors: ActorNursery, autojump_clock: An
         await sup.command("echo", timeout=-1)
 
 
-async def test_a_full_mailbox_refuses_at_once_and_queued_calls_expire(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_a_full_mailbox_refuses_at_once_and_queued_calls_expire(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class Patient(Probe):
         poll_timeout = 30.0
 
@@ -385,7 +416,9 @@ async def test_a_full_mailbox_refuses_at_once_and_queued_calls_expire(actors: Ac
     assert sup.actor.times("command") == [], "expired calls must not run late"
 
 
-async def test_calls_wait_for_the_first_setup_but_are_refused_during_backoff(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_calls_wait_for_the_first_setup_but_are_refused_during_backoff(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     start = trio.current_time()
     starting = actors.spawn(Probe, {"id": "slow", "setups": ["slow:2"]})
     assert await starting.command("echo", {"a": 1}) == {"a": 1}
@@ -399,14 +432,18 @@ async def test_calls_wait_for_the_first_setup_but_are_refused_during_backoff(act
     assert refused.value.details["retry_after"] > 0
 
 
-async def test_calls_to_a_stopped_actor_are_refused(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_calls_to_a_stopped_actor_are_refused(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     sup = actors.spawn(Probe, {"id": "p"})
     await sup.stop()
     with pytest.raises(ActorStopped):
         await sup.command("echo")
 
 
-async def test_calls_waiting_when_the_actor_stops_are_answered(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_calls_waiting_when_the_actor_stops_are_answered(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class Patient(Probe):
         poll_timeout = 30.0
 
@@ -430,7 +467,9 @@ async def test_calls_waiting_when_the_actor_stops_are_answered(actors: ActorNurs
 # -- stopping -----------------------------------------------------------------------------
 
 
-async def test_stop_runs_teardown_within_the_grace_period_even_when_it_hangs(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_stop_runs_teardown_within_the_grace_period_even_when_it_hangs(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class Stubborn(Probe):
         stop_timeout = 5.0
 
@@ -450,7 +489,9 @@ async def test_stop_runs_teardown_within_the_grace_period_even_when_it_hangs(act
     assert "p" not in actors
 
 
-async def test_closing_the_nursery_tears_every_actor_down(sink: RecordingSink, autojump_clock: Any) -> None:
+async def test_closing_the_nursery_tears_every_actor_down(
+    sink: RecordingSink, autojump_clock: Any
+) -> None:
     async with open_actor_nursery(sink) as actors:
         fleet = [actors.spawn(Probe, {"id": f"d{i}"}) for i in range(20)]
         await wait_until(lambda: all(s.actor.times("poll") for s in fleet))
@@ -458,7 +499,9 @@ async def test_closing_the_nursery_tears_every_actor_down(sink: RecordingSink, a
     assert all(len(s.actor.times("teardown")) == 1 for s in fleet)
 
 
-async def test_stopping_during_backoff_does_not_tear_down_twice(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_stopping_during_backoff_does_not_tear_down_twice(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     sup = actors.spawn(Probe, {"id": "p", "setups": ["crash", "crash"]})
     await wait_until(lambda: sup.state is ActorState.BACKOFF)
     await sup.stop()
@@ -469,7 +512,9 @@ async def test_stopping_during_backoff_does_not_tear_down_twice(actors: ActorNur
 
 
 class GatewayConfig(RuntimeConfig):
-    outages: list[int] = []  # run() attempts (0-based) that raise DeviceUnavailable
+    outages: list[int] = Field(
+        default_factory=list
+    )  # run() attempts (0-based) that raise DeviceUnavailable
 
 
 class Gateway(DeviceActor[GatewayConfig]):
@@ -519,7 +564,9 @@ async def test_push_actor_outage_is_one_event_pair_and_run_is_retried_in_the_sam
     assert sup.actor.runs == 4
 
 
-async def test_commands_run_while_a_push_actor_receives(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_commands_run_while_a_push_actor_receives(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class Switch(Gateway):
         @command("ping")
         async def ping(self, args: Any) -> str:
@@ -531,7 +578,9 @@ async def test_commands_run_while_a_push_actor_receives(actors: ActorNursery, au
     assert sup.actor.runs == 1, "a command must not disturb run()"
 
 
-async def test_a_push_actor_whose_run_returns_is_restarted(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_a_push_actor_whose_run_returns_is_restarted(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     sup = actors.spawn(Gateway, {"id": "gw", "outages": [0, 1, 2, 3, 4, 5]})
     await wait_until(lambda: sup.health().restarts_total >= 1)
     error = sup.health().last_error
@@ -557,14 +606,20 @@ async def test_events_and_state_published_by_an_actor_carry_its_identities(
     )
     await wait_until(lambda: sink.events("thermostat.mode_changed"))
     event = sink.events("thermostat.mode_changed")[0]
-    assert (event.device_id, event.identity.config_id, event.identity.integration_id) == ("dev-1", "cfg-1", "int-9")
+    assert (event.device_id, event.identity.config_id, event.identity.integration_id) == (
+        "dev-1",
+        "cfg-1",
+        "int-9",
+    )
     assert event.source == "Chatty" and len(event.event_id) == 32
     state, updated = sup.published_state()
     assert state == {"mode": "eco"} and updated is not None
     assert sink.telemetry_count == 0, "an empty poll result sends no payload"
 
 
-async def test_health_snapshot_has_timings_and_serialises(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_health_snapshot_has_timings_and_serialises(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     class Patient(Probe):
         poll_timeout = 5.0
 
@@ -583,11 +638,16 @@ async def test_health_snapshot_has_timings_and_serialises(actors: ActorNursery, 
         health.polls = 0  # type: ignore[misc]
 
 
-async def test_a_running_actor_shows_no_error_and_counts_its_readings(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_a_running_actor_shows_no_error_and_counts_its_readings(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     sup = actors.spawn(Probe, {"id": "p"})
     await wait_until(lambda: len(sup.actor.times("poll")) == 5)
     health = sup.health()
     assert (health.state, health.last_error, health.restarts_total, health.overruns) == (
-        ActorState.RUNNING, None, 0, 0
+        ActorState.RUNNING,
+        None,
+        0,
+        0,
     )
     assert health.readings == 5

@@ -54,20 +54,39 @@ async def test_trouble_is_deterministic() -> None:
         except RuntimeError:
             outcomes.append("crash")
     # Polls 4-5 and 9-10 of each 5 are offline; every 7th crashes (crashes win).
-    assert outcomes == ["ok", "ok", "ok", "down", "down", "ok", "crash", "ok", "down", "down", "ok", "ok", "ok", "crash"]
+    assert outcomes == [
+        "ok",
+        "ok",
+        "ok",
+        "down",
+        "down",
+        "ok",
+        "crash",
+        "ok",
+        "down",
+        "down",
+        "ok",
+        "ok",
+        "ok",
+        "crash",
+    ]
 
 
-async def test_the_plug_switches_and_the_state_survives_a_restart(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_the_plug_switches_and_the_state_survives_a_restart(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     sup = actors.spawn(SimulatedPlug, {"id": "p", "crash_every": 5})
     await wait_until(lambda: sup.state is ActorState.RUNNING)
     assert await sup.command("turn_off") == {"is_on": False}
     await wait_until(lambda: sup.health().restarts_total >= 1 and sup.state is ActorState.RUNNING)
     refreshed = await sup.refresh()
-    assert dict((r.metric, r.value) for r in refreshed.readings)["is_on"] is False
+    assert {r.metric: r.value for r in refreshed.readings}["is_on"] is False
     assert sup.published_state()[0] == {"is_on": False}
 
 
-async def test_the_thermostat_validates_its_setpoint(actors: ActorNursery, autojump_clock: Any) -> None:
+async def test_the_thermostat_validates_its_setpoint(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
     sup = actors.spawn(SimulatedThermostat, {"id": "t"})
     assert await sup.command("set_setpoint", {"setpoint_c": 23}) == {"setpoint_c": 23.0}
     with pytest.raises(CallFailed, match="between 5 and 35"):
