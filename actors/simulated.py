@@ -67,7 +67,7 @@ class _Simulated(DeviceActor[SimulatedConfig]):
         self._tick += 1
         tick, config = self._tick, self.config
         if config.crash_every and tick % config.crash_every == 0:
-            raise RuntimeError(f"simulated crash on poll {tick}")
+            raise RuntimeError(f"simulated crash (every {config.crash_every} polls)")
         every = config.offline_every
         if every and (tick - 1) % every >= every - config.offline_for:
             raise DeviceUnavailable(f"simulated offline spell (poll {tick})")

@@ -1,0 +1,73 @@
+"""The ``piphi-runtime`` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._actor import DeviceActor
+from ._errors import InvalidActor
+
+__all__ = ["main"]
+
+
+def _load(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise InvalidActor(f"expected module:ClassName, got {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidActor(
+            f"cannot import {module_name!r}: {exc}", hint="Check PYTHONPATH."
+        ) from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise InvalidActor(f"{module_name!r} has no attribute {attr!r}") from None
+
+
+def _check(target: str) -> str:
+    """Describe an actor class as the runtime will run it; raises InvalidActor if it can't."""
+    cls = _load(target)
+    if not (isinstance(cls, type) and issubclass(cls, DeviceActor)):
+        raise InvalidActor(f"{target} is not a DeviceActor subclass")
+    if cls.mode is None:
+        raise InvalidActor(f"{target} overrides neither poll() nor run()")
+    model = cls.config_model
+    fields = ", ".join(
+        f"{name}{'' if info.is_required() else '?'}" for name, info in model.model_fields.items()
+    )
+    interval = model.model_fields["poll_interval_seconds"].default or cls.poll_interval
+    poll_timeout = "min(interval, 10)" if cls.poll_timeout is None else f"{cls.poll_timeout:g}"
+    lines = [
+        f"{target}: {cls.mode} actor",
+        f"  config model  {model.__name__} ({fields})",
+        f"  poll interval {interval:g} s unless the config sets poll_interval_seconds",
+        f"  timeouts      poll {poll_timeout} s, setup {cls.setup_timeout:g} s, "
+        f"command {cls.command_timeout:g} s, stop {cls.stop_timeout:g} s",
+        f"  restarts      {cls.restart_policy}",
+        f"  commands      {', '.join(sorted(cls.commands)) or '(none)'}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="piphi-runtime", description="PiPhi device runtime.")
+    parser.add_argument("--version", action="version", version=f"piphi-runtime {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="validate a DeviceActor class and describe it")
+    check.add_argument("target", help="module:ClassName, e.g. actors.simulated:SimulatedPlug")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        try:
+            print(_check(args.target))
+        except InvalidActor as exc:
+            print(f"piphi-runtime: {exc}", file=sys.stderr)
+            return 2
+    return 0
