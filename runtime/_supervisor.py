@@ -142,6 +142,7 @@ class Supervisor:
         "_polls",
         "_readings",
         "_ready",
+        "_receiving",
         "_restarts",
         "_restarts_total",
         "_rng",
@@ -193,6 +194,7 @@ class Supervisor:
         self._watchdog = _Watchdog(self)
         self._poll_deadline = math.inf  # while a scheduled poll runs: when it times out
         self._poll_open = False  # a scheduled poll is awaiting the actor
+        self._receiving = False  # a push actor's run() is running
         now = trio.current_time()
         self._state = S.STARTING
         self._state_since = now
@@ -392,11 +394,9 @@ class Supervisor:
         # A poll that swallowed the watchdog's cancellation returns here with the lane
         # cancelled; leave it at once rather than run anything else inside it.
         while not self._lane_cancelled:
-            # Requests sent before the first setup() finishes wait for it, rather than
-            # being refused as "not ready" by an actor that is merely starting.
-            if self._mailbox and (self._ready or self._state is not S.STARTING):
-                await self._serve_mailbox()
             now = trio.current_time()
+            # What is due comes first: it makes calls sent before the first setup() wait
+            # for it, and lets a push actor start run(), which serves calls alongside.
             if now >= self._due:
                 self._armed = math.nan
                 if not self._ready:
@@ -405,11 +405,13 @@ class Supervisor:
                     await self._poll(now, scheduled=True)
                 else:
                     await self._run_push()
-                continue
-            if self._armed != self._due:
-                self._armed = self._due
-                self._scheduler.ring_at(self._due, self._bell)
-            await self._bell.wait()
+            elif self._mailbox:
+                await self._serve_mailbox()
+            else:
+                if self._armed != self._due:
+                    self._armed = self._due
+                    self._scheduler.ring_at(self._due, self._bell)
+                await self._bell.wait()
 
     async def _setup(self) -> None:
         if self._state is not S.STARTING:
@@ -504,6 +506,7 @@ class Supervisor:
     async def _run_push(self) -> None:
         self._healthy_since = trio.current_time()
         error: Exception
+        self._receiving = True
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_mailbox_while_running)
             try:
@@ -514,6 +517,7 @@ class Supervisor:
                 )
             except Exception as exc:
                 error = exc
+            self._receiving = False
             nursery.cancel_scope.cancel()
         if isinstance(error, DeviceUnavailable):
             self._unavailable(error, "run", trio.current_time())
@@ -547,8 +551,6 @@ class Supervisor:
             )
         else:
             self.actor.log.debug("still unavailable (%s): %s", phase, error)
-        if phase == "setup":
-            self._ready = False
         if self._state is not S.UNAVAILABLE:
             self._transition(S.UNAVAILABLE)
         self._due = now + self._policy.delay(self._attempt, self._rng)
@@ -676,20 +678,31 @@ class Supervisor:
 
     async def _execute(self, call: _Call) -> None:
         call.started = True
-        with trio.move_on_at(call.deadline) as scope:
-            try:
-                value = await call.run()
-            except ActorCallError as exc:
-                call.reply(error=exc)
-                return
-            except Exception as exc:
-                failure = CallFailed(
-                    f"{call.what} failed: {_message(exc)}", details={"cause": _code(exc)}
-                )
-                failure.__cause__ = exc
-                self.actor.log.warning("%s failed: %s", call.what, exc)
-                call.reply(error=failure)
-                return
+        try:
+            with trio.move_on_at(call.deadline) as scope:
+                try:
+                    value = await call.run()
+                except ActorCallError as exc:
+                    call.reply(error=exc)
+                    return
+                except Exception as exc:
+                    failure = CallFailed(
+                        f"{call.what} failed: {_message(exc)}", details={"cause": _code(exc)}
+                    )
+                    failure.__cause__ = exc
+                    self.actor.log.warning("%s failed: %s", call.what, exc)
+                    call.reply(error=failure)
+                    return
+        except BaseException:
+            # Interrupted by stop(), or by a push actor's run() ending: this call already
+            # left the mailbox, so answer it here before unwinding.
+            restarting = self.actor.mode == "push" and not self._receiving
+            kind = ActorNotReady if restarting else ActorStopped
+            why = "is restarting" if restarting else "is stopping"
+            call.reply(
+                error=kind(f"{call.what} interrupted: the actor {why}", details={"started": True})
+            )
+            raise
         if scope.cancelled_caught:
             call.reply(
                 error=CallTimeout(f"{call.what} timed out while running", details={"started": True})

@@ -651,3 +651,43 @@ async def test_a_running_actor_shows_no_error_and_counts_its_readings(
         0,
     )
     assert health.readings == 5
+
+
+async def test_a_command_cut_short_by_stop_is_answered(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    sup = actors.spawn(Probe, {"id": "p"})
+    errors: list[BaseException] = []
+
+    async def send() -> None:
+        try:
+            await sup.command("echo", {"sleep": 8}, timeout=9)
+        except ActorStopped as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(send)
+        await wait_until(lambda: sup.actor.times("command"))
+        start = trio.current_time()
+        await sup.stop()
+    assert trio.current_time() - start < 0.1, "the caller must not wait out its deadline"
+    assert len(errors) == 1 and errors[0].details["started"] is True
+
+
+async def test_a_command_cut_short_by_a_push_actor_restart_is_answered(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    class Fragile(DeviceActor[RuntimeConfig]):
+        async def run(self) -> None:
+            await trio.sleep(1)
+            raise RuntimeError("stream broke")
+
+        @command("slow")
+        async def slow(self, args: Any) -> None:
+            await trio.sleep(30)
+
+    sup = actors.spawn(Fragile, {"id": "f"})
+    with pytest.raises(ActorNotReady, match="restarting") as info:
+        await sup.command("slow", timeout=60)
+    assert info.value.details["started"] is True
+    assert trio.current_time() < 5
