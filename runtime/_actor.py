@@ -155,6 +155,17 @@ class DeviceActor(Generic[ConfigT]):
             raise InvalidActor(f"{cls.__name__} overrides both poll() and run(); choose one")
         cls.mode = "poll" if polls else "push" if runs else None
         cls.commands = MappingProxyType(_collect_commands(cls))
+        poll_timeout = cls.poll_timeout
+        if poll_timeout is not None and not (
+            isinstance(poll_timeout, (int, float))
+            and poll_timeout > 0
+            and math.isfinite(poll_timeout)
+        ):
+            raise InvalidActor(
+                f"{cls.__name__}.poll_timeout must be None or a positive number, "
+                f"got {poll_timeout!r}",
+                hint="Every poll needs a bound; use a long one rather than none.",
+            )
         for attr in ("poll_interval", "setup_timeout", "command_timeout", "stop_timeout"):
             value = getattr(cls, attr)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):

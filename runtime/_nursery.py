@@ -81,8 +81,8 @@ class ActorNursery:
             policy=policy,
             on_exit=self._forget,
         )
-        self._actors[validated.id] = supervisor
         self._nursery.start_soon(supervisor.run, name=f"actor {validated.id}")
+        self._actors[validated.id] = supervisor  # after start_soon, which raises once closed
         return supervisor
 
     def _phase(self, config_id: str) -> float:

@@ -142,10 +142,10 @@ class Supervisor:
         "_polls",
         "_readings",
         "_ready",
-        "_receiving",
         "_restarts",
         "_restarts_total",
         "_rng",
+        "_run_ended",
         "_scheduler",
         "_scope",
         "_sink",
@@ -194,7 +194,7 @@ class Supervisor:
         self._watchdog = _Watchdog(self)
         self._poll_deadline = math.inf  # while a scheduled poll runs: when it times out
         self._poll_open = False  # a scheduled poll is awaiting the actor
-        self._receiving = False  # a push actor's run() is running
+        self._run_ended = False  # a push actor's run() ended by itself; calls are being cut
         now = trio.current_time()
         self._state = S.STARTING
         self._state_since = now
@@ -363,7 +363,7 @@ class Supervisor:
             data=MappingProxyType(data),
             source=type(self.actor).__name__,
         )
-        self._sink.event(record)
+        self._deliver(self._sink.event, record)
         return record.event_id
 
     # -- the actor's task ----------------------------------------------------------------
@@ -424,20 +424,23 @@ class Supervisor:
                 await self.actor.setup()
             except Exception as exc:
                 error = exc
-        if scope.cancel_called:
+            except BaseExceptionGroup as group:
+                error = _errors_beside_cancellation(group)
+        if _timed_out_in(scope, error):
             error = _timed_out("setup", timeout, error)
-        now = trio.current_time()
         if error is None:
             self._ready = True
             self._transition(S.RUNNING)
             if self.actor.mode == "poll" and not self._started:
                 # Spread first polls over one interval so N actors never poll in lockstep.
                 self._started = True
-                self._due = now + self._phase * self._interval
+                self._due = trio.current_time() + self._phase * self._interval
             else:
-                self._due = now
+                self._due = trio.current_time()
         elif isinstance(error, DeviceUnavailable):
-            self._unavailable(error, "setup", now)
+            # No session yet to keep: release whatever setup() had opened, then retry it.
+            await self._teardown()
+            self._unavailable(error, "setup", trio.current_time())
         else:
             await self._crash(error, "setup")
 
@@ -446,6 +449,7 @@ class Supervisor:
 
         A scheduled poll is bounded by the watchdog cancelling the lane; a refresh runs
         inside a mailbox call, so it takes a cancel scope of its own (refreshes are rare).
+        A poll that returned is a success even if its deadline passed meanwhile.
         """
         self._poll_started = started
         batch: tuple[Reading, ...] = ()
@@ -458,17 +462,21 @@ class Supervisor:
                 batch = validate_readings(await self.actor.poll(), source="poll()")
             except Exception as exc:
                 error = exc
+            except BaseExceptionGroup as group:
+                error = _errors_beside_cancellation(group)
             finally:
                 self._poll_deadline = math.inf
             self._poll_open = False
-            timed_out = self._lane_cancelled
+            timed_out = self._lane_cancelled and error is not None
         else:
             with trio.move_on_after(self._poll_timeout) as scope:
                 try:
                     batch = validate_readings(await self.actor.poll(), source="poll()")
                 except Exception as exc:
                     error = exc
-            timed_out = scope.cancel_called
+                except BaseExceptionGroup as group:
+                    error = _errors_beside_cancellation(group)
+            timed_out = _timed_out_in(scope, error)
         if timed_out:
             error = _timed_out("poll", self._poll_timeout, error)
         await self._finish_poll(started, batch, error, scheduled=scheduled)
@@ -488,25 +496,33 @@ class Supervisor:
         self._timings.add(ended - started)
         if scheduled:
             due = self._due + self._interval
-            if due <= ended:
-                # Fixed rate: ticks that passed while this poll ran are skipped, not burst.
+            if due < ended:
+                # Fixed rate: ticks that passed while the actor was busy are skipped (and
+                # counted), not burst.
                 missed = math.floor((ended - due) / self._interval) + 1
                 due += missed * self._interval
                 self._overruns += missed
             self._due = due
+        was_unavailable = self._state is S.UNAVAILABLE
         if error is None:
             if batch:
                 self._emit_telemetry(batch, None, None)
             self._succeeded(ended)
+            if not scheduled and was_unavailable:
+                # A refresh found the device back: resume the schedule, not the backoff.
+                self._due = min(self._due, ended + self._interval)
         elif isinstance(error, DeviceUnavailable):
-            self._unavailable(error, "poll", ended)
+            # A refresh failing during an outage tells nothing new: the scheduled retry
+            # and its backoff stand, or a UI refreshing every few seconds would defer it.
+            self._unavailable(error, "poll", ended, reschedule=scheduled or not was_unavailable)
         else:
             await self._crash(error, "poll")
 
     async def _run_push(self) -> None:
-        self._healthy_since = trio.current_time()
+        if self._state is S.RUNNING:
+            # Retries during an outage are not health; data arriving is (see _succeeded).
+            self._healthy_since = trio.current_time()
         error: Exception
-        self._receiving = True
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_mailbox_while_running)
             try:
@@ -517,8 +533,13 @@ class Supervisor:
                 )
             except Exception as exc:
                 error = exc
-            self._receiving = False
+            except BaseExceptionGroup as group:
+                error = _errors_beside_cancellation(group)
+            # Calls cut short from here on learn the actor is restarting, unless this task
+            # is itself being cancelled (stopped).
+            self._run_ended = trio.current_effective_deadline() != -math.inf
             nursery.cancel_scope.cancel()
+        self._run_ended = False
         if isinstance(error, DeviceUnavailable):
             self._unavailable(error, "run", trio.current_time())
         else:
@@ -537,9 +558,13 @@ class Supervisor:
             self.actor.log.info("device is available again")
             self._emit_event("device.available", "info", {})
 
-    def _unavailable(self, error: Exception, phase: str, now: float) -> None:
+    def _unavailable(
+        self, error: Exception, phase: str, now: float, *, reschedule: bool = True
+    ) -> None:
         self._record(error, phase, now)
         self._consecutive += 1
+        if not reschedule:
+            return
         self._forget_attempts_if_healthy(now)
         if not self._announced_unavailable:
             self._announced_unavailable = True
@@ -553,8 +578,7 @@ class Supervisor:
             self.actor.log.debug("still unavailable (%s): %s", phase, error)
         if self._state is not S.UNAVAILABLE:
             self._transition(S.UNAVAILABLE)
-        self._due = now + self._policy.delay(self._attempt, self._rng)
-        self._attempt += 1
+        self._due = now + self._retry_delay()
 
     async def _crash(self, error: Exception, phase: str) -> None:
         now = trio.current_time()
@@ -563,13 +587,13 @@ class Supervisor:
         self._restarts_total += 1
         self._forget_attempts_if_healthy(now)
         policy = self._policy
-        if self._restarts is None:
-            self._restarts = deque(maxlen=policy.max_restarts + 1)
-        self._restarts.append(now)
-        full = len(self._restarts) == self._restarts.maxlen
-        newly_failed = (
-            not self._failed and full and now - self._restarts[0] <= policy.restart_window
-        )
+        restarts = self._restarts
+        if restarts is None:
+            restarts = self._restarts = deque()
+        restarts.append(now)
+        while now - restarts[0] > policy.restart_window:
+            restarts.popleft()
+        newly_failed = not self._failed and len(restarts) > policy.max_restarts
         self._failed = self._failed or newly_failed
         key = (type(error).__qualname__, str(error))
         if key != self._last_error_key:
@@ -581,22 +605,24 @@ class Supervisor:
         self._last_error_key = key
         if newly_failed:
             self.actor.log.error(
-                "more than %d restarts in %g s: marked failed, retrying every %g s",
+                "more than %d restarts in %g s: marked failed, retrying about every %g s",
                 policy.max_restarts,
                 policy.restart_window,
                 policy.max_delay,
             )
-        if self._failed:
-            self._transition(S.FAILED)
-        else:
-            self._transition(S.BACKOFF)
+        self._transition(S.FAILED if self._failed else S.BACKOFF)
         await self._teardown()
+        self._due = trio.current_time() + self._retry_delay()
+
+    def _retry_delay(self) -> float:
+        policy = self._policy
         if self._failed:
-            delay = policy.max_delay
-        else:
-            delay = policy.delay(self._attempt, self._rng)
-            self._attempt += 1
-        self._due = trio.current_time() + delay
+            # At the cap, jittered down by up to a fifth so actors that failed together
+            # do not retry in lockstep.
+            return policy.max_delay * self._rng.uniform(0.8, 1.0)
+        delay = policy.delay(self._attempt, self._rng)
+        self._attempt += 1
+        return delay
 
     def _forget_attempts_if_healthy(self, now: float) -> None:
         since, self._healthy_since = self._healthy_since, None
@@ -604,6 +630,8 @@ class Supervisor:
             self._attempt = 0
             self._failed = False
             self._last_error_key = None
+            if self._restarts is not None:
+                self._restarts.clear()
 
     def _record(self, error: BaseException, phase: str, now: float) -> None:
         self._last_error = ErrorRecord(
@@ -630,6 +658,9 @@ class Supervisor:
         box = self._mailbox
         if box is None:
             box = self._mailbox = deque()
+        if len(box) >= MAILBOX_SIZE and any(c.abandoned for c in box):
+            # Callers that gave up must not keep new ones out.
+            box = self._mailbox = deque(c for c in box if not c.abandoned)
         if len(box) >= MAILBOX_SIZE:
             raise ActorBusy(f"{what} refused: {MAILBOX_SIZE} requests are already waiting")
         call = _Call(what, run, trio.current_time() + timeout)
@@ -651,9 +682,13 @@ class Supervisor:
             raise call.error
         return call.value
 
-    async def _serve_mailbox(self) -> None:
+    async def _serve_mailbox(self, *, until_due: bool = True) -> None:
+        """Answer the calls queued now. With ``until_due``, stop as soon as the actor's
+        own next action is due: a steady stream of calls must not starve its schedule."""
         box = self._mailbox
-        while box:
+        for _ in range(len(box or ())):
+            if not box or (until_due and trio.current_time() >= self._due):
+                return
             call = box.popleft()
             if call.abandoned:
                 continue
@@ -685,18 +720,23 @@ class Supervisor:
                 except ActorCallError as exc:
                     call.reply(error=exc)
                     return
-                except Exception as exc:
-                    failure = CallFailed(
-                        f"{call.what} failed: {_message(exc)}", details={"cause": _code(exc)}
+                except (Exception, BaseExceptionGroup) as raised:
+                    cause = (
+                        raised
+                        if isinstance(raised, Exception)
+                        else _errors_beside_cancellation(raised)
                     )
-                    failure.__cause__ = exc
-                    self.actor.log.warning("%s failed: %s", call.what, exc)
+                    failure = CallFailed(
+                        f"{call.what} failed: {_message(cause)}", details={"cause": _code(cause)}
+                    )
+                    failure.__cause__ = cause
+                    self.actor.log.warning("%s failed: %s", call.what, cause)
                     call.reply(error=failure)
                     return
         except BaseException:
             # Interrupted by stop(), or by a push actor's run() ending: this call already
             # left the mailbox, so answer it here before unwinding.
-            restarting = self.actor.mode == "push" and not self._receiving
+            restarting = self._run_ended
             kind = ActorNotReady if restarting else ActorStopped
             why = "is restarting" if restarting else "is stopping"
             call.reply(
@@ -713,7 +753,7 @@ class Supervisor:
     async def _serve_mailbox_while_running(self) -> None:
         while True:
             await self._bell.wait()
-            await self._serve_mailbox()
+            await self._serve_mailbox(until_due=False)
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -723,27 +763,34 @@ class Supervisor:
         self._needs_teardown = False
         self._ready = False
         grace = type(self.actor).stop_timeout
+        error: Exception | None = None
         with trio.move_on_after(grace, shield=True) as scope:
             try:
                 await self.actor.teardown()
             except Exception as exc:
-                self.actor.log.warning("teardown() raised: %s", exc, exc_info=exc)
-                self._record(exc, "teardown", trio.current_time())
-        if scope.cancelled_caught:
+                error = exc
+            except BaseExceptionGroup as group:
+                error = _errors_beside_cancellation(group)
+        if _timed_out_in(scope, error):
             self.actor.log.warning("teardown() did not finish within %g s; abandoned", grace)
-            self._record(
-                TeardownTimeout(f"teardown() exceeded {grace:g} s"), "teardown", trio.current_time()
-            )
+            error = TeardownTimeout(f"teardown() exceeded {grace:g} s")
+        elif error is not None:
+            self.actor.log.warning("teardown() raised: %s", error, exc_info=error)
+        if error is not None:
+            self._record(error, "teardown", trio.current_time())
 
     async def _shutdown(self) -> None:
-        with trio.CancelScope(shield=True):
-            if self._state is not S.STOPPED:
-                self._transition(S.STOPPING)
-            for call in self._mailbox or ():
-                if not call.done.is_set():
-                    call.reply(error=ActorStopped(f"{call.what} not run: the actor stopped"))
-            await self._teardown()
-            self._transition(S.STOPPED)
+        try:
+            with trio.CancelScope(shield=True):
+                if self._state is not S.STOPPED:
+                    self._transition(S.STOPPING)
+                for call in self._mailbox or ():
+                    if not call.done.is_set():
+                        call.reply(error=ActorStopped(f"{call.what} not run: the actor stopped"))
+                await self._teardown()
+                self._transition(S.STOPPED)
+        finally:
+            # Whatever happened above, waiters must wake and the nursery must forget us.
             self._finished = True
             if self._done is not None:
                 self._done.set()
@@ -758,21 +805,31 @@ class Supervisor:
         self._state = target
         self._state_since = trio.current_time()
 
+    def _deliver(self, send: Callable[[Any], None], record: Any) -> None:
+        """Hand a record to the sink. A sink must not raise; if one does, say so loudly
+        rather than let it take this actor (or, from the supervisor, every actor) down."""
+        try:
+            send(record)
+        except Exception:
+            log.exception("the sink refused a record from %s; it is lost", self.identity.config_id)
+
     def _emit_telemetry(
         self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
     ) -> None:
         self._readings += len(batch)
-        self._sink.telemetry(
+        self._deliver(
+            self._sink.telemetry,
             TelemetryRecord(
                 identity=self.identity,
                 device_id=device_id or self.identity.device_id,
                 readings=batch,
                 observed_at=time.time() if observed_at is None else observed_at,
-            )
+            ),
         )
 
     def _emit_event(self, event_type: str, severity: Severity, data: dict[str, Any]) -> None:
-        self._sink.event(
+        self._deliver(
+            self._sink.event,
             EventRecord(
                 identity=self.identity,
                 device_id=self.identity.device_id,
@@ -780,8 +837,30 @@ class Supervisor:
                 severity=severity,
                 data=MappingProxyType(data),
                 source="supervisor",
-            )
+            ),
         )
+
+
+def _errors_beside_cancellation(group: BaseExceptionGroup[BaseException]) -> Exception:
+    """The actor's own errors from a group that also holds a cancellation.
+
+    A hook running its own nursery raises ``BaseExceptionGroup([Cancelled, X])`` when a
+    child fails while being cancelled. ``except Exception`` misses that, and trio's cancel
+    scope would strip the Cancelled and let ``X`` escape to every sibling. Keeping ``X`` as
+    the hook's outcome and dropping the Cancelled is safe: trio delivers a cancellation
+    again at every checkpoint of a scope that is still cancelled. A group of nothing but
+    cancellations (or holding KeyboardInterrupt) is re-raised untouched.
+    """
+    _, rest = group.split(trio.Cancelled)
+    if isinstance(rest, ExceptionGroup):
+        return rest
+    raise group
+
+
+def _timed_out_in(scope: trio.CancelScope, error: Exception | None) -> bool:
+    """Whether a hook under ``scope`` ran out of time. A hook that returned is a success
+    even if its deadline passed meanwhile (``cancel_called`` alone would say otherwise)."""
+    return scope.cancelled_caught or (error is not None and scope.cancel_called)
 
 
 def _timed_out(phase: str, timeout: float, raised: Exception | None) -> PollTimeout:

@@ -77,6 +77,8 @@ def test_an_intermediate_generic_base_keeps_its_subclasses_parameter() -> None:
             "poll_interval must be a positive",
         ),
         ("async def poll(self): return []\n    stop_timeout = float('inf')", "stop_timeout"),
+        ("async def poll(self): return []\n    poll_timeout = float('inf')", "poll_timeout"),
+        ("async def poll(self): return []\n    poll_timeout = 0", "poll_timeout"),
     ],
 )
 def test_malformed_actor_classes_fail_at_definition(body: str, words: str) -> None:

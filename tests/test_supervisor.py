@@ -191,13 +191,15 @@ async def test_unavailable_event_carries_the_reason_and_health_shows_it(
     assert health.last_error is not None and health.last_error.phase == "poll"
 
 
-async def test_setup_that_finds_the_device_offline_is_retried_without_teardown(
+async def test_setup_that_finds_the_device_offline_releases_it_and_is_retried(
     actors: ActorNursery, autojump_clock: Any, sink: RecordingSink
 ) -> None:
     sup = actors.spawn(Probe, {"id": "p", "setups": ["down", "down"]})
     await wait_until(lambda: len(sup.actor.times("poll")) >= 2)
-    assert len(sup.actor.times("setup")) == 3
-    assert sup.actor.times("teardown") == []
+    hooks = [h for h, _ in sup.actor.calls]
+    # No session to keep yet: whatever setup() opened is released before each retry.
+    assert hooks[:6] == ["setup", "teardown", "setup", "teardown", "setup", "poll"]
+    assert sup.health().restarts_total == 0, "an offline device is not a crash"
     assert sink.event_types("p") == ["device.unavailable", "device.available"]
 
 
@@ -691,3 +693,179 @@ async def test_a_command_cut_short_by_a_push_actor_restart_is_answered(
         await sup.command("slow", timeout=60)
     assert info.value.details["started"] is True
     assert trio.current_time() < 5
+
+
+class Messy(DeviceActor[RuntimeConfig]):
+    """Its poll runs a nursery whose child raises when cancelled: the hook then raises
+    BaseExceptionGroup([Cancelled, RuntimeError]), which `except Exception` misses."""
+
+    poll_interval = 1.0
+    poll_timeout = 0.5
+
+    async def poll(self) -> list[Reading]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader)
+            await trio.sleep_forever()
+        return []  # pragma: no cover
+
+    async def _reader(self) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            raise RuntimeError("reader closed while cancelled") from None
+
+    async def teardown(self) -> None:
+        await self._reader()  # raises the same way when the grace period cancels it
+
+
+async def test_errors_raised_alongside_a_cancellation_stay_inside_the_actor(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    class MessyTeardown(Messy):
+        stop_timeout = 1.0
+
+    messy = actors.spawn(MessyTeardown, {"id": "messy"})
+    sibling = actors.spawn(Probe, {"id": "sibling"})
+    await wait_until(lambda: messy.state is ActorState.UNAVAILABLE)
+    error = messy.health().last_error
+    assert error is not None and error.code == "poll_timeout"
+    await trio.sleep(10)
+    assert len(sibling.actor.times("poll")) >= 10
+    await messy.stop()  # cancelled mid-poll, and teardown raises the same way
+    assert messy.state is ActorState.STOPPED
+    assert sibling.state is ActorState.RUNNING
+
+
+# -- found in review ----------------------------------------------------------------------
+
+
+async def test_a_sink_that_raises_loses_the_record_but_no_actor(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenSink(RecordingSink):
+        def telemetry(self, record: Any) -> None:
+            raise OSError("disk full")
+
+    async with open_actor_nursery(BrokenSink()) as actors:
+        sup = actors.spawn(Probe, {"id": "p"})
+        await wait_until(lambda: len(sup.actor.times("poll")) >= 5)
+        assert sup.state is ActorState.RUNNING and sup.health().restarts_total == 0
+    assert any("the sink refused a record from p" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_steady_stream_of_commands_does_not_starve_polling(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    sup = actors.spawn(Probe, {"id": "p"})
+    await wait_until(lambda: sup.actor.times("poll"))
+
+    async def client() -> None:
+        while True:
+            await sup.command("echo", {"sleep": 0.2})
+
+    async with trio.open_nursery() as clients:
+        for _ in range(4):
+            clients.start_soon(client)
+        start = trio.current_time()
+        await trio.sleep(20)
+        clients.cancel_scope.cancel()
+    polls = [t for t in sup.actor.times("poll") if t >= start]
+    assert len(polls) >= 18, "polls must keep their schedule under a stream of commands"
+    assert len(sup.actor.times("command")) > 50
+
+
+async def test_stopping_a_push_actor_mid_command_during_an_outage_says_stopped(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    class Switch(Gateway):
+        @command("slow")
+        async def slow(self, args: Any) -> None:
+            await trio.sleep(5)
+
+    sup = actors.spawn(Switch, {"id": "sw", "outages": [0, 1, 2, 3]})
+    await wait_until(lambda: sup.state is ActorState.UNAVAILABLE)
+    errors: list[BaseException] = []
+
+    async def send() -> None:
+        try:
+            await sup.command("slow", timeout=30)
+        except (ActorStopped, ActorNotReady) as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(send)
+        await trio.sleep(0.5)
+        await sup.stop()
+    assert [type(e) for e in errors] == [ActorStopped]
+
+
+async def test_push_retries_during_an_outage_keep_backing_off(autojump_clock: Any) -> None:
+    class Silent(DeviceActor[RuntimeConfig]):
+        """Waits 40 s for data that never comes, then reports the device unavailable."""
+
+        def __init__(self, config: RuntimeConfig) -> None:
+            super().__init__(config)
+            self.ends: list[float] = []
+            self.starts: list[float] = []
+
+        async def run(self) -> None:
+            self.starts.append(trio.current_time())
+            await trio.sleep(40)
+            self.ends.append(trio.current_time())
+            raise DeviceUnavailable("no data for 40 s")
+
+    async with open_actor_nursery(RecordingSink(), rng=TopRandom()) as actors:
+        sup = actors.spawn(Silent, {"id": "s"})
+        await wait_until(lambda: len(sup.actor.starts) == 5)
+    waits = [round(b - a, 2) for a, b in zip(sup.actor.ends, sup.actor.starts[1:], strict=False)]
+    # 40 s inside run() is not 40 s of health: the backoff grows instead of resetting.
+    assert waits == pytest.approx([1, 2, 4, 8], abs=0.006)
+
+
+async def test_refreshes_during_an_outage_do_not_defer_the_scheduled_retry(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    sup = actors.spawn(Probe, {"id": "p", "polls": ["ok", "down"], "then": "down"})
+    await wait_until(lambda: sup.state is ActorState.UNAVAILABLE)
+    due = sup.health().next_poll_due
+    for _ in range(3):
+        with pytest.raises(CallFailed) as failed:
+            await sup.refresh()
+        assert failed.value.details["cause"] == "device_unavailable"
+    after = sup.health().next_poll_due
+    assert due is not None and after is not None
+    assert abs((after - due).total_seconds()) < 0.001
+
+
+async def test_a_refresh_that_finds_the_device_back_resumes_the_schedule(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    policy = RestartPolicy(initial_delay=50, max_delay=60, max_restarts=100)
+    async with open_actor_nursery(RecordingSink(), rng=TopRandom()) as own:
+        sup = own.spawn(Probe, {"id": "p", "polls": ["ok", "down", "ok"]}, policy=policy)
+        await wait_until(lambda: sup.state is ActorState.UNAVAILABLE)
+        await sup.refresh()  # the third poll: ok
+        assert sup.state is ActorState.RUNNING
+        polls_before = len(sup.actor.times("poll"))
+        await trio.sleep(3)
+        assert len(sup.actor.times("poll")) >= polls_before + 2, "not 50 s of backoff"
+
+
+async def test_callers_that_gave_up_do_not_keep_new_ones_out(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    class Patient(Probe):
+        poll_timeout = 60.0
+
+    sup = actors.spawn(Patient, {"id": "p", "polls": ["slow:50"]})
+    await wait_until(lambda: sup.actor.polling)
+
+    async def impatient() -> None:
+        with pytest.raises(CallTimeout):
+            await sup.command("echo", timeout=1)
+
+    async with trio.open_nursery() as clients:
+        for _ in range(16):
+            clients.start_soon(impatient)
+    # All sixteen gave up; a seventeenth is queued, not refused, and answered after the poll.
+    assert await sup.command("echo", {"late": True}, timeout=60) == {"late": True}
