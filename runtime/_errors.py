@@ -128,7 +128,8 @@ class DeviceUnavailable(PiPhiError):
 
     Unlike any other exception, this keeps the actor instance and its session: the
     supervisor marks the actor ``unavailable``, emits one ``device.unavailable`` event
-    and retries the same hook with backoff, without teardown.
+    and retries the same hook with backoff, without teardown. (Raised from ``setup()``,
+    where no session exists yet, ``teardown()`` releases what setup opened first.)
     """
 
     code = "device_unavailable"

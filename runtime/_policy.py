@@ -27,8 +27,8 @@ class RestartPolicy:
     so a device that fails seconds after each recovery keeps backing off.
 
     More than ``max_restarts`` restarts within ``restart_window`` seconds marks the actor
-    ``failed``: it is still retried, at ``max_delay``, until it stays healthy for
-    ``reset_after``. A failed actor never takes the runtime down.
+    ``failed``: it is still retried, at ``max_delay`` less up to a fifth of jitter, until
+    it stays healthy for ``reset_after``. A failed actor never takes the runtime down.
     """
 
     initial_delay: float = attrs.field(default=1.0, validator=_positive)

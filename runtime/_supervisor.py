@@ -77,7 +77,8 @@ class _Watchdog:
 
     def ring(self) -> None:
         supervisor = self._supervisor
-        if trio.current_time() >= supervisor._poll_deadline:
+        # Nearly always the poll finished long ago: test that before reading the clock.
+        if supervisor._poll_open and trio.current_time() >= supervisor._poll_deadline:
             supervisor._lane_cancelled = True
             supervisor._lane.cancel(reason="poll timeout")
 
