@@ -460,28 +460,27 @@ class Supervisor:
             self._poll_deadline = started + self._poll_timeout
             self._scheduler.ring_at(self._poll_deadline, self._watchdog)
             try:
-                batch = validate_readings(await self.actor.poll(), source="poll()")
-            except Exception as exc:
-                error = exc
-            except BaseExceptionGroup as group:
-                error = _errors_beside_cancellation(group)
+                batch, error = await self._read()
             finally:
                 self._poll_deadline = math.inf
             self._poll_open = False
             timed_out = self._lane_cancelled and error is not None
         else:
             with trio.move_on_after(self._poll_timeout) as scope:
-                try:
-                    batch = validate_readings(await self.actor.poll(), source="poll()")
-                except Exception as exc:
-                    error = exc
-                except BaseExceptionGroup as group:
-                    error = _errors_beside_cancellation(group)
+                batch, error = await self._read()
             timed_out = _timed_out_in(scope, error)
         if timed_out:
             error = _timed_out("poll", self._poll_timeout, error)
         await self._finish_poll(started, batch, error, scheduled=scheduled)
         return batch if error is None else error
+
+    async def _read(self) -> tuple[tuple[Reading, ...], Exception | None]:
+        try:
+            return validate_readings(await self.actor.poll(), source="poll()"), None
+        except Exception as exc:
+            return (), exc
+        except BaseExceptionGroup as group:
+            return (), _errors_beside_cancellation(group)
 
     async def _finish_poll(
         self,

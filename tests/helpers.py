@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
 from pydantic import Field
 
-from runtime import DeviceActor, DeviceUnavailable, Reading, RuntimeConfig, command
+from runtime import (
+    ActorCallError,
+    DeviceActor,
+    DeviceUnavailable,
+    Reading,
+    RuntimeConfig,
+    command,
+)
 from runtime._config import PollInterval
 
 
@@ -77,6 +84,20 @@ class Probe(DeviceActor[ProbeConfig]):
         if args.get("fail"):
             raise ValueError("the device refused")
         return dict(args)
+
+
+class PatientProbe(Probe):
+    """A probe whose polls may run for a minute: for tests that keep a device busy."""
+
+    poll_timeout = 60.0
+
+
+async def attempt(call: Awaitable[Any]) -> Any:
+    """Await a call to an actor; return its result, or the ActorCallError it raised."""
+    try:
+        return await call
+    except ActorCallError as exc:
+        return exc
 
 
 class TopRandom(random.Random):

@@ -36,7 +36,7 @@ from runtime import (
 )
 from runtime.testing import RecordingSink
 
-from .helpers import Probe, TopRandom, wait_until
+from .helpers import PatientProbe, Probe, TopRandom, attempt, wait_until
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -236,10 +236,8 @@ async def test_a_hung_setup_times_out_as_unavailable(
 async def test_ticks_missed_by_a_long_poll_are_skipped_and_counted_as_overruns(
     actors: ActorNursery, autojump_clock: Any
 ) -> None:
-    class Patient(Probe):
-        poll_timeout = 10.0
 
-    sup = actors.spawn(Patient, {"id": "p", "polls": ["slow:2.5"] * 3})
+    sup = actors.spawn(PatientProbe, {"id": "p", "polls": ["slow:2.5"] * 3})
     await wait_until(lambda: len(sup.actor.times("poll")) == 6)
     # Each 2.5 s poll misses the ticks at +1 and +2; the next poll starts on the grid at +3.
     assert gaps(sup.actor.times("poll")) == pytest.approx([3, 3, 3, 1, 1], abs=0.006)
@@ -337,10 +335,8 @@ async def test_invalid_poll_results_are_crashes_with_a_clear_error(
 async def test_commands_and_refreshes_never_overlap_a_poll(
     actors: ActorNursery, autojump_clock: Any
 ) -> None:
-    class Patient(Probe):
-        poll_timeout = 5.0
 
-    sup = actors.spawn(Patient, {"id": "p", "polls": ["slow:0.4"] * 50})
+    sup = actors.spawn(PatientProbe, {"id": "p", "polls": ["slow:0.4"] * 50})
     results: list[Any] = []
 
     async def client(n: int) -> None:
@@ -394,18 +390,13 @@ async def test_command_errors_are_typed(actors: ActorNursery, autojump_clock: An
 async def test_a_full_mailbox_refuses_at_once_and_queued_calls_expire(
     actors: ActorNursery, autojump_clock: Any
 ) -> None:
-    class Patient(Probe):
-        poll_timeout = 30.0
 
-    sup = actors.spawn(Patient, {"id": "p", "polls": ["slow:20"]})
+    sup = actors.spawn(PatientProbe, {"id": "p", "polls": ["slow:20"]})
     await wait_until(lambda: sup.actor.polling)
-    outcomes: list[BaseException] = []
+    outcomes: list[Any] = []
 
     async def send() -> None:
-        try:
-            await sup.command("echo", timeout=5)
-        except (ActorBusy, CallTimeout) as exc:
-            outcomes.append(exc)
+        outcomes.append(await attempt(sup.command("echo", timeout=5)))
 
     async with trio.open_nursery() as clients:
         for _ in range(20):
@@ -446,24 +437,19 @@ async def test_calls_to_a_stopped_actor_are_refused(
 async def test_calls_waiting_when_the_actor_stops_are_answered(
     actors: ActorNursery, autojump_clock: Any
 ) -> None:
-    class Patient(Probe):
-        poll_timeout = 30.0
 
-    sup = actors.spawn(Patient, {"id": "p", "polls": ["slow:20"]})
+    sup = actors.spawn(PatientProbe, {"id": "p", "polls": ["slow:20"]})
     await wait_until(lambda: sup.actor.polling)
-    errors: list[BaseException] = []
+    errors: list[Any] = []
 
     async def send() -> None:
-        try:
-            await sup.command("echo", timeout=10)
-        except ActorStopped as exc:
-            errors.append(exc)
+        errors.append(await attempt(sup.command("echo", timeout=10)))
 
     async with trio.open_nursery() as clients:
         clients.start_soon(send)
         await trio.sleep(1)
         await sup.stop()
-    assert len(errors) == 1
+    assert [type(e) for e in errors] == [ActorStopped]
 
 
 # -- stopping -----------------------------------------------------------------------------
@@ -622,11 +608,9 @@ async def test_events_and_state_published_by_an_actor_carry_its_identities(
 async def test_health_snapshot_has_timings_and_serialises(
     actors: ActorNursery, autojump_clock: Any
 ) -> None:
-    class Patient(Probe):
-        poll_timeout = 5.0
 
     durations = [0.1 * (i + 1) for i in range(10)]
-    sup = actors.spawn(Patient, {"id": "p", "polls": [f"slow:{d:.1f}" for d in durations]})
+    sup = actors.spawn(PatientProbe, {"id": "p", "polls": [f"slow:{d:.1f}" for d in durations]})
     await wait_until(lambda: len(sup.actor.times("poll")) == 11)
     health = sup.health()
     assert health.polls >= 10 and health.readings == health.polls
@@ -635,7 +619,7 @@ async def test_health_snapshot_has_timings_and_serialises(
     assert health.next_poll_due is not None and health.last_poll_started is not None
     assert health.state_since <= datetime.now(UTC)
     body = json.loads(json.dumps(health.to_dict()))
-    assert body["state"] == "running" and body["actor"] == "Patient"
+    assert body["state"] == "running" and body["actor"] == "PatientProbe"
     with pytest.raises(AttributeError):
         health.polls = 0  # type: ignore[misc]
 
@@ -659,13 +643,10 @@ async def test_a_command_cut_short_by_stop_is_answered(
     actors: ActorNursery, autojump_clock: Any
 ) -> None:
     sup = actors.spawn(Probe, {"id": "p"})
-    errors: list[BaseException] = []
+    errors: list[Any] = []
 
     async def send() -> None:
-        try:
-            await sup.command("echo", {"sleep": 8}, timeout=9)
-        except ActorStopped as exc:
-            errors.append(exc)
+        errors.append(await attempt(sup.command("echo", {"sleep": 8}, timeout=9)))
 
     async with trio.open_nursery() as clients:
         clients.start_soon(send)
@@ -673,7 +654,8 @@ async def test_a_command_cut_short_by_stop_is_answered(
         start = trio.current_time()
         await sup.stop()
     assert trio.current_time() - start < 0.1, "the caller must not wait out its deadline"
-    assert len(errors) == 1 and errors[0].details["started"] is True
+    assert [type(e) for e in errors] == [ActorStopped]
+    assert errors[0].details["started"] is True
 
 
 async def test_a_command_cut_short_by_a_push_actor_restart_is_answered(
@@ -784,13 +766,10 @@ async def test_stopping_a_push_actor_mid_command_during_an_outage_says_stopped(
 
     sup = actors.spawn(Switch, {"id": "sw", "outages": [0, 1, 2, 3]})
     await wait_until(lambda: sup.state is ActorState.UNAVAILABLE)
-    errors: list[BaseException] = []
+    errors: list[Any] = []
 
     async def send() -> None:
-        try:
-            await sup.command("slow", timeout=30)
-        except (ActorStopped, ActorNotReady) as exc:
-            errors.append(exc)
+        errors.append(await attempt(sup.command("slow", timeout=30)))
 
     async with trio.open_nursery() as clients:
         clients.start_soon(send)
@@ -854,10 +833,8 @@ async def test_a_refresh_that_finds_the_device_back_resumes_the_schedule(
 async def test_callers_that_gave_up_do_not_keep_new_ones_out(
     actors: ActorNursery, autojump_clock: Any
 ) -> None:
-    class Patient(Probe):
-        poll_timeout = 60.0
 
-    sup = actors.spawn(Patient, {"id": "p", "polls": ["slow:50"]})
+    sup = actors.spawn(PatientProbe, {"id": "p", "polls": ["slow:50"]})
     await wait_until(lambda: sup.actor.polling)
 
     async def impatient() -> None:
