@@ -236,10 +236,6 @@ class Supervisor:
     def state(self) -> ActorState:
         return self._state
 
-    @property
-    def interval(self) -> float:
-        return self._interval
-
     def health(self) -> ActorHealth:
         """An immutable snapshot of this actor's health, consistent at the moment of the call."""
         now = trio.current_time()
