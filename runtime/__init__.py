@@ -33,6 +33,16 @@ from ._lifecycle import ActorState, can_transition
 from ._nursery import ActorNursery, open_actor_nursery
 from ._policy import RestartPolicy
 from ._reading import Reading
+from ._reconciler import (
+    ApplyResult,
+    ConfigSnapshot,
+    ConfigSync,
+    Rejection,
+    RemoveResult,
+    SyncResult,
+    select_by_field,
+)
+from ._registry import DeviceSlice, Registry
 from ._sink import EventRecord, Sink, TelemetryRecord
 from ._supervisor import Refresh, Supervisor
 
@@ -48,11 +58,15 @@ __all__ = [
     "ActorNursery",
     "ActorState",
     "ActorStopped",
+    "ApplyResult",
     "CallFailed",
     "CallTimeout",
     "CommandSpec",
+    "ConfigSnapshot",
+    "ConfigSync",
     "DeviceActor",
     "DeviceIdentity",
+    "DeviceSlice",
     "DeviceUnavailable",
     "ErrorRecord",
     "EventRecord",
@@ -66,10 +80,14 @@ __all__ = [
     "Reading",
     "Refresh",
     "RefreshUnsupported",
+    "Registry",
+    "Rejection",
+    "RemoveResult",
     "RestartPolicy",
     "RuntimeConfig",
     "Sink",
     "Supervisor",
+    "SyncResult",
     "TeardownTimeout",
     "TelemetryRecord",
     "UnknownCommand",
@@ -77,4 +95,5 @@ __all__ = [
     "can_transition",
     "command",
     "open_actor_nursery",
+    "select_by_field",
 ]

@@ -121,6 +121,9 @@ class DeviceActor(Generic[ConfigT]):
     commands: ClassVar[Mapping[str, CommandSpec]] = MappingProxyType({})
     #: Filled in per subclass: "poll" or "push", None for an abstract intermediate class.
     mode: ClassVar[Literal["poll", "push"] | None] = None
+    #: Filled in per subclass: whether it overrides reconfigure() (changed configs are
+    #: then handed to the running actor instead of restarting it).
+    reconfigurable: ClassVar[bool] = False
 
     config: ConfigT
     _supervisor: Supervisor | None
@@ -146,7 +149,7 @@ class DeviceActor(Generic[ConfigT]):
                 if args and isinstance(args[0], type) and issubclass(args[0], RuntimeConfig):
                     cls.config_model = args[0]
                     break
-        for hook in ("setup", "poll", "run", "teardown"):
+        for hook in ("setup", "poll", "run", "teardown", "reconfigure"):
             if hook in cls.__dict__ and not inspect.iscoroutinefunction(cls.__dict__[hook]):
                 raise InvalidActor(f"{cls.__name__}.{hook}() must be 'async def'")
         polls = cls.poll is not DeviceActor.poll
@@ -154,6 +157,7 @@ class DeviceActor(Generic[ConfigT]):
         if polls and runs:
             raise InvalidActor(f"{cls.__name__} overrides both poll() and run(); choose one")
         cls.mode = "poll" if polls else "push" if runs else None
+        cls.reconfigurable = cls.reconfigure is not DeviceActor.reconfigure
         cls.commands = MappingProxyType(_collect_commands(cls))
         poll_timeout = cls.poll_timeout
         if poll_timeout is not None and not (
@@ -188,6 +192,14 @@ class DeviceActor(Generic[ConfigT]):
 
     async def teardown(self) -> None:
         """Close the session. Bounded by ``stop_timeout``, and runs even when cancelled."""
+
+    async def reconfigure(self, config: ConfigT) -> None:
+        """Optional: adopt a changed config in place, without a restart.
+
+        Runs through the mailbox, never during a poll. Once it returns, ``self.config`` is
+        the new config. Raise to have the runtime restart the actor with it instead.
+        """
+        raise NotImplementedError
 
     def entities(self) -> Sequence[Mapping[str, Any]]:
         """The entities this device exposes to Core; empty means the runtime's default."""

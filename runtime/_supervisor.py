@@ -60,6 +60,8 @@ log = logging.getLogger("runtime.supervisor")
 
 #: Requests (commands, refreshes) that may wait for one actor; more are refused at once.
 MAILBOX_SIZE = 16
+#: Events each actor keeps for ``/events`` (its slice of the registry).
+RECENT_EVENTS = 20
 #: How long a caller waits past its deadline for the actor's own timeout reply.
 _REPLY_SLACK = 1.0
 _DEFAULT_POLL_TIMEOUT_CAP = 10.0
@@ -143,6 +145,7 @@ class Supervisor:
         "_polls",
         "_readings",
         "_ready",
+        "_recent_events",
         "_restarts",
         "_restarts_total",
         "_rng",
@@ -181,12 +184,7 @@ class Supervisor:
         self._phase = phase
         self._policy = policy or cls.restart_policy
         self._on_exit = on_exit
-        interval = actor.config.poll_interval_seconds or cls.poll_interval
-        self._interval: float = float(interval)
-        timeout = cls.poll_timeout
-        self._poll_timeout: float = (
-            min(self._interval, _DEFAULT_POLL_TIMEOUT_CAP) if timeout is None else float(timeout)
-        )
+        self._interval, self._poll_timeout = _timings_for(cls, actor.config)
         self._bell = Doorbell()
         self._scope = trio.CancelScope()
         self._lane = trio.CancelScope()  # replaced by run(); see there
@@ -222,6 +220,7 @@ class Supervisor:
         self._mailbox: deque[_Call] | None = None
         self._state_values: dict[str, Any] | None = None
         self._state_updated: float | None = None
+        self._recent_events: deque[EventRecord] | None = None
         self._done: trio.Event | None = None
         self._finished = False
         actor._supervisor = self
@@ -314,6 +313,27 @@ class Supervisor:
         result: Refresh = await self._call("refresh", read, limit)
         return result
 
+    async def reconfigure(self, config: Any) -> None:
+        """Hand a changed config (same id, same actor class) to the actor's reconfigure()
+        hook, serialized with its polls; then adopt it. Raises an ActorCallError if the
+        actor could not take it (the caller restarts the actor instead)."""
+        actor = self.actor
+        if not actor.reconfigurable:
+            raise CallFailed(f"{type(actor).__name__} does not define reconfigure()")
+
+        async def adopt() -> None:
+            await actor.reconfigure(config)
+            actor.config = config
+            actor._log = None
+            self.identity = config.identity
+            self._interval, self._poll_timeout = _timings_for(type(actor), config)
+
+        await self._call("reconfigure", adopt, type(actor).command_timeout)
+
+    def recent_events(self) -> tuple[EventRecord, ...]:
+        """The last events this actor and its supervisor emitted, oldest first."""
+        return tuple(self._recent_events or ())
+
     def cancel(self) -> None:
         """Ask the actor to stop; teardown runs shielded within its grace period."""
         self._scope.cancel()
@@ -360,7 +380,7 @@ class Supervisor:
             data=MappingProxyType(data),
             source=type(self.actor).__name__,
         )
-        self._deliver(self._sink.event, record)
+        self._send_event(record)
         return record.event_id
 
     # -- the actor's task ----------------------------------------------------------------
@@ -823,9 +843,14 @@ class Supervisor:
             ),
         )
 
+    def _send_event(self, record: EventRecord) -> None:
+        if self._recent_events is None:
+            self._recent_events = deque(maxlen=RECENT_EVENTS)
+        self._recent_events.append(record)
+        self._deliver(self._sink.event, record)
+
     def _emit_event(self, event_type: str, severity: Severity, data: dict[str, Any]) -> None:
-        self._deliver(
-            self._sink.event,
+        self._send_event(
             EventRecord(
                 identity=self.identity,
                 device_id=self.identity.device_id,
@@ -863,6 +888,13 @@ def _timed_out(phase: str, timeout: float, raised: Exception | None) -> PollTime
     error = PollTimeout(f"{phase}() did not finish within {timeout:g} s")
     error.__cause__ = raised
     return error
+
+
+def _timings_for(cls: type[DeviceActor[Any]], config: Any) -> tuple[float, float]:
+    """An actor's poll interval and poll timeout for ``config``."""
+    interval = float(config.poll_interval_seconds or cls.poll_interval)
+    timeout = cls.poll_timeout
+    return interval, min(interval, _DEFAULT_POLL_TIMEOUT_CAP) if timeout is None else float(timeout)
 
 
 def _check_timeout(timeout: float | None) -> None:

@@ -1,0 +1,474 @@
+"""The config-sync supervisor: the single owner of the set of running actors.
+
+Core is the source of truth: each snapshot says which configs should run. ``ConfigSync``
+diffs a snapshot against what runs, by config id and a hash of the validated config, and
+touches only what differs. It spawns the added configs, restarts the changed ones (or
+hands them to the actor's ``reconfigure()`` hook), and stops the removed ones and every
+id in ``deleted_config_ids``. Unchanged actors see nothing, and Core sees no event for
+them.
+
+One reconciliation runs at a time, shielded from its caller's cancellation so it never
+stops halfway. Snapshots that arrive while one runs coalesce: only the newest (highest
+generation, latest on ties) is applied next, and the others answer ``stale_ignored``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+import trio
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.alias_generators import to_camel
+
+from ._actor import DeviceActor
+from ._config import DeviceIdentity, RuntimeConfig, validate_config
+from ._errors import ActorCallError, InvalidConfig
+from ._nursery import ActorNursery
+from ._sink import EventRecord, Sink
+
+__all__ = [
+    "ApplyResult",
+    "ConfigSnapshot",
+    "ConfigSync",
+    "Rejection",
+    "RemoveResult",
+    "SyncResult",
+    "select_by_field",
+]
+
+log = logging.getLogger("runtime.reconciler")
+
+ActorClass = type[DeviceActor[Any]]
+Selector = Callable[[Mapping[str, Any]], ActorClass]
+Change = Literal["restarted", "reconfigured"]
+
+
+class ConfigSnapshot(BaseModel):
+    """The body of ``/config/sync`` and of the mounted snapshot file (CONTRACT.md)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        coerce_numbers_to_str=True,
+    )
+
+    schema_version: int | str | None = None
+    container_id: str | None = None
+    integration_id: str | None = None
+    driver_pid: int | str | None = None
+    reason: str | None = None
+    generation: int | None = Field(default=None, ge=0)
+    updated_at: str | None = None
+    configs: list[Any] = Field(default_factory=list)  # each one is validated on its own
+    deleted_config_ids: list[str] = Field(default_factory=list)
+    config_hash: str | None = None
+    internal_token: SecretStr | None = None
+
+
+@attrs.frozen
+class Rejection:
+    """A config of a snapshot that was not applied, and why."""
+
+    config_id: str | None
+    code: str
+    message: str
+    errors: tuple[Mapping[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config_id": self.config_id,
+            "code": self.code,
+            "message": self.message,
+            "errors": list(self.errors),
+        }
+
+
+@attrs.frozen(kw_only=True)
+class SyncResult:
+    """What a snapshot did: everything the PiPhi sync response needs, plus timing."""
+
+    status: Literal["synced", "stale_ignored"]
+    generation: int | None
+    reason: str | None
+    container_id: str | None
+    added: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    reconfigured: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    unchanged: int = 0
+    rejected: tuple[Rejection, ...] = ()
+    active_config_ids: tuple[str, ...] = ()
+    note: str | None = None
+    duration_ms: float = 0.0
+
+    @property
+    def applied(self) -> tuple[str, ...]:
+        """Configs this snapshot started or changed."""
+        return self.added + self.restarted + self.reconfigured
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "generation": self.generation,
+            "reason": self.reason,
+            "container_id": self.container_id,
+            "applied": list(self.applied),
+            "added": list(self.added),
+            "restarted": list(self.restarted),
+            "reconfigured": list(self.reconfigured),
+            "removed": list(self.removed),
+            "unchanged": self.unchanged,
+            "skipped": [r.config_id for r in self.rejected],
+            "rejected": [r.to_dict() for r in self.rejected],
+            "active_config_ids": list(self.active_config_ids),
+            "note": self.note,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+@attrs.frozen
+class ApplyResult:
+    """What applying one config did: ``added``, ``restarted``, ``reconfigured`` or ``unchanged``."""
+
+    config_id: str
+    action: Literal["added", "restarted", "reconfigured", "unchanged"]
+
+
+@attrs.frozen
+class RemoveResult:
+    config_id: str
+    removed: bool
+
+
+def select_by_field(
+    field: str, actors: Mapping[str, ActorClass], *, default: ActorClass | None = None
+) -> Selector:
+    """Choose the actor class of each config by the value of ``field`` (e.g. ``device_type``)."""
+    camel = to_camel(field)
+    choices = dict(actors)
+
+    def select(config: Mapping[str, Any]) -> ActorClass:
+        value = config.get(field, config.get(camel))
+        chosen = choices.get(str(value)) if value is not None else None
+        if chosen is not None:
+            return chosen
+        if default is not None:
+            return default
+        raise InvalidConfig(
+            f"Config {config.get('id')!r} has {field}={value!r}; expected one of {sorted(choices)}",
+            details={"config_id": config.get("id"), "field": field},
+        )
+
+    return select
+
+
+@attrs.define
+class _Desired:
+    actor_class: ActorClass
+    config: RuntimeConfig
+    digest: str
+
+
+class ConfigSync:
+    """Reconciles configs into running actors in ``actors``; see the module docstring.
+
+    ``select`` is the actor class for every config, or a function choosing one per config
+    (see ``select_by_field``). Lifecycle events go to ``sink`` and to ``recent_events``.
+    """
+
+    def __init__(
+        self, actors: ActorNursery, select: ActorClass | Selector, sink: Sink, *, history: int = 100
+    ) -> None:
+        self._actors = actors
+        self._select = _fixed(select) if isinstance(select, type) else select
+        self._sink = sink
+        self._running: dict[str, str] = {}  # config id -> content digest of what runs
+        self._lock = trio.Lock()
+        self._submitted = 0
+        self._newest: tuple[int, int | None] = (0, None)  # (ticket, generation) to apply next
+        self.last_generation: int | None = None
+        self._last_hash: str | None = None
+        self.recent_events: deque[EventRecord] = deque(maxlen=history)
+
+    @property
+    def active_config_ids(self) -> tuple[str, ...]:
+        return tuple(sorted(self._running))
+
+    # -- the three operations -------------------------------------------------------------
+
+    async def apply_snapshot(self, data: ConfigSnapshot | Mapping[str, Any]) -> SyncResult:
+        """Converge to ``data``. Raises InvalidConfig if the envelope itself is malformed;
+        invalid configs inside it are reported in the result and skipped."""
+        snapshot = _parse_snapshot(data)
+        self._submitted += 1
+        ticket = self._submitted
+        if _supersedes(snapshot.generation, self._newest[1]) or self._newest[0] == 0:
+            self._newest = (ticket, snapshot.generation)
+        async with self._lock:
+            if self._newest[0] != ticket:
+                return self._stale(snapshot, "superseded by a newer snapshot")
+            self._newest = (0, None)
+            with trio.CancelScope(shield=True):
+                result = await self._reconcile(snapshot)
+        return result
+
+    async def apply_config(self, data: RuntimeConfig | Mapping[str, Any]) -> ApplyResult:
+        """Apply one config (``/config``): start it, restart it if it changed, else nothing.
+        Raises InvalidConfig, leaving everything as it was."""
+        raw = data.model_dump(exclude_unset=True) if isinstance(data, RuntimeConfig) else data
+        desired = self._validate(raw)
+        config_id = desired.config.id
+        async with self._lock:
+            with trio.CancelScope(shield=True):
+                if self._running.get(config_id) == desired.digest:
+                    result = ApplyResult(config_id, "unchanged")
+                elif config_id not in self._running:
+                    self._spawn(config_id, desired)
+                    result = ApplyResult(config_id, "added")
+                else:
+                    how = await self._change_all({config_id: desired})
+                    result = ApplyResult(config_id, how[config_id])
+        return result
+
+    async def remove(self, config_id: str) -> RemoveResult:
+        """Stop and forget one config (``/deconfigure``); ``removed`` says if it ran."""
+        async with self._lock:
+            with trio.CancelScope(shield=True):
+                running = config_id in self._running
+                if running:
+                    await self._stop_all([config_id])
+        return RemoveResult(config_id, removed=running)
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    async def _reconcile(self, snapshot: ConfigSnapshot) -> SyncResult:
+        started = time.perf_counter()
+        generation = snapshot.generation
+        last = self.last_generation
+        if generation is not None and last is not None:
+            if generation < last:
+                return self._stale(snapshot, f"generation {generation} is older than {last}")
+            if (
+                generation == last
+                and snapshot.config_hash
+                and snapshot.config_hash == self._last_hash
+            ):
+                return self._result(snapshot, started, note="same generation and config_hash")
+
+        desired: dict[str, _Desired] = {}
+        rejected: list[Rejection] = []
+        for raw in snapshot.configs:
+            try:
+                item = self._validate(_with_scope(raw, snapshot))
+            except InvalidConfig as exc:
+                rejected.append(
+                    Rejection(
+                        config_id=_str_or_none(raw.get("id") if isinstance(raw, Mapping) else None),
+                        code=exc.code,
+                        message=exc.message,
+                        errors=tuple(exc.details.get("errors", ())),
+                    )
+                )
+                continue
+            if item.config.id in desired:
+                rejected.append(
+                    Rejection(
+                        item.config.id, "duplicate_config_id", "listed twice; the first applies"
+                    )
+                )
+                continue
+            desired[item.config.id] = item
+        deleted = {str(i) for i in snapshot.deleted_config_ids}
+        for config_id in deleted & desired.keys():
+            del desired[config_id]
+            rejected.append(
+                Rejection(config_id, "deleted", "also listed in deleted_config_ids, which wins")
+            )
+        invalid_ids = {r.config_id for r in rejected if r.config_id not in deleted}
+
+        # An invalid config leaves its running actor alone: a typo must not take a
+        # working device down. Anything else that runs and is not desired is removed.
+        removed = [
+            i for i in self._running if i not in desired and (i in deleted or i not in invalid_ids)
+        ]
+        added = [i for i in desired if i not in self._running]
+        changed = [
+            i for i in desired if i in self._running and self._running[i] != desired[i].digest
+        ]
+
+        await self._stop_all(removed)
+        how = await self._change_all({i: desired[i] for i in changed})
+        for config_id in added:
+            self._spawn(config_id, desired[config_id])
+        self.last_generation = generation if generation is not None else self.last_generation
+        self._last_hash = snapshot.config_hash
+        return self._result(
+            snapshot,
+            started,
+            added=tuple(added),
+            restarted=tuple(i for i in changed if how[i] == "restarted"),
+            reconfigured=tuple(i for i in changed if how[i] == "reconfigured"),
+            removed=tuple(removed),
+            unchanged=len(desired) - len(added) - len(changed),
+            rejected=tuple(rejected),
+        )
+
+    def _validate(self, raw: Mapping[str, Any]) -> _Desired:
+        if not isinstance(raw, Mapping):
+            raise InvalidConfig(f"A config must be an object, got {type(raw).__name__}")
+        actor_class = self._select(raw)
+        config = validate_config(actor_class.config_model, raw)
+        return _Desired(actor_class, config, _digest(actor_class, config))
+
+    def _spawn(self, config_id: str, desired: _Desired) -> None:
+        self._actors.spawn(desired.actor_class, desired.config)
+        self._running[config_id] = desired.digest
+        self._event("device.configured", desired.config.identity)
+
+    async def _change_all(self, changed: Mapping[str, _Desired]) -> dict[str, Change]:
+        """Reconfigure in place where the actor can and the class is the same; restart
+        the rest (stop the old actor, then start a new one with the new config)."""
+        how: dict[str, Change] = {}
+
+        async def change(config_id: str, desired: _Desired) -> None:
+            running = self._actors.get(config_id)
+            if (
+                running is not None
+                and type(running.actor) is desired.actor_class
+                and desired.actor_class.reconfigurable
+            ):
+                try:
+                    await running.reconfigure(desired.config)
+                except ActorCallError as exc:
+                    running.actor.log.warning("reconfigure() failed (%s); restarting", exc.message)
+                else:
+                    how[config_id] = "reconfigured"
+                    return
+            if running is not None:
+                await running.stop()
+            how[config_id] = "restarted"
+
+        async with trio.open_nursery() as nursery:
+            for config_id, desired in changed.items():
+                nursery.start_soon(change, config_id, desired)
+        for config_id, desired in changed.items():
+            if how[config_id] == "restarted":
+                self._actors.spawn(desired.actor_class, desired.config)
+            self._running[config_id] = desired.digest
+            self._event("device.reconfigured", desired.config.identity)
+        return how
+
+    async def _stop_all(self, config_ids: Iterable[str]) -> None:
+        stopping = []
+        async with trio.open_nursery() as nursery:
+            for config_id in config_ids:
+                self._running.pop(config_id, None)
+                running = self._actors.get(config_id)
+                if running is not None:
+                    stopping.append(running.identity)
+                    nursery.start_soon(running.stop)
+        for identity in stopping:
+            self._event("device.deconfigured", identity)
+
+    # -- results and events ---------------------------------------------------------------
+
+    def _stale(self, snapshot: ConfigSnapshot, why: str) -> SyncResult:
+        return SyncResult(
+            status="stale_ignored",
+            generation=snapshot.generation,
+            reason=snapshot.reason,
+            container_id=snapshot.container_id,
+            active_config_ids=self.active_config_ids,
+            note=why,
+        )
+
+    def _result(self, snapshot: ConfigSnapshot, started: float, **changes: Any) -> SyncResult:
+        return SyncResult(
+            status="synced",
+            generation=snapshot.generation,
+            reason=snapshot.reason,
+            container_id=snapshot.container_id,
+            active_config_ids=self.active_config_ids,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            **changes,
+        )
+
+    def _event(self, event_type: str, identity: DeviceIdentity) -> None:
+        record = EventRecord(
+            identity=identity,
+            device_id=identity.device_id,
+            event_type=event_type,
+            severity="info",
+            data={"config_id": identity.config_id},
+            source="config_sync",
+        )
+        self.recent_events.append(record)
+        try:
+            self._sink.event(record)
+        except Exception:  # a sink must not raise; see Supervisor._deliver
+            log.exception("the sink refused %s for %s", event_type, identity.config_id)
+
+
+def _fixed(actor_class: ActorClass) -> Selector:
+    def select(_config: Mapping[str, Any]) -> ActorClass:
+        return actor_class
+
+    return select
+
+
+def _parse_snapshot(data: ConfigSnapshot | Mapping[str, Any]) -> ConfigSnapshot:
+    if isinstance(data, ConfigSnapshot):
+        return data
+    try:
+        return ConfigSnapshot.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        raise InvalidConfig(
+            "The config snapshot is malformed; nothing was applied",
+            details={"errors": errors},
+        ) from exc
+
+
+def _supersedes(generation: int | None, newest: int | None) -> bool:
+    """Whether a snapshot of ``generation`` replaces the one of ``newest`` waiting to apply.
+    Snapshots without a generation (Core's rows) always do."""
+    return generation is None or newest is None or generation >= newest
+
+
+def _with_scope(raw: Any, snapshot: ConfigSnapshot) -> Any:
+    """Fill a config's container and integration ids from its snapshot when it has none."""
+    if not isinstance(raw, Mapping):
+        return raw
+    filled = dict(raw)
+    scope = (("container_id", snapshot.container_id), ("integration_id", snapshot.integration_id))
+    for field, value in scope:
+        if value is not None and filled.get(field) is None and filled.get(to_camel(field)) is None:
+            filled[field] = value
+    return filled
+
+
+def _digest(actor_class: ActorClass, config: RuntimeConfig) -> str:
+    """A content hash of a validated config, secrets included, so a changed password is a
+    changed config; with the actor class, so a device_type change restarts the actor."""
+    body = json.dumps(config.model_dump(), sort_keys=True, default=_reveal, separators=(",", ":"))
+    name = f"{actor_class.__module__}.{actor_class.__qualname__}"
+    return hashlib.blake2b(f"{name}\n{body}".encode(), digest_size=16).hexdigest()
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

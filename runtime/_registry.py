@@ -1,0 +1,68 @@
+"""The registry: what every running actor knows, read as immutable per-device slices.
+
+Each slice is written only by its actor (through its supervisor: published state, the
+events it emitted, its entities) and read by everyone else as a snapshot. A slice exists
+exactly as long as its actor runs: stopping the actor removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from ._config import DeviceIdentity
+from ._health import ActorHealth
+from ._nursery import ActorNursery
+from ._sink import EventRecord
+from ._supervisor import Supervisor
+
+__all__ = ["DeviceSlice", "Registry"]
+
+
+@attrs.frozen(kw_only=True)
+class DeviceSlice:
+    """One running device, as of the moment it was read."""
+
+    identity: DeviceIdentity
+    actor: str
+    latest_state: Mapping[str, Any]
+    state_updated: datetime | None
+    entities: tuple[Mapping[str, Any], ...]
+    recent_events: tuple[EventRecord, ...]
+    health: ActorHealth
+
+
+class Registry:
+    """A read-only view over the actors of an ``ActorNursery``."""
+
+    def __init__(self, actors: ActorNursery) -> None:
+        self._actors = actors
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def __iter__(self) -> Iterator[DeviceSlice]:
+        return (_slice(s) for s in self._actors)
+
+    def get(self, config_id: str) -> DeviceSlice | None:
+        """The slice of the device whose local ``id`` or Core ``config_id`` is ``config_id``."""
+        supervisor = self._actors.get(config_id)
+        if supervisor is None:
+            supervisor = next((s for s in self._actors if s.identity.config_id == config_id), None)
+        return _slice(supervisor) if supervisor is not None else None
+
+
+def _slice(supervisor: Supervisor) -> DeviceSlice:
+    state, updated = supervisor.published_state()
+    return DeviceSlice(
+        identity=supervisor.identity,
+        actor=type(supervisor.actor).__name__,
+        latest_state=state,
+        state_updated=updated,
+        entities=tuple(supervisor.actor.entities()),
+        recent_events=supervisor.recent_events(),
+        health=supervisor.health(),
+    )
