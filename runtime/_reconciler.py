@@ -45,6 +45,9 @@ __all__ = [
 
 log = logging.getLogger("runtime.reconciler")
 
+#: Configs handled between two yields to the scheduler during a reconciliation.
+_YIELD_EVERY = 1024
+
 ActorClass = type[DeviceActor[Any]]
 Selector = Callable[[Mapping[str, Any]], ActorClass]
 Change = Literal["restarted", "reconfigured"]
@@ -176,6 +179,7 @@ class _Desired:
     actor_class: ActorClass
     config: RuntimeConfig
     digest: str
+    raw: Mapping[str, Any]
 
 
 class ConfigSync:
@@ -192,6 +196,7 @@ class ConfigSync:
         self._select = _fixed(select) if isinstance(select, type) else select
         self._sink = sink
         self._running: dict[str, str] = {}  # config id -> content digest of what runs
+        self._raw: dict[str, Mapping[str, Any]] = {}  # config id -> raw config it came from
         self._lock = trio.Lock()
         self._submitted = 0
         self._newest: tuple[int, int | None] = (0, None)  # (ticket, generation) to apply next
@@ -229,6 +234,7 @@ class ConfigSync:
         config_id = desired.config.id
         async with self._lock:
             with trio.CancelScope(shield=True):
+                self._raw[config_id] = desired.raw
                 if self._running.get(config_id) == desired.digest:
                     result = ApplyResult(config_id, "unchanged")
                 elif config_id not in self._running:
@@ -257,58 +263,57 @@ class ConfigSync:
         if generation is not None and last is not None:
             if generation < last:
                 return self._stale(snapshot, f"generation {generation} is older than {last}")
-            if (
-                generation == last
-                and snapshot.config_hash
-                and snapshot.config_hash == self._last_hash
-            ):
+            same_hash = snapshot.config_hash is not None and snapshot.config_hash == self._last_hash
+            if generation == last and same_hash:
                 return self._result(snapshot, started, note="same generation and config_hash")
 
-        desired: dict[str, _Desired] = {}
+        desired: dict[str, _Desired | None] = {}  # None: byte-identical to what runs
         rejected: list[Rejection] = []
-        for raw in snapshot.configs:
+        for n, raw in enumerate(snapshot.configs):
+            if n % _YIELD_EVERY == 0:
+                await trio.lowlevel.checkpoint()  # a big snapshot must not stall the actors
+            scoped = _with_scope(raw, snapshot)
+            known = self._unchanged_id(scoped)
+            if known is not None and known not in desired:
+                desired[known] = None
+                continue
             try:
-                item = self._validate(_with_scope(raw, snapshot))
+                item = self._validate(scoped)
             except InvalidConfig as exc:
-                rejected.append(
-                    Rejection(
-                        config_id=_str_or_none(raw.get("id") if isinstance(raw, Mapping) else None),
-                        code=exc.code,
-                        message=exc.message,
-                        errors=tuple(exc.details.get("errors", ())),
-                    )
-                )
+                config_id = raw.get("id") if isinstance(raw, Mapping) else None
+                errors = tuple(exc.details.get("errors", ()))
+                rejected.append(Rejection(_str_or_none(config_id), exc.code, exc.message, errors))
                 continue
             if item.config.id in desired:
-                rejected.append(
-                    Rejection(
-                        item.config.id, "duplicate_config_id", "listed twice; the first applies"
-                    )
-                )
+                duplicate = "listed twice; the first one applies"
+                rejected.append(Rejection(item.config.id, "duplicate_config_id", duplicate))
                 continue
             desired[item.config.id] = item
         deleted = {str(i) for i in snapshot.deleted_config_ids}
         for config_id in deleted & desired.keys():
             del desired[config_id]
-            rejected.append(
-                Rejection(config_id, "deleted", "also listed in deleted_config_ids, which wins")
-            )
+            wins = "also listed in deleted_config_ids, which wins"
+            rejected.append(Rejection(config_id, "deleted", wins))
         invalid_ids = {r.config_id for r in rejected if r.config_id not in deleted}
 
         # An invalid config leaves its running actor alone: a typo must not take a
         # working device down. Anything else that runs and is not desired is removed.
+        running = self._running
         removed = [
-            i for i in self._running if i not in desired and (i in deleted or i not in invalid_ids)
+            i for i in running if i not in desired and (i in deleted or i not in invalid_ids)
         ]
-        added = [i for i in desired if i not in self._running]
-        changed = [
-            i for i in desired if i in self._running and self._running[i] != desired[i].digest
-        ]
+        fresh = {i: d for i, d in desired.items() if d is not None}
+        added = [i for i in fresh if i not in running]
+        changed = [i for i, d in fresh.items() if i in running and running[i] != d.digest]
 
         await self._stop_all(removed)
-        how = await self._change_all({i: desired[i] for i in changed})
-        for config_id in added:
-            self._spawn(config_id, desired[config_id])
+        how = await self._change_all({i: fresh[i] for i in changed})
+        for n, config_id in enumerate(added):
+            if n % _YIELD_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+            self._spawn(config_id, fresh[config_id])
+        for config_id, item in fresh.items():
+            self._raw[config_id] = item.raw
         self.last_generation = generation if generation is not None else self.last_generation
         self._last_hash = snapshot.config_hash
         return self._result(
@@ -322,12 +327,23 @@ class ConfigSync:
             rejected=tuple(rejected),
         )
 
+    def _unchanged_id(self, raw: Any) -> str | None:
+        """The id of ``raw`` if it equals the raw config its running actor came from: then
+        it needs no validation. A dict comparison costs about a microsecond, validation
+        and hashing tens: this is what keeps a 1%-changed re-sync of 10k configs cheap."""
+        if not isinstance(raw, Mapping):
+            return None
+        config_id = raw.get("id")
+        if not isinstance(config_id, str) or config_id not in self._running:
+            return None
+        return config_id if self._raw.get(config_id) == raw else None
+
     def _validate(self, raw: Mapping[str, Any]) -> _Desired:
         if not isinstance(raw, Mapping):
             raise InvalidConfig(f"A config must be an object, got {type(raw).__name__}")
         actor_class = self._select(raw)
         config = validate_config(actor_class.config_model, raw)
-        return _Desired(actor_class, config, _digest(actor_class, config))
+        return _Desired(actor_class, config, _digest(actor_class, config), raw)
 
     def _spawn(self, config_id: str, desired: _Desired) -> None:
         self._actors.spawn(desired.actor_class, desired.config)
@@ -372,6 +388,7 @@ class ConfigSync:
         async with trio.open_nursery() as nursery:
             for config_id in config_ids:
                 self._running.pop(config_id, None)
+                self._raw.pop(config_id, None)
                 running = self._actors.get(config_id)
                 if running is not None:
                     stopping.append(running.identity)
