@@ -43,6 +43,7 @@ from ._reconciler import (
     select_by_field,
 )
 from ._registry import DeviceSlice, Registry
+from ._rehydrate import LocalCopy, RehydrationReport, SourceReport, mounted_snapshot_path, rehydrate
 from ._sink import EventRecord, Sink, TelemetryRecord
 from ._supervisor import Refresh, Supervisor
 
@@ -75,17 +76,20 @@ __all__ = [
     "InvalidConfig",
     "InvalidEvent",
     "InvalidReading",
+    "LocalCopy",
     "PiPhiError",
     "PollTimeout",
     "Reading",
     "Refresh",
     "RefreshUnsupported",
     "Registry",
+    "RehydrationReport",
     "Rejection",
     "RemoveResult",
     "RestartPolicy",
     "RuntimeConfig",
     "Sink",
+    "SourceReport",
     "Supervisor",
     "SyncResult",
     "TeardownTimeout",
@@ -94,6 +98,8 @@ __all__ = [
     "__version__",
     "can_transition",
     "command",
+    "mounted_snapshot_path",
     "open_actor_nursery",
+    "rehydrate",
     "select_by_field",
 ]

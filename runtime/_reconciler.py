@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -190,8 +190,16 @@ class ConfigSync:
     """
 
     def __init__(
-        self, actors: ActorNursery, select: ActorClass | Selector, sink: Sink, *, history: int = 100
+        self,
+        actors: ActorNursery,
+        select: ActorClass | Selector,
+        sink: Sink,
+        *,
+        history: int = 100,
+        on_applied: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
+        """``on_applied`` receives the running set as a snapshot after every change (to
+        keep a local copy for rehydration, see ``LocalCopy.save``)."""
         self._actors = actors
         self._select = _fixed(select) if isinstance(select, type) else select
         self._sink = sink
@@ -203,6 +211,7 @@ class ConfigSync:
         self.last_generation: int | None = None
         self._last_hash: str | None = None
         self.recent_events: deque[EventRecord] = deque(maxlen=history)
+        self._on_applied = on_applied
 
     @property
     def active_config_ids(self) -> tuple[str, ...]:
@@ -213,7 +222,7 @@ class ConfigSync:
     async def apply_snapshot(self, data: ConfigSnapshot | Mapping[str, Any]) -> SyncResult:
         """Converge to ``data``. Raises InvalidConfig if the envelope itself is malformed;
         invalid configs inside it are reported in the result and skipped."""
-        snapshot = _parse_snapshot(data)
+        snapshot = parse_snapshot(data)
         self._submitted += 1
         ticket = self._submitted
         if _supersedes(snapshot.generation, self._newest[1]) or self._newest[0] == 0:
@@ -224,6 +233,8 @@ class ConfigSync:
             self._newest = (0, None)
             with trio.CancelScope(shield=True):
                 result = await self._reconcile(snapshot)
+                if result.status == "synced" and result.note is None:
+                    await self._persist()
         return result
 
     async def apply_config(self, data: RuntimeConfig | Mapping[str, Any]) -> ApplyResult:
@@ -243,6 +254,8 @@ class ConfigSync:
                 else:
                     how = await self._change_all({config_id: desired})
                     result = ApplyResult(config_id, how[config_id])
+                if result.action != "unchanged":
+                    await self._persist()
         return result
 
     async def remove(self, config_id: str) -> RemoveResult:
@@ -252,6 +265,7 @@ class ConfigSync:
                 running = config_id in self._running
                 if running:
                     await self._stop_all([config_id])
+                    await self._persist()
         return RemoveResult(config_id, removed=running)
 
     # -- reconciliation -------------------------------------------------------------------
@@ -396,6 +410,18 @@ class ConfigSync:
         for identity in stopping:
             self._event("device.deconfigured", identity)
 
+    async def _persist(self) -> None:
+        if self._on_applied is None:
+            return
+        current = {
+            "generation": self.last_generation,
+            "configs": [dict(c) for c in self._raw.values()],
+        }
+        try:
+            await self._on_applied(current)
+        except Exception:  # the change is made; failing to record it must not undo it
+            log.exception("could not save the applied configs; rehydration may be stale")
+
     # -- results and events ---------------------------------------------------------------
 
     def _stale(self, snapshot: ConfigSnapshot, why: str) -> SyncResult:
@@ -442,7 +468,7 @@ def _fixed(actor_class: ActorClass) -> Selector:
     return select
 
 
-def _parse_snapshot(data: ConfigSnapshot | Mapping[str, Any]) -> ConfigSnapshot:
+def parse_snapshot(data: ConfigSnapshot | Mapping[str, Any]) -> ConfigSnapshot:
     if isinstance(data, ConfigSnapshot):
         return data
     try:
