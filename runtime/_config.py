@@ -10,7 +10,17 @@ from pydantic.alias_generators import to_camel
 
 from ._errors import InvalidConfig
 
-__all__ = ["DeviceIdentity", "PollInterval", "RuntimeConfig", "validate_config"]
+__all__ = ["WIRE_MODEL", "DeviceIdentity", "PollInterval", "RuntimeConfig", "validate_config"]
+
+#: How every model that comes off the wire reads its input: snake_case or camelCase keys
+#: (CONTRACT.md, Identities), unknown keys kept, numbers accepted where ids are strings.
+WIRE_MODEL = ConfigDict(
+    extra="allow",
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    coerce_numbers_to_str=True,
+)
 
 #: A poll interval in seconds: finite and positive.
 PollInterval = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -38,14 +48,7 @@ class RuntimeConfig(BaseModel):
     immutable: a changed config is a new config, which is how the runtime tells a change.
     """
 
-    model_config = ConfigDict(
-        extra="allow",
-        frozen=True,
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        coerce_numbers_to_str=True,
-    )
+    model_config = ConfigDict(**WIRE_MODEL, frozen=True)
 
     id: Annotated[str, Field(min_length=1)]
     config_id: str | None = None

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.alias_generators import to_camel
 
 from ._actor import DeviceActor
-from ._config import DeviceIdentity, RuntimeConfig, validate_config
+from ._config import WIRE_MODEL, DeviceIdentity, RuntimeConfig, validate_config
 from ._errors import ActorCallError, InvalidConfig
 from ._nursery import ActorNursery
 from ._sink import EventRecord, Sink
@@ -56,13 +56,7 @@ Change = Literal["restarted", "reconfigured"]
 class ConfigSnapshot(BaseModel):
     """The body of ``/config/sync`` and of the mounted snapshot file (CONTRACT.md)."""
 
-    model_config = ConfigDict(
-        extra="allow",
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        coerce_numbers_to_str=True,
-    )
+    model_config = ConfigDict(**WIRE_MODEL)
 
     schema_version: int | str | None = None
     container_id: str | None = None
@@ -425,23 +419,18 @@ class ConfigSync:
     # -- results and events ---------------------------------------------------------------
 
     def _stale(self, snapshot: ConfigSnapshot, why: str) -> SyncResult:
-        return SyncResult(
-            status="stale_ignored",
-            generation=snapshot.generation,
-            reason=snapshot.reason,
-            container_id=snapshot.container_id,
-            active_config_ids=self.active_config_ids,
-            note=why,
-        )
+        return self._result(snapshot, None, status="stale_ignored", note=why)
 
-    def _result(self, snapshot: ConfigSnapshot, started: float, **changes: Any) -> SyncResult:
+    def _result(
+        self, snapshot: ConfigSnapshot, started: float | None, **changes: Any
+    ) -> SyncResult:
+        changes.setdefault("status", "synced")
         return SyncResult(
-            status="synced",
             generation=snapshot.generation,
             reason=snapshot.reason,
             container_id=snapshot.container_id,
             active_config_ids=self.active_config_ids,
-            duration_ms=(time.perf_counter() - started) * 1000,
+            duration_ms=0.0 if started is None else (time.perf_counter() - started) * 1000,
             **changes,
         )
 
