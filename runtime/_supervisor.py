@@ -75,12 +75,16 @@ class _Watchdog:
     __slots__ = ("_supervisor",)
 
     def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
+        self._supervisor: Supervisor | None = supervisor
 
     def ring(self) -> None:
         supervisor = self._supervisor
         # Nearly always the poll finished long ago: test that before reading the clock.
-        if supervisor._poll_open and trio.current_time() >= supervisor._poll_deadline:
+        if (
+            supervisor is not None
+            and supervisor._poll_open
+            and trio.current_time() >= supervisor._poll_deadline
+        ):
             supervisor._lane_cancelled = True
             supervisor._lane.cancel(reason="poll timeout")
 
@@ -116,6 +120,7 @@ class Supervisor:
     ``command()`` and ``refresh()``, and ``stop()`` it."""
 
     __slots__ = (
+        "__weakref__",
         "_announced_unavailable",
         "_armed",
         "_attempt",
@@ -812,6 +817,12 @@ class Supervisor:
                 self._done.set()
             if self._on_exit is not None:
                 self._on_exit(self)
+            # Break the reference cycles (actor <-> supervisor, watchdog <-> supervisor,
+            # calls whose closures hold us), so a stopped actor is freed by reference
+            # counting rather than left for a full GC pass over every live actor.
+            self.actor._supervisor = None
+            self._watchdog._supervisor = None
+            self._mailbox = None
 
     # -- helpers ---------------------------------------------------------------------------
 

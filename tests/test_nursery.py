@@ -48,3 +48,23 @@ async def test_cancel_is_immediate_and_wait_stopped_waits(
     with trio.fail_after(1):
         await sup.wait_stopped()
     assert sup.state is ActorState.STOPPED and sup.actor.times("teardown")
+
+
+async def test_a_stopped_actor_is_freed_without_the_cyclic_gc(
+    actors: ActorNursery, autojump_clock: Any
+) -> None:
+    import gc
+    import weakref
+
+    sup = actors.spawn(Probe, {"id": "p"})
+    await wait_until(lambda: len(sup.actor.times("poll")) >= 2)
+    assert await sup.command("echo", {"x": 1}) == {"x": 1}
+    actor_ref, sup_ref = weakref.ref(sup.actor), weakref.ref(sup)
+    gc.disable()
+    try:
+        await sup.stop()
+        del sup
+        await trio.sleep(5)  # let stale timer-wheel entries pass
+        assert sup_ref() is None and actor_ref() is None
+    finally:
+        gc.enable()
