@@ -56,15 +56,17 @@ async def test_a_stopped_actor_is_freed_without_the_cyclic_gc(
     import gc
     import weakref
 
-    sup = actors.spawn(Probe, {"id": "p"})
-    await wait_until(lambda: len(sup.actor.times("poll")) >= 2)
-    assert await sup.command("echo", {"x": 1}) == {"x": 1}
-    actor_ref, sup_ref = weakref.ref(sup.actor), weakref.ref(sup)
+    async def run_and_stop() -> tuple[weakref.ref[Any], weakref.ref[Any]]:
+        sup = actors.spawn(Probe, {"id": "p"})
+        await wait_until(lambda: len(sup.actor.times("poll")) >= 2)
+        assert await sup.command("echo", {"x": 1}) == {"x": 1}
+        await sup.stop()
+        return weakref.ref(sup), weakref.ref(sup.actor)
+
     gc.disable()
     try:
-        await sup.stop()
-        del sup
+        refs = await run_and_stop()
         await trio.sleep(5)  # let stale timer-wheel entries pass
-        assert sup_ref() is None and actor_ref() is None
+        assert [r() for r in refs] == [None, None]
     finally:
         gc.enable()
