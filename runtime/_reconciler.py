@@ -173,7 +173,7 @@ class _Desired:
     actor_class: ActorClass
     config: RuntimeConfig
     digest: str
-    raw: Mapping[str, Any]
+    raw: tuple[Mapping[str, Any], tuple[str | None, str | None]]
 
 
 class ConfigSync:
@@ -198,7 +198,8 @@ class ConfigSync:
         self._select = _fixed(select) if isinstance(select, type) else select
         self._sink = sink
         self._running: dict[str, str] = {}  # config id -> content digest of what runs
-        self._raw: dict[str, Mapping[str, Any]] = {}  # config id -> raw config it came from
+        # config id -> (raw config as received, snapshot scope it was applied under)
+        self._raw: dict[str, tuple[Mapping[str, Any], tuple[str | None, str | None]]] = {}
         self._lock = trio.Lock()
         self._submitted = 0
         self._newest: tuple[int, int | None] = (0, None)  # (ticket, generation) to apply next
@@ -275,18 +276,18 @@ class ConfigSync:
             if generation == last and same_hash:
                 return self._result(snapshot, started, note="same generation and config_hash")
 
-        desired: dict[str, _Desired | None] = {}  # None: byte-identical to what runs
+        desired: dict[str, _Desired | None] = {}  # None: identical to what runs
+        scope = (snapshot.container_id, snapshot.integration_id)
         rejected: list[Rejection] = []
         for n, raw in enumerate(snapshot.configs):
             if n % _YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()  # a big snapshot must not stall the actors
-            scoped = _with_scope(raw, snapshot)
-            known = self._unchanged_id(scoped)
+            known = self._unchanged_id(raw, scope)
             if known is not None and known not in desired:
                 desired[known] = None
                 continue
             try:
-                item = self._validate(scoped)
+                item = self._validate(_with_scope(raw, scope), raw, scope)
             except InvalidConfig as exc:
                 config_id = raw.get("id") if isinstance(raw, Mapping) else None
                 errors = tuple(exc.details.get("errors", ()))
@@ -335,7 +336,7 @@ class ConfigSync:
             rejected=tuple(rejected),
         )
 
-    def _unchanged_id(self, raw: Any) -> str | None:
+    def _unchanged_id(self, raw: Any, scope: tuple[str | None, str | None]) -> str | None:
         """The id of ``raw`` if it equals the raw config its running actor came from: then
         it needs no validation. A dict comparison costs about a microsecond, validation
         and hashing tens: this is what keeps a 1%-changed re-sync of 10k configs cheap."""
@@ -344,14 +345,21 @@ class ConfigSync:
         config_id = raw.get("id")
         if not isinstance(config_id, str) or config_id not in self._running:
             return None
-        return config_id if self._raw.get(config_id) == raw else None
+        return config_id if self._raw.get(config_id) == (raw, scope) else None
 
-    def _validate(self, raw: Mapping[str, Any]) -> _Desired:
-        if not isinstance(raw, Mapping):
-            raise InvalidConfig(f"A config must be an object, got {type(raw).__name__}")
-        actor_class = self._select(raw)
-        config = validate_config(actor_class.config_model, raw)
-        return _Desired(actor_class, config, _digest(actor_class, config), raw)
+    def _validate(
+        self,
+        scoped: Any,
+        raw: Any = None,
+        scope: tuple[str | None, str | None] = (None, None),
+    ) -> _Desired:
+        """Validate ``scoped`` (``raw`` with the snapshot's scope filled in)."""
+        if not isinstance(scoped, Mapping):
+            raise InvalidConfig(f"A config must be an object, got {type(scoped).__name__}")
+        actor_class = self._select(scoped)
+        config = validate_config(actor_class.config_model, scoped)
+        source = scoped if raw is None else raw
+        return _Desired(actor_class, config, _digest(actor_class, config), (source, scope))
 
     def _spawn(self, config_id: str, desired: _Desired) -> None:
         self._actors.spawn(desired.actor_class, desired.config)
@@ -407,10 +415,8 @@ class ConfigSync:
     async def _persist(self) -> None:
         if self._on_applied is None:
             return
-        current = {
-            "generation": self.last_generation,
-            "configs": [dict(c) for c in self._raw.values()],
-        }
+        configs = [_with_scope(raw, scope) for raw, scope in self._raw.values()]
+        current = {"generation": self.last_generation, "configs": configs}
         try:
             await self._on_applied(current)
         except Exception:  # the change is made; failing to record it must not undo it
@@ -476,13 +482,12 @@ def _supersedes(generation: int | None, newest: int | None) -> bool:
     return generation is None or newest is None or generation >= newest
 
 
-def _with_scope(raw: Any, snapshot: ConfigSnapshot) -> Any:
+def _with_scope(raw: Any, scope: tuple[str | None, str | None]) -> Any:
     """Fill a config's container and integration ids from its snapshot when it has none."""
     if not isinstance(raw, Mapping):
         return raw
     filled = dict(raw)
-    scope = (("container_id", snapshot.container_id), ("integration_id", snapshot.integration_id))
-    for field, value in scope:
+    for field, value in zip(("container_id", "integration_id"), scope, strict=True):
         if value is not None and filled.get(field) is None and filled.get(to_camel(field)) is None:
             filled[field] = value
     return filled
