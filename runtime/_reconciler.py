@@ -197,9 +197,7 @@ class ConfigSync:
         self._actors = actors
         self._select = _fixed(select) if isinstance(select, type) else select
         self._sink = sink
-        self._running: dict[str, str] = {}  # config id -> content digest of what runs
-        # config id -> (raw config as received, snapshot scope it was applied under)
-        self._raw: dict[str, tuple[Mapping[str, Any], tuple[str | None, str | None]]] = {}
+        self._running: dict[str, _Desired] = {}  # config id -> what its actor runs
         self._lock = trio.Lock()
         self._submitted = 0
         self._newest: tuple[int, int | None] = (0, None)  # (ticket, generation) to apply next
@@ -240,8 +238,9 @@ class ConfigSync:
         config_id = desired.config.id
         async with self._lock:
             with trio.CancelScope(shield=True):
-                self._raw[config_id] = desired.raw
-                if self._running.get(config_id) == desired.digest:
+                current = self._running.get(config_id)
+                if current is not None and current.digest == desired.digest:
+                    self._running[config_id] = desired  # same content; remember this form
                     result = ApplyResult(config_id, "unchanged")
                 elif config_id not in self._running:
                     self._spawn(config_id, desired)
@@ -313,7 +312,7 @@ class ConfigSync:
         ]
         fresh = {i: d for i, d in desired.items() if d is not None}
         added = [i for i in fresh if i not in running]
-        changed = [i for i, d in fresh.items() if i in running and running[i] != d.digest]
+        changed = [i for i, d in fresh.items() if i in running and running[i].digest != d.digest]
 
         await self._stop_all(removed)
         how = await self._change_all({i: fresh[i] for i in changed})
@@ -321,8 +320,9 @@ class ConfigSync:
             if n % _YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()
             self._spawn(config_id, fresh[config_id])
-        for config_id, item in fresh.items():
-            self._raw[config_id] = item.raw
+        # Unchanged in content but received in another form: remember the new form, so
+        # the next identical snapshot takes the cheap path.
+        running.update(fresh)
         self.last_generation = generation if generation is not None else self.last_generation
         self._last_hash = snapshot.config_hash
         return self._result(
@@ -343,9 +343,8 @@ class ConfigSync:
         if not isinstance(raw, Mapping):
             return None
         config_id = raw.get("id")
-        if not isinstance(config_id, str) or config_id not in self._running:
-            return None
-        return config_id if self._raw.get(config_id) == (raw, scope) else None
+        current = self._running.get(config_id) if isinstance(config_id, str) else None
+        return config_id if current is not None and current.raw == (raw, scope) else None
 
     def _validate(
         self,
@@ -363,7 +362,7 @@ class ConfigSync:
 
     def _spawn(self, config_id: str, desired: _Desired) -> None:
         self._actors.spawn(desired.actor_class, desired.config)
-        self._running[config_id] = desired.digest
+        self._running[config_id] = desired
         self._event("device.configured", desired.config.identity)
 
     async def _change_all(self, changed: Mapping[str, _Desired]) -> dict[str, Change]:
@@ -395,7 +394,7 @@ class ConfigSync:
         for config_id, desired in changed.items():
             if how[config_id] == "restarted":
                 self._actors.spawn(desired.actor_class, desired.config)
-            self._running[config_id] = desired.digest
+            self._running[config_id] = desired
             self._event("device.reconfigured", desired.config.identity)
         return how
 
@@ -404,7 +403,6 @@ class ConfigSync:
         async with trio.open_nursery() as nursery:
             for config_id in config_ids:
                 self._running.pop(config_id, None)
-                self._raw.pop(config_id, None)
                 running = self._actors.get(config_id)
                 if running is not None:
                     stopping.append(running.identity)
@@ -415,7 +413,7 @@ class ConfigSync:
     async def _persist(self) -> None:
         if self._on_applied is None:
             return
-        configs = [_with_scope(raw, scope) for raw, scope in self._raw.values()]
+        configs = [_with_scope(*d.raw) for d in self._running.values()]
         current = {"generation": self.last_generation, "configs": configs}
         try:
             await self._on_applied(current)
