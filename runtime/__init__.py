@@ -7,6 +7,7 @@ reports offline devices once, and serializes commands with polls.
 
 from ._actor import CommandSpec, DeviceActor, command
 from ._config import DeviceIdentity, RuntimeConfig
+from ._core import CoreClient
 from ._errors import (
     ActorBusy,
     ActorCallError,
@@ -16,6 +17,15 @@ from ._errors import (
     ActorStopped,
     CallFailed,
     CallTimeout,
+    CoreAuthRejected,
+    CoreError,
+    CoreIdentityUnknown,
+    CoreRejected,
+    CoreRouteNotFound,
+    CoreServerError,
+    CoreTimeout,
+    CoreUnavailable,
+    CoreUnexpectedResponse,
     DeviceUnavailable,
     IllegalTransition,
     InvalidActor,
@@ -25,12 +35,14 @@ from ._errors import (
     PiPhiError,
     PollTimeout,
     RefreshUnsupported,
+    SpoolError,
     TeardownTimeout,
     UnknownCommand,
 )
 from ._health import ActorHealth, ErrorRecord
 from ._lifecycle import ActorState, can_transition
 from ._nursery import ActorNursery, open_actor_nursery
+from ._outbox import LinkStatus, Outbox, OutboxSettings, OutboxStats, open_outbox
 from ._policy import RestartPolicy
 from ._reading import Reading
 from ._reconciler import (
@@ -65,6 +77,16 @@ __all__ = [
     "CommandSpec",
     "ConfigSnapshot",
     "ConfigSync",
+    "CoreAuthRejected",
+    "CoreClient",
+    "CoreError",
+    "CoreIdentityUnknown",
+    "CoreRejected",
+    "CoreRouteNotFound",
+    "CoreServerError",
+    "CoreTimeout",
+    "CoreUnavailable",
+    "CoreUnexpectedResponse",
     "DeviceActor",
     "DeviceIdentity",
     "DeviceSlice",
@@ -76,7 +98,11 @@ __all__ = [
     "InvalidConfig",
     "InvalidEvent",
     "InvalidReading",
+    "LinkStatus",
     "LocalCopy",
+    "Outbox",
+    "OutboxSettings",
+    "OutboxStats",
     "PiPhiError",
     "PollTimeout",
     "Reading",
@@ -90,6 +116,7 @@ __all__ = [
     "RuntimeConfig",
     "Sink",
     "SourceReport",
+    "SpoolError",
     "Supervisor",
     "SyncResult",
     "TeardownTimeout",
@@ -100,6 +127,7 @@ __all__ = [
     "command",
     "mounted_snapshot_path",
     "open_actor_nursery",
+    "open_outbox",
     "rehydrate",
     "select_by_field",
 ]

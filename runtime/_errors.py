@@ -18,7 +18,18 @@
     │   ├── RefreshUnsupported      push actors have no on-demand read
     │   ├── CallTimeout             no answer within the call's timeout
     │   └── CallFailed              the command or poll raised; the cause is chained
-    └── IllegalTransition           a supervisor bug: a lifecycle transition not in the table
+    ├── IllegalTransition           a supervisor bug: a lifecycle transition not in the table
+    ├── CoreError                   a call to PiPhi Core did not succeed; ``retryable`` says
+    │   │                           whether the same call may succeed later
+    │   ├── CoreUnavailable         connection refused, reset or unresolvable (retryable)
+    │   ├── CoreTimeout             Core did not answer in time (retryable)
+    │   ├── CoreServerError         5xx or 429, with Core's Retry-After when given (retryable)
+    │   ├── CoreAuthRejected        401/403: not retried until the token changes
+    │   ├── CoreRouteNotFound       404: this Core does not serve the route
+    │   ├── CoreRejected            another 4xx: Core refused this payload
+    │   ├── CoreUnexpectedResponse  an answer the runtime cannot read
+    │   └── CoreIdentityUnknown     no container id yet, so nothing can be sent
+    └── SpoolError                  the durable spool cannot be opened or written
 
 Errors carry a stable machine-readable ``code`` and a ``hint`` a person can act on.
 Subclasses set defaults as class attributes; an instance may override both.
@@ -38,6 +49,15 @@ __all__ = [
     "ActorStopped",
     "CallFailed",
     "CallTimeout",
+    "CoreAuthRejected",
+    "CoreError",
+    "CoreIdentityUnknown",
+    "CoreRejected",
+    "CoreRouteNotFound",
+    "CoreServerError",
+    "CoreTimeout",
+    "CoreUnavailable",
+    "CoreUnexpectedResponse",
     "DeviceUnavailable",
     "IllegalTransition",
     "InvalidActor",
@@ -47,6 +67,7 @@ __all__ = [
     "PiPhiError",
     "PollTimeout",
     "RefreshUnsupported",
+    "SpoolError",
     "TeardownTimeout",
     "UnknownCommand",
 ]
@@ -215,3 +236,114 @@ class CallTimeout(ActorCallError):
 class CallFailed(ActorCallError):
     code = "call_failed"
     default_hint = "The device rejected or failed the request; the cause is in the runtime log."
+
+
+class CoreError(PiPhiError):
+    """A call to PiPhi Core did not succeed. Never carries the token, not even in part."""
+
+    code = "core_error"
+    #: Whether the same call may succeed if sent again later.
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        details: dict[str, Any] = {"retryable": self.retryable}
+        if status is not None:
+            details["status"] = status
+        if retry_after is not None:
+            details["retry_after"] = retry_after
+        super().__init__(message, hint=hint, details=details)
+        self.status = status
+        #: Seconds Core asked us to wait (its ``Retry-After``), if it said.
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_core, (type(self), self.message, self.hint, self.status, self.retry_after))
+
+
+def _rebuild_core(
+    cls: type[CoreError], message: str, hint: str, status: int | None, retry_after: float | None
+) -> CoreError:
+    return cls(message, hint=hint, status=status, retry_after=retry_after)
+
+
+class CoreUnavailable(CoreError):
+    code = "core_unavailable"
+    default_hint = (
+        "Core is not reachable: check PIPHI_CORE_BASE_URL and that Core is running. "
+        "Data is kept in the spool and delivered when Core is back."
+    )
+    retryable = True
+
+
+class CoreTimeout(CoreError):
+    code = "core_timeout"
+    default_hint = (
+        "Core did not answer in time; it may be overloaded. Data is kept and retried with backoff."
+    )
+    retryable = True
+
+
+class CoreServerError(CoreError):
+    code = "core_server_error"
+    default_hint = (
+        "Core answered with a server error or asked us to slow down; data is kept and "
+        "retried with backoff, honouring Retry-After. Check Core's log if it persists."
+    )
+    retryable = True
+
+
+class CoreAuthRejected(CoreError):
+    code = "core_auth_rejected"
+    default_hint = (
+        "Core refused the runtime's container id or token. Delivery pauses, keeping the "
+        "data, and resumes when Core sends a new token (or set "
+        "PIPHI_INTEGRATION_INTERNAL_TOKEN and restart)."
+    )
+
+
+class CoreRouteNotFound(CoreError):
+    code = "core_route_not_found"
+    default_hint = (
+        "Core at PIPHI_CORE_BASE_URL does not serve this route: check the URL points at "
+        "PiPhi Core and that its version has the route. Data is kept; retries are slow."
+    )
+
+
+class CoreRejected(CoreError):
+    code = "core_rejected"
+    default_hint = (
+        "Core refused this payload as invalid. It is kept in the spool's rejected table "
+        "for inspection and not retried."
+    )
+
+
+class CoreUnexpectedResponse(CoreError):
+    code = "core_unexpected_response"
+    default_hint = (
+        "Core answered in a shape the runtime does not understand; check that "
+        "PIPHI_CORE_BASE_URL points at PiPhi Core."
+    )
+
+
+class CoreIdentityUnknown(CoreError):
+    code = "core_identity_unknown"
+    default_hint = (
+        "The runtime does not know its container id yet: set PIPHI_CONTAINER_ID, or wait "
+        "for Core's first request. Data is kept until then."
+    )
+
+
+class SpoolError(PiPhiError, OSError):
+    code = "spool_error"
+    default_hint = (
+        "The delivery spool could not be opened or written. Check that its directory is "
+        "writable, on a local disk with free space, and not used by another runtime "
+        "(one spool per runtime)."
+    )

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import pytest
 import trio
 import trio.testing
 
+import runtime._spool
 from runtime import ActorNursery, open_actor_nursery
 from runtime.testing import RecordingSink
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -24,3 +28,22 @@ async def actors(sink: RecordingSink) -> AsyncIterator[ActorNursery]:
         pytest.fail("tests using `actors` must take the `autojump_clock` argument")
     async with open_actor_nursery(sink, rng=random.Random(1234)) as nursery:
         yield nursery
+
+
+@pytest.fixture(autouse=True)
+def inline_sqlite_under_virtual_time(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the autojump clock, run the spool's SQLite calls on the trio thread.
+
+    A call in a worker thread leaves trio idle, so the clock would leap to the next
+    deadline while SQLite works; inline, virtual time stays exact. Production, and every
+    test on the real clock, use the worker thread."""
+    if "autojump_clock" not in request.fixturenames:
+        return
+
+    async def inline(fn: Callable[..., T], *args: Any, limiter: object) -> T:
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    monkeypatch.setattr(runtime._spool, "offload", inline)

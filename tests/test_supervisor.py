@@ -169,7 +169,11 @@ def test_availability_events_alternate_and_match_the_outages(script: list[str]) 
     async def main() -> None:
         async with open_actor_nursery(sink, rng=random.Random(0)) as actors:
             sup = actors.spawn(Probe, {"id": "p", "polls": script})
-            await wait_until(lambda: len(sup.actor.times("poll")) >= len(script) + 1)
+            # Each outage poll may back off up to the policy's 60 s cap.
+            await wait_until(
+                lambda: len(sup.actor.times("poll")) >= len(script) + 1,
+                timeout=60.0 * (len(script) + 2),
+            )
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert sink.event_types("p") == expected_availability_events([*script, "ok"])

@@ -1,0 +1,278 @@
+"""The one HTTP client toward PiPhi Core, and what its failures mean.
+
+One pooled ``httpx.AsyncClient`` per process with few connections: httpcore rescans
+every queued request against every connection on each pool event, so its cost per
+request grows with the queue (STACK.md section 4). Callers therefore keep at most
+``connections`` requests in flight; the outbox's fixed pool of senders does.
+
+Every failure comes out as one ``CoreError`` subclass that says whether a retry can
+help. The token lives only in the request headers: never in a message, ``repr``, log
+line or error, and errors are raised ``from None`` so no chained httpx exception can
+carry a request (and its headers) into a traceback.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hmac
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import trio
+
+from ._errors import (
+    CoreAuthRejected,
+    CoreError,
+    CoreIdentityUnknown,
+    CoreRejected,
+    CoreRouteNotFound,
+    CoreServerError,
+    CoreTimeout,
+    CoreUnavailable,
+    CoreUnexpectedResponse,
+)
+
+__all__ = ["DEFAULT_CORE_URL", "CoreClient"]
+
+DEFAULT_CORE_URL = "http://127.0.0.1:31419"
+TELEMETRY_PATH = "/api/v2/integrations/telemetry"
+EVENTS_PATH = "/api/v2/events/ingest"
+CONFIG_FETCH_PATH = "/api/v2/integrations/config/fetch/all/by/container/internal"
+
+CONTAINER_HEADER = "X-Container-Id"
+TOKEN_HEADER = "X-PiPhi-Integration-Token"
+
+
+def _normalise_base_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if url.endswith("/api/v2"):
+        url = url[: -len("/api/v2")]
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(
+            f"the Core base URL must be an http(s) URL with a host, got {url!r} "
+            "(set PIPHI_CORE_BASE_URL, e.g. http://127.0.0.1:31419)"
+        )
+    return url
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+class CoreClient:
+    """Talks to PiPhi Core: telemetry, events and the config fetch, with auth headers.
+
+    ``container_id`` and ``token`` may be unknown at first and learnt later from Core's
+    requests (``set_auth``); ``auth_changed()`` lets a paused sender wait for that. Use it
+    as an async context manager, or call ``aclose()``. ``transport`` swaps the network
+    out in tests, as in httpx.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_CORE_URL,
+        *,
+        container_id: str | None = None,
+        token: str | None = None,
+        integration_id: str | None = None,
+        timeout: float = 5.0,
+        connections: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError("timeout must be a positive number of seconds")
+        self.base_url = _normalise_base_url(base_url)
+        self.integration_id = integration_id or None
+        self.connections = connections
+        self._container_id: str | None = None
+        self._token: str | None = None
+        self._headers: dict[str, str] = {}
+        self._auth_version = 0
+        self._auth_event = trio.Event()
+        self._set(container_id or None, token or None)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> CoreClient:
+        """A client configured from ``PIPHI_CORE_BASE_URL``, ``PIPHI_CONTAINER_ID`` and
+        ``PIPHI_INTEGRATION_INTERNAL_TOKEN`` (CONTRACT.md, Environment)."""
+        env = os.environ if env is None else env
+        return cls(
+            env.get("PIPHI_CORE_BASE_URL") or DEFAULT_CORE_URL,
+            container_id=env.get("PIPHI_CONTAINER_ID"),
+            token=env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN"),
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        token = "set" if self._token else "none"
+        return f"<CoreClient {self.base_url} container_id={self._container_id!r} token={token}>"
+
+    # -- identity ---------------------------------------------------------------------
+
+    @property
+    def container_id(self) -> str | None:
+        return self._container_id
+
+    @property
+    def has_token(self) -> bool:
+        return self._token is not None
+
+    @property
+    def auth_version(self) -> int:
+        """Bumped on every change of container id or token."""
+        return self._auth_version
+
+    def token_matches(self, candidate: str | None) -> bool:
+        """Constant-time comparison with the current token (False when either is unset)."""
+        if self._token is None or not candidate:
+            return False
+        return hmac.compare_digest(self._token.encode(), candidate.encode())
+
+    def set_auth(self, *, container_id: str | None = None, token: str | None = None) -> bool:
+        """Adopt a container id and/or token (``None`` keeps the current one).
+
+        Returns whether anything changed; a change wakes every ``auth_changed()`` waiter.
+        """
+        new_container = container_id or self._container_id
+        new_token = token or self._token
+        if new_container == self._container_id and new_token == self._token:
+            return False
+        self._set(new_container, new_token)
+        return True
+
+    def _set(self, container_id: str | None, token: str | None) -> None:
+        self._container_id, self._token = container_id, token
+        headers = {"Content-Type": "application/json"}
+        if container_id:
+            headers[CONTAINER_HEADER] = container_id
+        if token:
+            headers[TOKEN_HEADER] = token
+        self._headers = headers
+        self._auth_version += 1
+        self._auth_event.set()
+        self._auth_event = trio.Event()
+
+    async def auth_changed(self) -> None:
+        """Wait until the container id or token next changes."""
+        await self._auth_event.wait()
+
+    # -- calls ------------------------------------------------------------------------
+
+    async def post_telemetry(self, body: bytes) -> None:
+        """POST one encoded telemetry payload; returns on any 2xx."""
+        await self._request("POST", TELEMETRY_PATH, content=body)
+
+    async def post_event(self, body: bytes) -> None:
+        """POST one encoded event; returns on any 2xx."""
+        await self._request("POST", EVENTS_PATH, content=body)
+
+    async def fetch_configs(self) -> list[dict[str, Any]]:
+        """Core's config rows for this container (the start-up rehydration source)."""
+        if self._container_id is None:
+            raise CoreIdentityUnknown("no container id known, so Core's configs cannot be fetched")
+        response = await self._request(
+            "GET", CONFIG_FETCH_PATH, params={"container_id": self._container_id}
+        )
+        try:
+            rows = json.loads(response.content)
+        except ValueError:
+            rows = None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise CoreUnexpectedResponse(
+                f"Core's config fetch answered {response.status_code} without a JSON list "
+                "of config rows",
+                status=response.status_code,
+            )
+        return rows
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        if self._container_id is None:
+            raise CoreIdentityUnknown(f"no container id known yet for {method} {path}")
+        try:
+            response = await self._http.request(
+                method, path, content=content, params=params, headers=self._headers
+            )
+        except httpx.TimeoutException as exc:
+            raise CoreTimeout(f"{method} {path}: {type(exc).__name__}") from None
+        except (httpx.TransportError, OSError) as exc:
+            raise CoreUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return response
+        raise _status_error(method, path, response, self._token)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            await self.aclose()
+
+
+def _status_error(method: str, path: str, response: httpx.Response, token: str | None) -> CoreError:
+    status = response.status_code
+    where = f"{method} {path} answered {status}"
+    if status in (401, 403):
+        return CoreAuthRejected(f"{where}: Core refused the runtime's credentials", status=status)
+    if status == 404:
+        return CoreRouteNotFound(f"{where}: route not found on this Core", status=status)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if status == 429 or status >= 500:
+        return CoreServerError(where, status=status, retry_after=retry_after)
+    if 400 <= status < 500:
+        return CoreRejected(f"{where}: {_reason(response, token)}", status=status)
+    return CoreUnexpectedResponse(f"{where}, which the runtime does not follow", status=status)
+
+
+def _reason(response: httpx.Response, token: str | None) -> str:
+    """A short, token-free account of why Core refused a payload."""
+    text = response.text
+    if token:
+        text = text.replace(token, "[redacted]")
+    text = text[:200].strip()
+    return text or response.reason_phrase or "no reason given"

@@ -1,0 +1,434 @@
+"""The outbox against a real HTTP server on 127.0.0.1 (tests/fakecore.py), in virtual time."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sqlite3
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from runtime import (
+    CoreClient,
+    DeviceIdentity,
+    EventRecord,
+    OutboxSettings,
+    Reading,
+    RestartPolicy,
+    TelemetryRecord,
+    open_actor_nursery,
+    open_outbox,
+)
+from tests.fakecore import FakeCore
+from tests.helpers import Probe, wait_until
+
+TOKEN = "outbox-test-token"
+
+
+def record(device: int, seq: int, *, container_id: str | None = "c-1") -> TelemetryRecord:
+    identity = DeviceIdentity(
+        id=f"d{device}",
+        config_id=f"cfg-{device}",
+        device_id=f"d{device}",
+        container_id=container_id,
+        integration_id="int-1",
+    )
+    return TelemetryRecord(
+        identity, f"d{device}", (Reading("seq", seq), Reading("t", 20.5, "C")), 1.8e9 + seq
+    )
+
+
+def sequences(core: FakeCore) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = defaultdict(list)
+    for body in core.telemetry():
+        seen[body["device_id"]].append(body["metrics"]["seq"])
+    return dict(seen)
+
+
+def assert_each_once_in_order(core: FakeCore, devices: int, per_device: int) -> None:
+    ids = [body["telemetry_id"] for body in core.telemetry()]
+    assert len(ids) == len(set(ids)) == devices * per_device
+    assert sequences(core) == {f"d{d}": list(range(per_device)) for d in range(devices)}
+
+
+@pytest.fixture
+async def core(nursery: trio.Nursery) -> FakeCore:
+    fake = FakeCore()
+    await nursery.start(fake.serve)
+    return fake
+
+
+@pytest.fixture
+async def client(core: FakeCore) -> AsyncIterator[CoreClient]:
+    async with CoreClient(core.url, container_id="c-1", token=TOKEN, timeout=2.0) as c:
+        yield c
+
+
+@pytest.fixture
+def spool_path(tmp_path: Path) -> Path:
+    return tmp_path / "spool.db"
+
+
+async def test_delivers_telemetry_in_the_contract_shape(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        outbox.telemetry(record(1, 0))
+        with trio.fail_after(10):
+            await outbox.wait_settled()
+        stats = outbox.stats()
+    (body,) = core.telemetry()
+    assert body == {
+        "telemetry_id": body["telemetry_id"],
+        "device_id": "d1",
+        "config_id": "cfg-1",
+        "container_id": "c-1",
+        "integration_id": "int-1",
+        "metrics": {"seq": 0, "t": 20.5},
+        "units": {"t": "C"},
+        "timestamp": "2027-01-15T08:00:00+00:00",
+    }
+    assert len(body["telemetry_id"]) == 32
+    assert (stats.accepted, stats.delivered, stats.spooled, stats.dropped) == (1, 1, 0, 0)
+    assert stats.link.state == "up"
+    assert core.received[0].token == TOKEN
+
+
+async def test_events_keep_their_id(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    event = EventRecord(
+        identity=record(2, 0).identity,
+        device_id="d2",
+        event_type="device.unavailable",
+        severity="warning",
+        data={"reason": "offline"},
+        source="supervisor",
+    )
+    core.status = 503
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        outbox.event(event)
+        await trio.sleep(3)
+        core.status = 200
+        with trio.fail_after(60):
+            await outbox.wait_settled()
+        assert outbox.stats().retried >= 1
+    (body,) = core.events()
+    assert body["event_id"] == event.event_id
+    assert (body["type"], body["severity"], body["device_id"]) == (
+        "device.unavailable",
+        "warning",
+        "d2",
+    )
+    assert (body["config_id"], body["container_id"], body["integration_id"]) == (
+        "cfg-2",
+        "c-1",
+        "int-1",
+    )
+    assert body["data"] == {"reason": "offline"}
+    assert body["transport"] == "rest"
+
+
+async def test_core_down_for_a_minute_loses_nothing_and_keeps_order(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    devices, seconds = 5, 100
+    async with open_outbox(client, spool_path=spool_path, rng=random.Random(7)) as outbox:
+
+        async def produce() -> None:
+            for n in range(seconds):
+                for d in range(devices):
+                    outbox.telemetry(record(d, n))
+                await trio.sleep(1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            await trio.sleep(10.5)
+            await core.down()
+            await trio.sleep(10)
+            during = outbox.stats()
+            await trio.sleep(50)
+            await core.up()
+        with trio.fail_after(120):
+            await outbox.wait_settled()
+        after = outbox.stats()
+
+    assert during.link.state == "down"
+    assert during.link.last_error is not None
+    assert during.link.last_error["code"] == "core_unavailable"
+    assert during.spool_depth > 0, "items accepted during the outage must be on disk"
+    assert_each_once_in_order(core, devices, seconds)
+    assert after.dropped == 0
+    assert after.retried > 0
+    assert after.spooled >= devices * 50
+    assert (after.spool_depth, after.queue_depth, after.in_flight) == (0, 0, 0)
+    assert after.link.state == "up"
+
+
+async def test_a_restart_replays_the_spool_in_order(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    await core.down()
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        for n in range(20):
+            for d in range(3):
+                outbox.telemetry(record(d, n))
+        await trio.sleep(5)
+        assert outbox.stats().delivered == 0
+    await core.up()
+    async with open_outbox(client, spool_path=spool_path) as again:
+        first = again.stats()
+        await wait_until(lambda: again.stats().spool_depth == 0 and again.stats().queue_depth == 0)
+        again.telemetry(record(0, 20))
+        with trio.fail_after(10):
+            await again.wait_settled()
+        stats = again.stats()
+    assert first.spool_depth == 60
+    assert stats.delivered == 61
+    assert stats.replayed == 60
+    ids = [body["telemetry_id"] for body in core.telemetry()]
+    assert len(ids) == len(set(ids)) == 61
+    assert sequences(core) == {
+        "d0": list(range(21)),
+        "d1": list(range(20)),
+        "d2": list(range(20)),
+    }
+
+
+async def test_shutdown_spools_what_is_in_memory(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    core.delay = 30  # every request hangs past the client's timeout
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        for n in range(10):
+            outbox.telemetry(record(0, n))
+        await trio.sleep(0.5)
+        assert outbox.stats().spooled == 0, "memory first: nothing on disk yet"
+    con = sqlite3.connect(spool_path)
+    seqs = [json.loads(p)["metrics"]["seq"] for (p,) in con.execute("SELECT payload FROM items")]
+    con.close()
+    assert sorted(seqs) == list(range(10))
+
+
+async def test_held_until_a_container_id_is_known(
+    core: FakeCore, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async with CoreClient(core.url) as client, open_outbox(client, spool_path=spool_path) as ob:
+        for n in range(5):
+            ob.telemetry(record(0, n, container_id=None))
+        await trio.sleep(120)
+        held = ob.stats()
+        assert core.requests == 0
+        client.set_auth(container_id="c-late", token=TOKEN)
+        with trio.fail_after(30):
+            await ob.wait_settled()
+    assert held.link.state == "no_identity"
+    assert held.link.last_error is not None
+    assert held.link.last_error["code"] == "core_identity_unknown"
+    assert held.delivered == 0
+    assert held.spool_depth >= 4
+    assert [body["metrics"]["seq"] for body in core.telemetry()] == list(range(5))
+    assert {body["container_id"] for body in core.telemetry()} == {"c-late"}
+    assert {r.container_id for r in core.received} == {"c-late"}
+
+
+async def test_401_pauses_without_a_retry_storm_until_the_token_changes(
+    core: FakeCore, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    core.token = "the-right-token"
+    async with (
+        CoreClient(core.url, container_id="c-1", token="a-stale-token") as client,
+        open_outbox(client, spool_path=spool_path) as outbox,
+    ):
+        for n in range(50):
+            outbox.telemetry(record(n % 5, n // 5))
+        await trio.sleep(600)
+        stats = outbox.stats()
+        attempts = core.requests
+        client.set_auth(token="the-right-token")
+        with trio.fail_after(30):
+            await outbox.wait_settled()
+    assert stats.link.state == "auth_rejected"
+    assert stats.link.last_error is not None
+    assert stats.link.last_error["code"] == "core_auth_rejected"
+    assert "token" in stats.link.last_error["hint"]
+    assert "a-stale-token" not in str(stats.to_dict())
+    # Four senders, each probing at most once per slow_retry (300 s) over 600 s.
+    assert attempts <= 4 * 3
+    assert stats.delivered == 0
+    assert_each_once_in_order(core, 5, 10)
+
+
+async def test_retry_after_is_honoured(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    core.status = 503
+    core.headers = [("Retry-After", "20")]
+    settings = OutboxSettings(senders=1)
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        outbox.telemetry(record(0, 0))
+        await trio.sleep(59)
+        assert core.requests == 3  # at 0, 20 and 40 s
+        core.status = 200
+        with trio.fail_after(30):
+            await outbox.wait_settled()
+    assert len(core.telemetry()) == 1
+
+
+async def test_a_refused_payload_is_parked_and_the_rest_flows(
+    core: FakeCore,
+    client: CoreClient,
+    spool_path: Path,
+    autojump_clock: trio.abc.Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    core.status = 422
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        outbox.telemetry(record(0, 0))
+        with trio.fail_after(10):
+            await outbox.wait_settled()
+        core.status = 200
+        outbox.telemetry(record(0, 1))
+        with trio.fail_after(10):
+            await outbox.wait_settled()
+        stats = outbox.stats()
+    assert (stats.rejected, stats.delivered, stats.retried) == (1, 1, 0)
+    assert [body["metrics"]["seq"] for body in core.telemetry()] == [1]
+    con = sqlite3.connect(spool_path)
+    ((status, error, payload),) = con.execute("SELECT status, error, payload FROM rejected")
+    con.close()
+    assert status == 422
+    assert "422" in error
+    assert json.loads(payload)["metrics"]["seq"] == 0
+    assert "rejected table" in caplog.text
+
+
+async def test_spool_overflow_drops_the_oldest_and_says_so(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    await core.down()
+    size = len(json.dumps({"x": 0}))  # any payload is far larger; only the ratio matters
+    settings = OutboxSettings(spool_max_bytes=40 * 250 + size)
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        for n in range(400):
+            outbox.telemetry(record(0, n))
+            if n % 50 == 49:
+                await trio.sleep(1)
+        await trio.sleep(5)
+        full = outbox.stats()
+        await core.up()
+        with trio.fail_after(120):
+            await outbox.wait_settled()
+        stats = outbox.stats()
+    assert full.dropped > 0
+    assert full.spool_bytes <= settings.spool_max_bytes
+    assert stats.dropped == full.dropped
+    delivered = [body["metrics"]["seq"] for body in core.telemetry()]
+    assert len(delivered) + stats.dropped == 400
+    assert delivered == sorted(delivered)
+    # The first 50 were on a lane, in memory, when Core was found down; the spool then kept
+    # only its newest rows, dropping the oldest.
+    kept_on_disk = 400 - 50 - stats.dropped
+    assert delivered == list(range(50)) + list(range(400 - kept_on_disk, 400))
+    (warning,) = [e for e in core.events() if e["type"] == "runtime.delivery_dropped"]
+    assert warning["severity"] == "warning"
+    assert warning["data"]["dropped"] >= 1
+
+
+async def test_memory_full_spills_to_the_spool_without_reordering(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    core.delay = 0.01
+    settings = OutboxSettings(memory_limit=20)
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        for n in range(100):
+            for d in range(4):
+                outbox.telemetry(record(d, n))
+        with trio.fail_after(600):
+            await outbox.wait_settled()
+        stats = outbox.stats()
+    assert stats.spooled > 0
+    assert stats.dropped == 0
+    assert_each_once_in_order(core, 4, 100)
+
+
+async def test_write_ahead_puts_every_item_on_disk_first(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    settings = OutboxSettings(durability="write_ahead")
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        for n in range(30):
+            for d in range(3):
+                outbox.telemetry(record(d, n))
+            await trio.sleep(0.1)
+        with trio.fail_after(30):
+            await outbox.wait_settled()
+        await wait_until(lambda: outbox.stats().spool_depth == 0)
+        stats = outbox.stats()
+    assert (stats.spooled, stats.delivered, stats.durability) == (90, 90, "write_ahead")
+    assert_each_once_in_order(core, 3, 30)
+
+
+async def test_a_slow_core_never_delays_polling(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    core.delay = 3.0  # every request takes 3 s; actors poll every second
+    async with (
+        open_outbox(client, spool_path=spool_path) as outbox,
+        open_actor_nursery(outbox, rng=random.Random(3)) as actors,
+    ):
+        probes = [actors.spawn(Probe, {"id": f"p{i}"}) for i in range(20)]
+        await trio.sleep(60)
+        healths = [p.health() for p in probes]
+        times = [p.actor.times("poll") for p in probes]  # type: ignore[attr-defined]
+        backlog = outbox.stats()
+    assert min(len(t) for t in times) >= 59
+    gaps = [b - a for t in times for a, b in itertools.pairwise(t)]
+    assert max(gaps) < 1.01, "a poll was late while Core took 3 s per request"
+    assert all(h.overruns == 0 for h in healths)
+    assert backlog.queue_depth > 0, "the test must really have Core as the bottleneck"
+
+
+async def test_counters_never_show_the_token(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    core.status = 500
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        outbox.telemetry(record(0, 0))
+        await trio.sleep(2)
+        stats = outbox.stats()
+    assert stats.link.state == "down"
+    assert TOKEN not in repr(stats)
+    assert TOKEN not in json.dumps(stats.to_dict())
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="memory_limit"):
+        OutboxSettings(memory_limit=0)
+    with pytest.raises(ValueError, match="durability"):
+        OutboxSettings(durability="fsync-always")  # type: ignore[arg-type]
+    assert attrs.evolve(OutboxSettings(), durability="write_ahead").durability == "write_ahead"
+
+
+async def test_with_real_worker_threads_and_the_real_clock(
+    core: FakeCore, client: CoreClient, spool_path: Path
+) -> None:
+    await core.down()
+    fast = OutboxSettings(retry=RestartPolicy(initial_delay=0.01, max_delay=0.05))
+    async with open_outbox(client, spool_path=spool_path, settings=fast) as outbox:
+        for n in range(50):
+            for d in range(4):
+                outbox.telemetry(record(d, n))
+            if n == 10:
+                await wait_until(lambda: outbox.stats().link.state == "down", timeout=10)
+        await wait_until(lambda: outbox.stats().spool_depth > 0, timeout=10)
+        await core.up()
+        with trio.fail_after(10):
+            await outbox.wait_settled()
+    assert_each_once_in_order(core, 4, 50)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from runtime import SpoolError
+from runtime._spool import Rejection, Spool, SpoolRow
+
+
+def rows(first: int, last: int, *, size: int = 10, created: float = 1000.0) -> list[SpoolRow]:
+    return [
+        SpoolRow(seq, 0, f"k{seq % 3}", created + seq, b"x" * size)
+        for seq in range(first, last + 1)
+    ]
+
+
+async def test_rows_come_back_in_order_and_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "spool.db"
+    spool = await Spool.open(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    await spool.commit(rows(1, 5))
+    await spool.commit(rows(6, 8), delete=[(2, 10), (3, 10)])
+    assert (spool.depth, spool.bytes, spool.max_seq, spool.oldest_created) == (6, 60, 8, 1001.0)
+    assert [r.seq for r in await spool.read_after(0, 100)] == [1, 4, 5, 6, 7, 8]
+    assert [r.seq for r in await spool.read_after(4, 2)] == [5, 6]
+    await spool.close()
+
+    again = await Spool.open(path)
+    assert (again.depth, again.bytes, again.max_seq) == (6, 60, 8)
+    (first,) = await again.read_after(0, 1)
+    assert first == SpoolRow(1, 0, "k1", 1001.0, b"x" * 10)
+    await again.close()
+
+
+async def test_a_second_runtime_cannot_share_a_spool(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    with pytest.raises(SpoolError, match="another runtime"):
+        await Spool.open(tmp_path / "spool.db")
+    await spool.close()
+
+
+async def test_an_unwritable_place_is_a_spool_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(SpoolError) as info:
+        await Spool.open(tmp_path / "file" / "spool.db")
+    assert "writable" in info.value.hint
+
+
+async def test_the_byte_cap_drops_the_oldest_unprotected_rows(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    await spool.commit(rows(1, 10))
+    outcome = await spool.commit(rows(11, 12), max_bytes=75, protect_upto=2)
+    # 120 bytes, cap 75: rows 1-2 are on their way to Core, so 3..7 go.
+    assert outcome.dropped == 5
+    assert [r.seq for r in await spool.read_after(0, 100)] == [1, 2, 8, 9, 10, 11, 12]
+    assert (spool.depth, spool.bytes) == (7, 70)
+    await spool.close()
+
+
+async def test_the_age_cap_drops_rows_created_before_the_cutoff(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    await spool.commit(rows(1, 6))
+    outcome = await spool.commit(older_than=1004.0)
+    assert outcome.dropped == 3
+    assert [r.seq for r in await spool.read_after(0, 100)] == [4, 5, 6]
+    assert spool.oldest_created == 1004.0
+    await spool.close()
+
+
+async def test_rejected_rows_move_to_their_own_table(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    batch = rows(1, 3)
+    await spool.commit(batch)
+    never_spooled = SpoolRow(9, 0, "k", 1.0, b"{}")
+    await spool.commit(
+        reject=[
+            Rejection(batch[1], True, 2000.0, 422, "bad metric"),
+            Rejection(never_spooled, False, 2000.0, 400, "bad"),
+        ]
+    )
+    assert [r.seq for r in await spool.read_after(0, 10)] == [1, 3]
+    assert (spool.depth, spool.rejected, spool.max_seq) == (2, 2, 9)
+    await spool.close()
+    reopened = await Spool.open(tmp_path / "spool.db")
+    assert (reopened.depth, reopened.rejected, reopened.max_seq) == (2, 2, 9)
+    await reopened.close()
