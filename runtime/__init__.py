@@ -57,6 +57,7 @@ from ._reconciler import (
 from ._registry import DeviceSlice, Registry
 from ._rehydrate import LocalCopy, RehydrationReport, SourceReport, mounted_snapshot_path, rehydrate
 from ._sink import EventRecord, Sink, TelemetryRecord
+from ._state import state_dir
 from ._supervisor import Refresh, Supervisor
 
 __version__ = "0.1.0"
@@ -130,4 +131,5 @@ __all__ = [
     "open_outbox",
     "rehydrate",
     "select_by_field",
+    "state_dir",
 ]

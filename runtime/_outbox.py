@@ -340,6 +340,10 @@ class Outbox:
         if error is not None:
             last = {**error.to_dict(), "at": time.time()}
         if state != self._link.state:
+            if state == "up":
+                log.info("Core link up (was %s)", self._link.state)
+            else:
+                log.warning("Core link %s: %s", state, error)
             self._link = LinkStatus(state, time.time(), last)
             if state == "up":
                 self._recovered.set()

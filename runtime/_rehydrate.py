@@ -27,6 +27,7 @@ import trio
 
 from ._errors import InvalidConfig
 from ._reconciler import ConfigSync, SyncResult, parse_snapshot
+from ._state import state_dir
 
 __all__ = ["LocalCopy", "RehydrationReport", "SourceReport", "mounted_snapshot_path", "rehydrate"]
 
@@ -87,6 +88,11 @@ class LocalCopy:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @classmethod
+    def default(cls, env: Mapping[str, str] | None = None) -> LocalCopy:
+        """``snapshot.json`` in the runtime's state directory (see ``state_dir``)."""
+        return cls(state_dir(env) / "snapshot.json")
 
     async def load(self) -> dict[str, Any] | None:
         """The saved snapshot, or None if there is none. Raises ValueError if corrupt."""

@@ -239,7 +239,10 @@ async def test_held_until_a_container_id_is_known(
 
 
 async def test_401_pauses_without_a_retry_storm_until_the_token_changes(
-    core: FakeCore, spool_path: Path, autojump_clock: trio.abc.Clock
+    core: FakeCore,
+    spool_path: Path,
+    autojump_clock: trio.abc.Clock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     core.token = "the-right-token"
     async with (
@@ -259,6 +262,9 @@ async def test_401_pauses_without_a_retry_storm_until_the_token_changes(
     assert stats.link.last_error["code"] == "core_auth_rejected"
     assert "token" in stats.link.last_error["hint"]
     assert "a-stale-token" not in str(stats.to_dict())
+    assert "Core link auth_rejected" in caplog.text
+    assert "a-stale-token" not in caplog.text
+    assert "the-right-token" not in caplog.text
     # Four senders, each probing at most once per slow_retry (300 s) over 600 s.
     assert attempts <= 4 * 3
     assert stats.delivered == 0
@@ -432,3 +438,26 @@ async def test_with_real_worker_threads_and_the_real_clock(
         with trio.fail_after(10):
             await outbox.wait_settled()
     assert_each_once_in_order(core, 4, 50)
+
+
+async def test_actors_deliver_through_the_outbox_without_any_change(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async with (
+        open_outbox(client, spool_path=spool_path) as outbox,
+        open_actor_nursery(outbox, rng=random.Random(3)) as actors,
+    ):
+        actors.spawn(
+            Probe,
+            {"id": "p1", "configId": "uuid-1", "integrationId": "int-9", "polls": ["ok", "down"]},
+        )
+        await trio.sleep(10.5)
+    telemetry = core.telemetry()
+    assert {(t["config_id"], t["device_id"], t["container_id"]) for t in telemetry} == {
+        ("uuid-1", "p1", "c-1")
+    }
+    assert {t["integration_id"] for t in telemetry} == {"int-9"}
+    counts = [t["metrics"]["n"] for t in telemetry]
+    assert counts == sorted(counts) and len(counts) >= 9
+    assert [e["type"] for e in core.events()] == ["device.unavailable", "device.available"]
+    assert {e["config_id"] for e in core.events()} == {"uuid-1"}
