@@ -25,7 +25,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from ._errors import InvalidConfig
+from ._errors import CoreIdentityUnknown, InvalidConfig
 from ._reconciler import ConfigSync, SyncResult, parse_snapshot
 from ._state import state_dir
 
@@ -139,6 +139,8 @@ async def rehydrate(
     else:
         try:
             rows = await fetch_core_rows()
+        except CoreIdentityUnknown as exc:
+            reports.append(SourceReport("core", "not_configured", detail=exc.message))
         except Exception as exc:  # Core down, auth, anything: report and keep what we have
             reports.append(SourceReport("core", "unavailable", detail=str(exc)))
         else:

@@ -8,10 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from runtime import ConfigSync, LocalCopy, mounted_snapshot_path, open_actor_nursery, rehydrate
+from runtime import (
+    ConfigSync,
+    CoreClient,
+    LocalCopy,
+    mounted_snapshot_path,
+    open_actor_nursery,
+    rehydrate,
+)
 from runtime.testing import RecordingSink
 
+from .fakecore import FakeCore
 from .helpers import Probe
 
 
@@ -151,3 +160,51 @@ def test_the_mounted_path_follows_the_contract(tmp_path: Path) -> None:
         mounted_snapshot_path({"PIPHI_CONTAINER_ID": "ctr"}, root=tmp_path) == tmp_path / "ctr.json"
     )
     assert mounted_snapshot_path({}, root=tmp_path) == tmp_path / "configs.json"
+
+
+async def test_cores_rows_come_from_core_over_http(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    core = FakeCore()
+    core.token = "tok-live"
+    core.configs = [{"id": "uuid-a", "container_id": "c1", "config_data": {"id": "a"}}]
+    await nursery.start(core.serve)
+    async with (
+        CoreClient(core.url, container_id="c1", token="tok-live") as client,
+        open_actor_nursery(RecordingSink()) as actors,
+    ):
+        sync = ConfigSync(actors, Probe, RecordingSink())
+        report = await rehydrate(sync, mounted=None, fetch_core_rows=client.fetch_configs)
+        assert sync.active_config_ids == ("a",)
+    assert (await statuses(report))["core"] == "applied"
+
+
+async def test_core_refusing_the_token_is_reported_without_it(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    core = FakeCore()
+    core.token = "tok-live"
+    await nursery.start(core.serve)
+    async with (
+        CoreClient(core.url, container_id="c1", token="tok-stale") as client,
+        open_actor_nursery(RecordingSink()) as actors,
+    ):
+        report = await rehydrate(
+            ConfigSync(actors, Probe, RecordingSink()),
+            mounted=None,
+            fetch_core_rows=client.fetch_configs,
+        )
+    core_report = report.sources[-1]
+    assert core_report.status == "unavailable"
+    assert "401" in (core_report.detail or "")
+    assert "tok-stale" not in str(report.to_dict())
+
+
+async def test_no_container_id_yet_means_core_is_not_asked(autojump_clock: Any) -> None:
+    async with CoreClient() as client, open_actor_nursery(RecordingSink()) as actors:
+        report = await rehydrate(
+            ConfigSync(actors, Probe, RecordingSink()),
+            mounted=None,
+            fetch_core_rows=client.fetch_configs,
+        )
+    assert (await statuses(report))["core"] == "not_configured"
