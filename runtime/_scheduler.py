@@ -36,11 +36,14 @@ class Doorbell:
     what a ``trio.Event`` per wait would do, without allocating one per cycle per actor.
     """
 
-    __slots__ = ("_rung", "_task")
+    __slots__ = ("_abort", "_rung", "_task")
 
     def __init__(self) -> None:
         self._task: trio.lowlevel.Task | None = None
         self._rung = False
+        # Bound once: a closure per wait() would be two more young objects per idle
+        # actor for every garbage-collector pass to scan.
+        self._abort = self._aborted
 
     def ring(self) -> None:
         task = self._task
@@ -58,12 +61,11 @@ class Doorbell:
         if self._task is not None:
             raise RuntimeError("Doorbell.wait() is single-waiter; another task is waiting")
         self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            self._task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+    def _aborted(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Scheduler:
