@@ -40,6 +40,7 @@ from ._errors import (
     UnknownCommand,
 )
 from ._health import ActorHealth, ErrorRecord
+from ._integration import Integration
 from ._lifecycle import ActorState, can_transition
 from ._nursery import ActorNursery, open_actor_nursery
 from ._outbox import LinkStatus, Outbox, OutboxSettings, OutboxStats, open_outbox
@@ -56,6 +57,7 @@ from ._reconciler import (
 )
 from ._registry import DeviceSlice, Registry
 from ._rehydrate import LocalCopy, RehydrationReport, SourceReport, mounted_snapshot_path, rehydrate
+from ._runtime import Runtime, open_runtime
 from ._sink import EventRecord, Sink, TelemetryRecord
 from ._state import state_dir
 from ._supervisor import Refresh, Supervisor
@@ -95,6 +97,7 @@ __all__ = [
     "ErrorRecord",
     "EventRecord",
     "IllegalTransition",
+    "Integration",
     "InvalidActor",
     "InvalidConfig",
     "InvalidEvent",
@@ -114,6 +117,7 @@ __all__ = [
     "Rejection",
     "RemoveResult",
     "RestartPolicy",
+    "Runtime",
     "RuntimeConfig",
     "Sink",
     "SourceReport",
@@ -129,6 +133,7 @@ __all__ = [
     "mounted_snapshot_path",
     "open_actor_nursery",
     "open_outbox",
+    "open_runtime",
     "rehydrate",
     "select_by_field",
     "state_dir",

@@ -16,6 +16,7 @@ import attrs
 from ._config import DeviceIdentity
 from ._health import ActorHealth
 from ._nursery import ActorNursery
+from ._reading import Reading
 from ._sink import EventRecord
 from ._supervisor import Supervisor
 
@@ -30,9 +31,14 @@ class DeviceSlice:
     actor: str
     latest_state: Mapping[str, Any]
     state_updated: datetime | None
+    readings: tuple[Reading, ...]
+    """The device's own most recent readings."""
+    readings_at: datetime | None
     entities: tuple[Mapping[str, Any], ...]
     recent_events: tuple[EventRecord, ...]
     health: ActorHealth
+    supervisor: Supervisor = attrs.field(repr=False)
+    """For calls into the actor (commands, refreshes); reading it changes nothing."""
 
 
 class Registry:
@@ -57,12 +63,16 @@ class Registry:
 
 def _slice(supervisor: Supervisor) -> DeviceSlice:
     state, updated = supervisor.published_state()
+    readings, readings_at = supervisor.latest_readings()
     return DeviceSlice(
         identity=supervisor.identity,
         actor=type(supervisor.actor).__name__,
         latest_state=state,
         state_updated=updated,
+        readings=readings,
+        readings_at=readings_at,
         entities=tuple(supervisor.actor.entities()),
         recent_events=supervisor.recent_events(),
         health=supervisor.health(),
+        supervisor=supervisor,
     )

@@ -136,6 +136,8 @@ class Supervisor:
         "_lane_cancelled",
         "_last_error",
         "_last_error_key",
+        "_last_readings",
+        "_last_readings_at",
         "_mailbox",
         "_needs_teardown",
         "_on_exit",
@@ -191,6 +193,8 @@ class Supervisor:
         self._on_exit = on_exit
         self._interval, self._poll_timeout = _timings_for(cls, actor.config)
         self._bell = Doorbell()
+        self._last_readings: tuple[Reading, ...] = ()
+        self._last_readings_at: float | None = None
         self._scope = trio.CancelScope()
         self._lane = trio.CancelScope()  # replaced by run(); see there
         # Set with the watchdog's cancel: CancelScope.cancel_called reads the clock.
@@ -271,6 +275,10 @@ class Supervisor:
     def published_state(self) -> tuple[Mapping[str, Any], datetime | None]:
         """The latest state the actor published and when (a read-only copy)."""
         return MappingProxyType(dict(self._state_values or {})), wall_clock(self._state_updated)
+
+    def latest_readings(self) -> tuple[tuple[Reading, ...], datetime | None]:
+        """The device's own most recent readings (a poll's or a report's) and when."""
+        return self._last_readings, wall_clock(self._last_readings_at)
 
     async def command(
         self,
@@ -844,6 +852,8 @@ class Supervisor:
         self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
     ) -> None:
         self._readings += len(batch)
+        if device_id is None or device_id == self.identity.device_id:
+            self._last_readings, self._last_readings_at = batch, trio.current_time()
         self._deliver(
             self._sink.telemetry,
             TelemetryRecord(

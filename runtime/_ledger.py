@@ -1,0 +1,135 @@
+"""The command ledger: what became of each idempotency key, kept across restarts.
+
+A command carrying ``X-PiPhi-Idempotency-Key`` is recorded as *started* (committed)
+before it runs and as *done* with its reply after. A repeated key replays the stored
+reply and never runs the command again; a key found *started* without an outcome means
+an earlier attempt may have reached the device when the runtime stopped, so it is
+reported, not silently re-run. SQLite in WAL mode, one connection, calls off the trio
+thread, as for the spool.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from . import _spool
+from ._errors import SpoolError
+
+__all__ = ["CommandLedger", "LedgerEntry"]
+
+#: Keys older than this are forgotten (a retry a week later is a new command).
+KEEP_SECONDS = 7 * 24 * 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commands (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status INTEGER,
+    reply TEXT,
+    started REAL NOT NULL,
+    finished REAL
+);
+"""
+
+
+@attrs.frozen
+class LedgerEntry:
+    key: str
+    fingerprint: str
+    state: Literal["started", "done"]
+    status: int | None
+    reply: dict[str, Any] | None
+    started: float
+
+
+class CommandLedger:
+    def __init__(self, con: sqlite3.Connection, path: Path) -> None:
+        self._con = con
+        self._limiter = trio.CapacityLimiter(1)
+        self.path = path
+
+    @classmethod
+    @asynccontextmanager
+    async def opened(cls, path: Path) -> AsyncIterator[CommandLedger]:
+        con = await _spool.offload(_open_sync, path, limiter=None)
+        ledger = cls(con, path)
+        try:
+            yield ledger
+        finally:
+            with trio.CancelScope(shield=True):
+                await ledger._run(_close_sync)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await _spool.offload(fn, self._con, *args, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"command ledger {self.path}: {exc}") from exc
+
+    async def begin(self, key: str, fingerprint: str) -> LedgerEntry | None:
+        """Record ``key`` as started and return None; or return what is already known."""
+        row = await self._run(_begin_sync, key, fingerprint, time.time())
+        if row is None:
+            return None
+        fp, state, status, reply, started = row
+        return LedgerEntry(key, fp, state, status, json.loads(reply) if reply else None, started)
+
+    async def finish(self, key: str, status: int, reply: dict[str, Any]) -> None:
+        await self._run(_finish_sync, key, status, json.dumps(reply, default=str), time.time())
+
+
+def _open_sync(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            path.touch(mode=0o600)
+        con = sqlite3.connect(path, timeout=0.2, check_same_thread=False, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.executescript(_SCHEMA)
+    except (OSError, sqlite3.Error) as exc:
+        raise SpoolError(f"cannot open the command ledger at {path}: {exc}") from exc
+    return con
+
+
+def _begin_sync(
+    con: sqlite3.Connection, key: str, fingerprint: str, now: float
+) -> tuple[Any, ...] | None:
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        con.execute("DELETE FROM commands WHERE started < ?", (now - KEEP_SECONDS,))
+        row = con.execute(
+            "SELECT fingerprint, state, status, reply, started FROM commands WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            con.execute(
+                "INSERT INTO commands (key, fingerprint, state, started) "
+                "VALUES (?, ?, 'started', ?)",
+                (key, fingerprint, now),
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return tuple(row) if row is not None else None
+
+
+def _finish_sync(con: sqlite3.Connection, key: str, status: int, reply: str, now: float) -> None:
+    con.execute(
+        "UPDATE commands SET state = 'done', status = ?, reply = ?, finished = ? WHERE key = ?",
+        (status, reply, now, key),
+    )
+
+
+def _close_sync(con: sqlite3.Connection) -> None:
+    con.close()

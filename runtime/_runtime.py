@@ -1,0 +1,125 @@
+"""A running integration: Core client, outbox, actors and config sync in one lifetime.
+
+``open_runtime()`` opens them innermost-last, so leaving it stops the actors first (each
+runs its teardown), then writes undelivered data to the spool, then closes the client:
+nothing an actor emitted on its way out is lost. Start-up rehydrates the devices from
+the mounted snapshot, our own last copy and Core's rows before the caller gets control.
+
+Auth follows the kit: the runtime learns the container id and token from the headers of
+Core's requests and uses them toward Core. With a token from the environment (managed
+mode) that token is fixed, and routes demand it; otherwise the first token seen is adopted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import httpx
+
+from ._core import CoreClient
+from ._ledger import CommandLedger
+from ._nursery import ActorNursery, open_actor_nursery
+from ._outbox import Outbox, OutboxSettings, open_outbox
+from ._reconciler import ConfigSync
+from ._redact import install_log_redaction, secrets
+from ._registry import Registry
+from ._rehydrate import LocalCopy, RehydrationReport, mounted_snapshot_path, rehydrate
+from ._state import state_dir
+
+if TYPE_CHECKING:
+    from ._integration import Integration
+
+__all__ = ["Runtime", "open_runtime"]
+
+TokenSource = Literal["environment", "adopted", "none"]
+
+
+@attrs.define(eq=False)
+class Runtime:
+    """What the routes read and drive; made by ``open_runtime()``."""
+
+    integration: Integration
+    client: CoreClient
+    outbox: Outbox
+    actors: ActorNursery
+    sync: ConfigSync
+    registry: Registry
+    ledger: CommandLedger
+    state_dir: Path
+    managed: bool
+    """A token came from the environment: every route but /health requires it."""
+    token_source: TokenSource
+    started_at: float = attrs.field(factory=time.time)
+    rehydration: RehydrationReport | None = None
+    failure: str | None = None
+    """Set when the runtime's core has died: health then answers 503."""
+
+    def learn_auth(self, container_id: str | None, token: str | None) -> None:
+        """Adopt what Core's request headers say, as the kit does (never in managed mode
+        for the token, which only the environment sets)."""
+        if token:
+            secrets.add(token)
+        if self.managed or self.token_source == "adopted":
+            token = None
+        if container_id and self.client.container_id:
+            container_id = None  # the first container id known is kept
+        if self.client.set_auth(container_id=container_id, token=token) and token:
+            self.token_source = "adopted"
+
+
+@asynccontextmanager
+async def open_runtime(
+    integration: Integration,
+    *,
+    env: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    outbox_settings: OutboxSettings | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[Runtime]:
+    """Run ``integration``: open everything, rehydrate, yield the ``Runtime``."""
+    env = os.environ if env is None else env
+    install_log_redaction()
+    client = CoreClient.from_env(env, integration_id=integration.id, transport=transport)
+    token = env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN") or None
+    if token:
+        secrets.add(token)
+    directory = state_dir(env)
+    local = LocalCopy(directory / "snapshot.json")
+    async with (
+        client,
+        CommandLedger.opened(directory / "commands.db") as ledger,
+        open_outbox(client, spool_path=directory / "spool.db", settings=outbox_settings) as outbox,
+        open_actor_nursery(outbox, rng=rng) as actors,
+    ):
+        sync = ConfigSync(actors, integration.selector, outbox, on_applied=local.save)
+        runtime = Runtime(
+            integration=integration,
+            client=client,
+            outbox=outbox,
+            actors=actors,
+            sync=sync,
+            registry=Registry(actors),
+            ledger=ledger,
+            state_dir=directory,
+            managed=token is not None,
+            token_source="environment" if token else "none",
+        )
+        runtime.rehydration = await rehydrate(
+            sync,
+            mounted=mounted_snapshot_path(env),
+            local=local,
+            fetch_core_rows=client.fetch_configs if client.container_id else None,
+        )
+        yield runtime
+
+
+def collect_secrets(data: Any) -> None:
+    """Remember every secret inside a request body, so no log line can show it."""
+    secrets.collect(data)
