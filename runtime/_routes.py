@@ -337,11 +337,7 @@ def build_app(integration: Integration) -> QuartTrio:
         device = _command_target(rt, body)
         key = request.headers.get("X-PiPhi-Idempotency-Key") or body.idempotency_key
         if key:
-            fingerprint = hashlib.sha256(
-                json.dumps(
-                    [body.command, device.identity.id, body.arguments], sort_keys=True, default=str
-                ).encode()
-            ).hexdigest()
+            fingerprint = command_fingerprint(body.command, device.identity.id, body.arguments)
             known = await rt.ledger.begin(key, fingerprint)
             if known is not None:
                 return _replay(known, key, fingerprint, body.command)
@@ -514,6 +510,12 @@ class CommandRequest(BaseModel):
     @property
     def arguments(self) -> dict[str, Any]:
         return dict(self.params if self.params is not None else self.args or {})
+
+
+def command_fingerprint(command: str, config_id: str, arguments: Mapping[str, Any]) -> str:
+    """What an idempotency key promises to mean: this command, this device, these args."""
+    canonical = json.dumps([command, config_id, arguments], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _command_target(rt: Runtime, body: CommandRequest) -> DeviceSlice:

@@ -1,0 +1,557 @@
+"""The route contract, driven in process against a real local Core (tests/fakecore.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from pydantic import SecretStr
+
+from runtime import DeviceActor, Integration, Reading, Runtime, RuntimeConfig, open_runtime
+from runtime._routes import RUNTIME_KEY, command_fingerprint
+from tests.fakecore import FakeCore
+from tests.helpers import Probe, wait_until
+
+SECRET = "hunter2-very-secret"
+CORE_TOKEN = "core-token-abc123"
+
+
+class PushConfig(RuntimeConfig):
+    api_key: SecretStr | None = None
+
+
+class Push(DeviceActor[PushConfig]):
+    async def run(self) -> None:
+        n = 0
+        while True:
+            n += 1
+            self.report([Reading("count", n)])
+            await trio.sleep(1)
+
+
+async def discover(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"id": "found-1", "host": inputs.get("host"), "password": inputs.get("password")}]
+
+
+INTEGRATION = Integration(
+    id="test-int",
+    name="Test Integration",
+    version="1.2.3",
+    actors={"probe": Probe, "push": Push},
+    select_field="device_type",
+    actor=Probe,
+    discover=discover,
+)
+
+
+@attrs.define
+class Served:
+    client: Any
+    runtime: Runtime
+    core: FakeCore
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        response = await self.client.get(path, **kw)
+        return response.status_code, await response.get_json()
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        response = await self.client.post(path, json=body, **kw)
+        return response.status_code, await response.get_json()
+
+
+def env_for(tmp_path: Path, core: FakeCore, **extra: str) -> dict[str, str]:
+    return {
+        "PIPHI_CORE_BASE_URL": core.url,
+        "PIPHI_STATE_DIR": str(tmp_path / "state"),
+        "PIPHI_CONFIG_SNAPSHOT_PATH": str(tmp_path / "no-mount.json"),
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def serve(
+    core: FakeCore, env: dict[str, str], integration: Integration = INTEGRATION
+) -> AsyncIterator[Served]:
+    app = integration.app()
+    async with open_runtime(integration, env=env) as rt:
+        app.extensions[RUNTIME_KEY] = rt
+        async with app.test_app() as test_app:
+            yield Served(test_app.test_client(), rt, core)
+
+
+@pytest.fixture
+async def core(nursery: trio.Nursery) -> FakeCore:
+    fake = FakeCore()
+    await nursery.start(fake.serve)
+    return fake
+
+
+@pytest.fixture
+async def served(core: FakeCore, tmp_path: Path) -> AsyncIterator[Served]:
+    # pytest-trio takes the clock from the test's own arguments only.
+    if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        pytest.fail("tests using `served` must take the `autojump_clock` argument")
+    async with serve(core, env_for(tmp_path, core)) as s:
+        yield s
+
+
+CORE_HEADERS = {"X-Container-Id": "ctr-1", "X-PiPhi-Integration-Token": CORE_TOKEN}
+
+
+def snapshot(generation: int, *configs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"generation": generation, "configs": list(configs), **extra}
+
+
+async def test_a_snapshot_becomes_actors_and_telemetry_reaches_core(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    status, body = await served.post(
+        "/config/sync",
+        snapshot(
+            1,
+            {"id": "p1", "configId": "uuid-p1", "device_type": "probe"},
+            {"id": "q1", "config_id": "uuid-q1", "device_type": "push"},
+            containerId="ctr-1",
+            integrationId="test-int",
+        ),
+        headers=CORE_HEADERS,
+    )
+    assert status == 200
+    assert body["status"] == "synced"
+    assert body["applied"] == ["p1", "q1"]
+    assert body["active_config_ids"] == ["p1", "q1"]
+    assert body["container_id"] == "ctr-1"
+    await trio.sleep(5)
+    telemetry = served.core.telemetry()
+    assert {(t["config_id"], t["device_id"]) for t in telemetry} == {
+        ("uuid-p1", "p1"),
+        ("uuid-q1", "q1"),
+    }
+    assert {(t["container_id"], t["integration_id"]) for t in telemetry} == {("ctr-1", "test-int")}
+    headers = {(r.container_id, r.token) for r in served.core.received}
+    assert headers == {("ctr-1", CORE_TOKEN)}
+    configured = [e for e in served.core.events() if e["type"] == "device.configured"]
+    assert {e["config_id"] for e in configured} == {"uuid-p1", "uuid-q1"}
+
+
+async def test_both_sync_paths_and_stale_generations(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    assert (await served.post("/config/sync", snapshot(5, {"id": "a"})))[1]["status"] == "synced"
+    status, body = await served.post("/configs/sync", snapshot(4, {"id": "b"}))
+    assert (status, body["status"]) == (200, "stale_ignored")
+    assert body["active_config_ids"] == ["a"]
+    status, body = await served.post(
+        "/configs/sync", {"generation": 6, "configs": [{"id": "b"}], "deletedConfigIds": ["a"]}
+    )
+    assert body["removed"] == ["a"] and body["applied"] == ["b"]
+
+
+async def test_config_and_deconfigure_in_every_shape(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    for config_id in ("a", "b", "c", "d", "e"):
+        status, body = await served.post("/config", {"id": config_id, "configId": f"u-{config_id}"})
+        assert (status, body["status"], body["config_id"]) == (200, "configured", config_id)
+        assert body["metadata"]["action"] == "added"
+    assert (await served.post("/config", {"id": "a", "configId": "u-a"}))[1]["metadata"][
+        "action"
+    ] == "unchanged"
+    shapes: list[tuple[str, Any]] = [
+        ("/deconfigure", {"config": {"id": "a"}}),
+        ("/deconfigure", {"config": {"config_id": "b"}}),
+        ("/deconfigure", {"config_id": "c"}),
+        ("/deconfigure", {"configId": "u-d"}),
+        ("/deconfigure/e", None),
+    ]
+    for path, body in shapes:
+        status, reply = await served.post(path, body)
+        assert status == 200, (path, body, reply)
+        assert reply["status"] == "deconfigured"
+        assert reply["removed"] is True, (path, body)
+    status, reply = await served.post("/deconfigure", {"config_id": "nope"})
+    assert (status, reply["removed"]) == (200, False)
+    assert served.runtime.sync.active_config_ids == ()
+    status, problem = await served.post("/deconfigure", {})
+    assert status == 422 and problem["code"] == "config_id_required"
+
+
+async def test_an_invalid_config_is_422_with_field_paths(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    status, problem = await served.post("/config", {"id": "a", "poll_interval_seconds": -1})
+    assert status == 422
+    assert problem["code"] == "invalid_config"
+    assert problem["status"] == 422
+    assert problem["errors"][0]["loc"] == ["poll_interval_seconds"]
+    assert served.runtime.sync.active_config_ids == ()
+
+
+async def test_state_and_refresh_receipts(served: Served, autojump_clock: trio.abc.Clock) -> None:
+    await served.post(
+        "/config/sync", snapshot(1, {"id": "p1"}, {"id": "q1", "device_type": "push"})
+    )
+    await trio.sleep(2.5)
+    status, body = await served.get("/state")
+    assert status == 200
+    entry = body["entries"]["p1"]
+    assert entry["config_id"] == "p1" and entry["device_id"] == "p1"
+    assert entry["latest_state"]["n"] >= 2
+    assert entry["last_updated"].endswith("+00:00")
+
+    status, body = await served.get("/state?refresh=true&refresh_request_id=R1&config_id=p1")
+    receipt = body["refresh"]
+    assert (receipt["request_id"], receipt["performed"], receipt["status"]) == (
+        "R1",
+        True,
+        "refreshed",
+    )
+    assert receipt["source"] and receipt["observed_at"].endswith("+00:00")
+
+    status, body = await served.get("/state?refresh=true&refresh_request_id=R2&config_id=q1")
+    assert (body["refresh"]["performed"], body["refresh"]["status"]) == (False, "unsupported")
+    assert body["refresh"]["message"]
+
+    status, problem = await served.get("/state?refresh=true")
+    assert status == 400 and problem["code"] == "refresh_request_id_required"
+    status, problem = await served.get("/state?config_id=ghost")
+    assert status == 404
+
+
+async def test_a_failing_refresh_says_failed(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await served.post("/config", {"id": "p1", "polls": ["ok"], "then": "down"})
+    await trio.sleep(1.5)
+    status, body = await served.get("/state?refresh=true&refresh_request_id=R3")
+    assert status == 200
+    assert (body["refresh"]["performed"], body["refresh"]["status"]) == (False, "failed")
+    assert "no answer" in body["refresh"]["message"]
+
+
+async def test_entities_default_to_one_per_device(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await served.post("/config", {"id": "p1", "configId": "u1"})
+    await trio.sleep(1.5)
+    status, body = await served.get("/entities")
+    assert status == 200
+    (entity,) = body["entities"]
+    assert entity["config_id"] == "u1" and entity["device_id"] == "p1"
+    assert entity["capabilities"] == ["n", "echo"]
+    assert entity["available_commands"][0]["id"] == "echo"
+    assert set(entity["dashboard"]) == {"allowed_widgets", "default_widget", "recommended_widgets"}
+    for field in ("id", "name", "device_type", "device_class", "entity_type", "metadata"):
+        assert field in entity
+    assert body["commands"]["echo"]
+    assert body["capabilities"]["n"]["kind"] == "sensor"
+
+
+async def test_static_documents(served: Served, autojump_clock: trio.abc.Clock) -> None:
+    status, ui = await served.get("/ui-config")
+    assert status == 200
+    assert ui == (await served.get("/ui"))[1]
+    assert ui["uiSchema"]["api_key"] == {"ui:widget": "password"}
+    assert "id" not in ui["schema"]["properties"]
+    status, contract = await served.get("/contract")
+    assert contract["integration_id"] == "test-int"
+    assert set(contract["required"]) == {"health", "entities", "command", "config", "ui_config"}
+    assert contract["endpoints"]["config_sync"] == "/config/sync"
+    status, manifest = await served.get("/manifest.json")
+    for field in ("manifest_version", "id", "name", "version", "runtime", "api", "capabilities"):
+        assert field in manifest
+    status, openapi = await served.get("/openapi.json")
+    assert openapi["openapi"].startswith("3.1")
+    for path in ("/health", "/config/sync", "/deconfigure/{config_id}", "/command", "/state"):
+        assert path in openapi["paths"]
+    page = await (await served.client.get("/docs")).get_data(as_text=True)
+    assert "/openapi.json" in page and "<script" not in page and "cdn" not in page.lower()
+
+
+async def test_discover_in_every_shape_never_echoes_secrets(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    for method, path, kw in [
+        ("post", "/discover", {"json": {"inputs": {"host": "10.0.0.9", "password": SECRET}}}),
+        ("post", "/discovery", {"json": {"host": "10.0.0.9", "password": SECRET}}),
+        ("get", "/discover", {"query_string": {"host": "10.0.0.9", "password": SECRET}}),
+    ]:
+        response = await getattr(served.client, method)(path, **kw)
+        text = await response.get_data(as_text=True)
+        assert response.status_code == 200, text
+        assert json.loads(text)["devices"][0]["host"] == "10.0.0.9"
+        assert SECRET not in text
+
+
+async def test_commands_new_and_old_bodies(served: Served, autojump_clock: trio.abc.Clock) -> None:
+    await served.post("/config", {"id": "p1", "configId": "u1"})
+    await served.post("/config", {"id": "p2", "configId": "u2", "deviceId": "shared"})
+    await served.post("/config", {"id": "p3", "configId": "u3", "deviceId": "shared"})
+    await trio.sleep(1)
+    new = {
+        "contract_version": "automation.runtime.command.v1",
+        "command": "echo",
+        "target": {"config_id": "u1", "device_id": "p1"},
+        "params": {"x": 1},
+    }
+    status, reply = await served.post("/command", new)
+    assert status == 200
+    assert reply == {
+        "ok": True,
+        "status": "success",
+        "command": "echo",
+        "result": {"x": 1},
+        "error": None,
+        "retryable": False,
+        "replayed": False,
+    }
+    status, reply = await served.post(
+        "/command", {"command": "echo", "device_id": "p1", "args": {"y": 2}}
+    )
+    assert (status, reply["result"]) == (200, {"y": 2})
+    status, reply = await served.post("/command", {"command": "echo", "entity_id": "u1:p1"})
+    assert status == 200
+
+    status, problem = await served.post("/command", {"command": "echo", "config_id": "ghost"})
+    assert status == 404 and problem["ok"] is False
+    status, problem = await served.post("/command", {"command": "echo", "device_id": "shared"})
+    assert status == 409 and problem["candidates"] == ["u2", "u3"]
+    status, problem = await served.post("/command", {"command": "launch", "config_id": "u1"})
+    assert (status, problem["ok"], problem["error"]) == (400, False, "unsupported_command")
+    status, problem = await served.post(
+        "/command", {"command": "echo", "config_id": "u1", "capability": "warp"}
+    )
+    assert (status, problem["error"]) == (400, "unsupported_capability")
+    status, reply = await served.post(
+        "/command", {"command": "echo", "config_id": "u1", "args": {"fail": True}}
+    )
+    assert (status, reply["ok"], reply["status"]) == (502, False, "failed")
+    assert reply["error"]["code"] == "call_failed"
+    status, problem = await served.post("/command", {"config_id": "u1"})
+    assert status == 422 and problem["errors"][0]["path"] == "command"
+
+
+async def test_an_idempotency_key_replays_and_never_reruns(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await served.post("/config", {"id": "p1"})
+    await trio.sleep(1)
+    probe = served.runtime.actors.get("p1")
+    assert probe is not None
+    body = {"command": "echo", "config_id": "p1", "args": {"n": 1}}
+    headers = {"X-PiPhi-Idempotency-Key": "key-1"}
+    first = await served.post("/command", body, headers=headers)
+    runs = sum(1 for h, _ in probe.actor.calls if h == "command")  # type: ignore[attr-defined]
+    again = await served.post("/command", body, headers=headers)
+    body_key = await served.post("/command", {**body, "idempotency_key": "key-1"})
+    assert first[1]["replayed"] is False
+    assert again[0] == 200 and again[1] == {**first[1], "replayed": True}
+    assert body_key[1]["replayed"] is True
+    assert sum(1 for h, _ in probe.actor.calls if h == "command") == runs  # type: ignore[attr-defined]
+    status, problem = await served.post("/command", {**body, "args": {"n": 2}}, headers=headers)
+    assert status == 422 and problem["code"] == "idempotency_key_reused"
+
+
+async def test_idempotency_survives_a_restart_and_unknown_outcomes_are_reported(
+    core: FakeCore, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    env = env_for(tmp_path, core)
+    body = {"command": "echo", "config_id": "p1", "args": {"n": 1}}
+    async with serve(core, env) as s:
+        await s.post("/config", {"id": "p1"})
+        await trio.sleep(1)
+        first = await s.post("/command", body, headers={"X-PiPhi-Idempotency-Key": "k-done"})
+        # An attempt that started but never recorded its outcome (the runtime was killed).
+        await s.runtime.ledger.begin("k-lost", command_fingerprint("echo", "p1", {"n": 1}))
+    async with serve(core, env) as s:
+        await wait_until(lambda: s.runtime.actors.get("p1") is not None)
+        replay = await s.post("/command", body, headers={"X-PiPhi-Idempotency-Key": "k-done"})
+        assert replay[1] == {**first[1], "replayed": True}
+        probe = s.runtime.actors.get("p1")
+        assert probe is not None
+        assert not [h for h, _ in probe.actor.calls if h == "command"]  # type: ignore[attr-defined]
+        status, problem = await s.post(
+            "/command", body, headers={"X-PiPhi-Idempotency-Key": "k-lost"}
+        )
+    assert (status, problem["code"], problem["replayed"]) == (409, "outcome_unknown", True)
+    assert not [h for h, _ in probe.actor.calls if h == "command"]  # type: ignore[attr-defined]
+
+
+async def test_managed_mode_refuses_requests_without_the_token(
+    core: FakeCore, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    env = env_for(
+        tmp_path, core, PIPHI_INTEGRATION_INTERNAL_TOKEN=CORE_TOKEN, PIPHI_CONTAINER_ID="ctr-9"
+    )
+    async with serve(core, env) as s:
+        assert (await s.get("/health"))[0] == 200
+        for path in ("/state", "/diagnostics", "/entities", "/contract"):
+            status, problem = await s.get(path)
+            assert status == 401, path
+            assert problem["code"] == "auth_required"
+        status, _ = await s.get("/state", headers={"X-PiPhi-Integration-Token": "guess"})
+        assert status == 401
+        status, _ = await s.post(
+            "/config", {"id": "a"}, headers={"X-PiPhi-Integration-Token": "other-token"}
+        )
+        assert status == 401
+        assert s.runtime.sync.active_config_ids == ()
+        status, _ = await s.post(
+            "/config/sync",
+            snapshot(1, {"id": "a"}, internal_token="replacement-token"),
+            headers={"X-PiPhi-Integration-Token": CORE_TOKEN},
+        )
+        assert status == 200
+        assert s.runtime.client.token_matches(CORE_TOKEN), "no request can replace the token"
+        status, diag = await s.get(
+            "/diagnostics", headers={"X-PiPhi-Integration-Token": CORE_TOKEN}
+        )
+        assert diag["diagnostics"]["auth"]["mode"] == "managed"
+        assert diag["diagnostics"]["auth"]["token_source"] == "environment"
+
+
+async def test_without_an_environment_token_the_first_one_is_adopted(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await served.get("/health", headers=CORE_HEADERS)
+    await served.get("/health", headers={"X-PiPhi-Integration-Token": "later-token"})
+    assert served.runtime.client.token_matches(CORE_TOKEN)
+    assert served.runtime.client.container_id == "ctr-1"
+    _, diag = await served.get("/diagnostics")
+    auth = diag["diagnostics"]["auth"]
+    assert (auth["mode"], auth["token_source"], auth["token_known"]) == ("adopted", "adopted", True)
+    assert CORE_TOKEN not in json.dumps(diag)
+
+
+async def test_secrets_never_appear_in_responses_or_logs(
+    served: Served, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await served.get("/health", headers=CORE_HEADERS)
+    config = {
+        "id": "p1",
+        "password": SECRET,
+        "apiKey": "key-" + SECRET,
+        "url": f"http://admin:{SECRET}@10.0.0.5/api",
+        "polls": ["crash"],
+    }
+    await served.post("/config", config)
+    status, problem = await served.post(
+        "/config", {**config, "id": "p2", "poll_interval_seconds": "x"}
+    )
+    assert status == 422
+    served.runtime.actors.get("p1").actor.log.warning(  # type: ignore[union-attr]
+        "connecting to %s with %s", config["url"], SECRET
+    )
+    await trio.sleep(3)
+    texts = [json.dumps(problem)]
+    for path in ("/state", "/diagnostics", "/events", "/entities", "/health"):
+        texts.append(json.dumps((await served.get(path))[1]))
+    texts.append(caplog.text)
+    for text in texts:
+        assert SECRET not in text
+        assert CORE_TOKEN not in text
+    assert "**********" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kw", "status", "code"),
+    [
+        (
+            "post",
+            "/config",
+            {"data": "{nope", "headers": {"content-type": "application/json"}},
+            400,
+            "malformed_json",
+        ),
+        ("post", "/config", {"json": [1, 2]}, 422, "body_not_an_object"),
+        (
+            "post",
+            "/config",
+            {"data": "id=a", "headers": {"content-type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "post",
+            "/config/sync",
+            {"data": b"{}" + b" " * (1024 * 1024), "headers": {"content-type": "application/json"}},
+            413,
+            None,
+        ),
+        ("get", "/no/such/route", {}, 404, None),
+        ("get", "/config", {}, 405, None),
+        ("post", "/config/sync", {"json": {"configs": "nope"}}, 422, "invalid_config"),
+        ("post", "/config", {}, 400, "body_required"),
+    ],
+)
+async def test_bad_input_is_problem_json_and_changes_nothing(
+    served: Served,
+    autojump_clock: trio.abc.Clock,
+    method: str,
+    path: str,
+    kw: dict[str, Any],
+    status: int,
+    code: str | None,
+) -> None:
+    before = served.runtime.sync.active_config_ids
+    response = await getattr(served.client, method)(path, **kw)
+    assert response.status_code == status
+    assert response.content_type == "application/problem+json"
+    problem = await response.get_json()
+    assert problem["status"] == status
+    assert {"type", "title", "status", "detail"} <= problem.keys()
+    if code:
+        assert problem["code"] == code
+    assert served.runtime.sync.active_config_ids == before
+
+
+async def test_events_are_the_recent_local_events(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await served.post("/config", {"id": "p1", "polls": ["down"]})
+    await trio.sleep(3)
+    _, body = await served.get("/events")
+    types = [e["event_type"] for e in body["events"]]
+    assert types[:1] == ["device.configured"]
+    assert "device.unavailable" in types and "device.available" in types
+    event = body["events"][0]
+    for field in (
+        "event_type",
+        "source",
+        "payload",
+        "device_id",
+        "container_id",
+        "integration_id",
+        "config_id",
+        "severity",
+        "event_id",
+        "ts",
+        "topic",
+        "received_at",
+    ):
+        assert field in event
+
+
+async def test_diagnostics_filters(served: Served, autojump_clock: trio.abc.Clock) -> None:
+    await served.post("/config", {"id": "good"})
+    await served.post("/config", {"id": "bad", "polls": ["crash"] * 20})
+    await trio.sleep(120)
+    _, everything = await served.get("/diagnostics")
+    assert {a["config_id"] for a in everything["diagnostics"]["actors"]} == {"good", "bad"}
+    _, failed = await served.get("/diagnostics?state=failed")
+    (sick,) = failed["diagnostics"]["actors"]
+    assert sick["config_id"] == "bad"
+    assert sick["last_error"]["hint"]
+    _, one = await served.get("/diagnostics?device_id=good")
+    assert [a["config_id"] for a in one["diagnostics"]["actors"]] == ["good"]
+    _, health = await served.get("/health")
+    assert health["status"] == "degraded" and health["ok"] is True
