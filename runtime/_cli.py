@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
+
+import trio
 
 from ._actor import DeviceActor
 from ._errors import InvalidActor
@@ -63,11 +68,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate a DeviceActor class and describe it")
     check.add_argument("target", help="module:ClassName, e.g. actors.simulated:SimulatedPlug")
+    serve = commands.add_parser(
+        "serve", help="run an integration and serve its routes (PORT, PIPHI_* from the env)"
+    )
+    serve.add_argument(
+        "target", help="module:integration, e.g. examples.simulated_home:integration"
+    )
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: $PORT, else 8000)")
     args = parser.parse_args(argv)
-    if args.command == "check":
-        try:
+    try:
+        if args.command == "check":
             print(_check(args.target))
-        except InvalidActor as exc:
-            print(f"piphi-runtime: {exc}", file=sys.stderr)
-            return 2
+        elif args.command == "serve":
+            return _serve(args.target, args.host, args.port)
+    except (InvalidActor, ValueError) as exc:
+        print(f"piphi-runtime: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve(target: str, host: str, port: int | None) -> int:
+    from ._integration import Integration
+    from ._serve import parse_port, serve
+
+    integration = _load(target)
+    if not isinstance(integration, Integration):
+        raise InvalidActor(f"{target} is not a runtime.Integration")
+    if port is None:
+        parse_port(os.environ.get("PORT"))  # fail before anything starts
+    logging.basicConfig(
+        level=os.environ.get("PIPHI_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(partial(serve, integration, host=host, port=port))
+            print(f"serving {integration.id} on {' '.join(urls)}", flush=True)
+
+    try:
+        trio.run(main)
+    except BaseException as exc:  # the runtime's core failed: say so and exit non-zero
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        logging.getLogger("runtime").critical("the runtime failed: %r", exc, exc_info=exc)
+        return 1
     return 0

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from . import _spool
+from . import _offload
 from ._errors import SpoolError
 
 __all__ = ["CommandLedger", "LedgerEntry"]
@@ -61,7 +61,7 @@ class CommandLedger:
     @classmethod
     @asynccontextmanager
     async def opened(cls, path: Path) -> AsyncIterator[CommandLedger]:
-        con = await _spool.offload(_open_sync, path, limiter=None)
+        con = await _offload.offload(_open_sync, path, limiter=None)
         ledger = cls(con, path)
         try:
             yield ledger
@@ -71,7 +71,7 @@ class CommandLedger:
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
-            return await _spool.offload(fn, self._con, *args, limiter=self._limiter)
+            return await _offload.offload(fn, self._con, *args, limiter=self._limiter)
         except sqlite3.Error as exc:
             raise SpoolError(f"command ledger {self.path}: {exc}") from exc
 

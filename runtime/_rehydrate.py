@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import trio
 
+from . import _offload
 from ._errors import CoreIdentityUnknown, InvalidConfig
 from ._reconciler import ConfigSync, SyncResult, parse_snapshot
 from ._state import state_dir
@@ -96,11 +96,11 @@ class LocalCopy:
 
     async def load(self) -> dict[str, Any] | None:
         """The saved snapshot, or None if there is none. Raises ValueError if corrupt."""
-        return await trio.to_thread.run_sync(_read_json, self.path)
+        return await _offload.offload(_read_json, self.path)
 
     async def save(self, snapshot: Mapping[str, Any]) -> None:
         body = {k: v for k, v in snapshot.items() if k not in ("internal_token", "internalToken")}
-        await trio.to_thread.run_sync(_write_private, self.path, json.dumps(body, default=str))
+        await _offload.offload(_write_private, self.path, json.dumps(body, default=str))
 
 
 async def rehydrate(
@@ -158,7 +158,7 @@ async def _load(source: Source, path: Path | None) -> tuple[dict[str, Any] | Non
     if path is None:
         return None, SourceReport(source, "not_configured")
     try:
-        data = await trio.to_thread.run_sync(_read_json, path)
+        data = await _offload.offload(_read_json, path)
     except ValueError as exc:
         return None, SourceReport(source, "corrupt", detail=str(exc))
     if data is None:

@@ -685,26 +685,37 @@ def _install_lifecycle(app: QuartTrio, integration: Integration) -> None:
         if RUNTIME_KEY in app.extensions:
             return
         scope = trio.CancelScope()
-        done = trio.Event()
+        ready, done = trio.Event(), trio.Event()
+        failed: list[BaseException] = []
         owned.update(scope=scope, done=done)
 
-        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def run() -> None:
             try:
                 with scope:
                     async with open_runtime(integration) as rt:
                         app.extensions[RUNTIME_KEY] = rt
-                        task_status.started()
+                        ready.set()
                         await trio.sleep_forever()
-            except Exception as exc:  # the runtime died: never keep answering 200s
+            except Exception as exc:
+                if not ready.is_set():
+                    failed.append(exc)  # start-up failed: before_serving raises it below
+                    return
+                # The runtime died while serving: never keep answering 200s.
                 log.critical("the runtime failed: %r; stopping the process", exc, exc_info=True)
                 rt_ = app.extensions.get(RUNTIME_KEY)
                 if isinstance(rt_, Runtime):
                     rt_.failure = repr(exc)
                 os.kill(os.getpid(), signal.SIGTERM)
             finally:
+                ready.set()
                 done.set()
 
-        await app.nursery.start(run)
+        # start_soon, not start(): the runtime opens nurseries of its own before it is
+        # ready, and a task cannot be moved into app.nursery with those open.
+        app.nursery.start_soon(run)
+        await ready.wait()
+        if failed:
+            raise failed[0]
 
     @app.after_serving
     async def stop_runtime() -> None:

@@ -20,27 +20,17 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import trio
 
+from . import _offload
 from ._errors import SpoolError
 
 __all__ = ["CommitOutcome", "Spool", "SpoolRow"]
 
 T = TypeVar("T")
-
-
-async def _in_worker_thread(
-    fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None
-) -> T:
-    return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-
-
-#: How every SQLite call leaves the trio thread. Tests on trio's virtual clock swap in an
-#: inline runner: the clock would otherwise jump to the next deadline during each call.
-offload = _in_worker_thread
 
 #: How many rejected payloads are kept for inspection; beyond it the oldest are dropped.
 REJECTED_KEEP = 10_000
@@ -122,12 +112,12 @@ class Spool:
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> Spool:
         target = Path(path)
-        con, totals = await offload(_open_sync, target, limiter=None)
+        con, totals = await _offload.offload(_open_sync, target, limiter=None)
         return cls(con, target, totals)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         try:
-            return await offload(fn, self._con, *args, limiter=self._limiter)
+            return await _offload.offload(fn, self._con, *args, limiter=self._limiter)
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: {exc}") from exc
 

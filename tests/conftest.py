@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-import runtime._spool
+import runtime._offload
 from runtime import ActorNursery, open_actor_nursery
 from runtime.testing import RecordingSink
 
@@ -42,8 +42,8 @@ def inline_sqlite_under_virtual_time(
     if "autojump_clock" not in request.fixturenames:
         return
 
-    async def inline(fn: Callable[..., T], *args: Any, limiter: object) -> T:
+    async def inline(fn: Callable[..., T], *args: Any, limiter: object = None) -> T:
         await trio.lowlevel.checkpoint()
         return fn(*args)
 
-    monkeypatch.setattr(runtime._spool, "offload", inline)
+    monkeypatch.setattr(runtime._offload, "offload", inline)

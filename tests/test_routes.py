@@ -555,3 +555,35 @@ async def test_diagnostics_filters(served: Served, autojump_clock: trio.abc.Cloc
     assert [a["config_id"] for a in one["diagnostics"]["actors"]] == ["good"]
     _, health = await served.get("/health")
     assert health["status"] == "degraded" and health["ok"] is True
+
+
+async def test_served_by_the_hypercorn_cli_the_app_opens_the_runtime_itself(
+    core: FakeCore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    for name, value in env_for(tmp_path, core).items():
+        monkeypatch.setenv(name, value)
+    app = INTEGRATION.app()
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/health")).status_code == 200
+        reply = await client.post("/config", json={"id": "p1"}, headers=CORE_HEADERS)
+        assert reply.status_code == 200
+        rt = app.extensions[RUNTIME_KEY]
+        await trio.sleep(2)
+        assert len(core.telemetry()) >= 1
+    assert RUNTIME_KEY not in app.extensions
+    assert rt.actors.get("p1") is None, "leaving the app stopped the actors"
+
+
+async def test_health_says_503_when_the_runtime_is_not_up(autojump_clock: trio.abc.Clock) -> None:
+    app = INTEGRATION.app()
+    client = app.test_client()
+    response = await client.get("/health")
+    assert response.status_code == 503
+    assert (await response.get_json())["ok"] is False
+    response = await client.get("/state")
+    assert response.status_code == 503
+    assert (await response.get_json())["code"] == "runtime_unavailable"

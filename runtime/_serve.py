@@ -1,0 +1,84 @@
+"""``piphi-runtime serve``: the runtime owns the root nursery and hypercorn is one child.
+
+This is the shape that makes failures visible (STACK.md section 2, pattern v5): an error
+in the runtime's core leaves the root nursery and ends the process non-zero, instead of
+being logged by a lifespan handler while the server keeps answering 200s.
+
+SIGTERM or SIGINT: hypercorn stops accepting and drains requests in flight, then the
+actors stop (teardown), the outbox writes what is undelivered to the spool and the
+client closes, each bounded, so the process exits within the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from functools import partial
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from ._integration import Integration
+from ._routes import RUNTIME_KEY
+from ._runtime import open_runtime
+
+__all__ = ["parse_port", "serve"]
+
+log = logging.getLogger("runtime.serve")
+
+
+def parse_port(value: str | None, default: int = 8000) -> int:
+    """``PORT`` as Core assigns it; an invalid value is an error, never a silent fallback."""
+    if value is None or value == "":
+        return default
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"PORT must be an integer from 0 to 65535, got {value!r}")
+    return port
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s received: shutting down", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+async def serve(
+    integration: Integration,
+    *,
+    env: Mapping[str, str] | None = None,
+    host: str = "0.0.0.0",  # Core reaches the container from outside it
+    port: int | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``integration`` and serve its routes until SIGTERM/SIGINT."""
+    env = os.environ if env is None else env
+    config = Config()
+    config.bind = [f"{host}:{parse_port(env.get('PORT')) if port is None else port}"]
+    config.graceful_timeout = 3.0
+    # quart-trio + hypercorn never close an idle keep-alive connection by its own timer;
+    # a read timeout does, so graceful shutdown is not held up (STACK.md section 3).
+    config.read_timeout = 5
+    config.accesslog = None
+    app = integration.app()
+    stop = trio.Event()
+    async with open_runtime(integration, env=env) as runtime:
+        app.extensions[RUNTIME_KEY] = runtime
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, stop)
+            urls = await nursery.start(
+                partial(hypercorn_serve, app, config, shutdown_trigger=stop.wait)
+            )
+            log.info("serving %s on %s", integration.id, ", ".join(urls))
+            task_status.started(urls)
+            await stop.wait()
+            # hypercorn returns from serve() once it has drained; the signal task is done.
+        app.extensions.pop(RUNTIME_KEY, None)
