@@ -1,9 +1,10 @@
 """The one HTTP client toward PiPhi Core, and what its failures mean.
 
-One pooled ``httpx.AsyncClient`` per process with few connections: httpcore rescans
-every queued request against every connection on each pool event, so its cost per
-request grows with the queue (STACK.md section 4). Callers therefore keep at most
-``connections`` requests in flight; the outbox's fixed pool of senders does.
+One pooled ``httpx.AsyncClient`` per process with few connections. Its transport is
+``H11Transport`` (h11 on trio streams, about a quarter of httpcore's CPU per request;
+see its module); httpcore also rescans every queued request against every connection on
+each pool event (STACK.md section 4). Callers keep at most ``connections`` requests in
+flight; the outbox's fixed pool of senders does.
 
 Every failure comes out as one ``CoreError`` subclass that says whether a retry can
 help. The token lives only in the request headers: never in a message, ``repr``, log
@@ -37,6 +38,7 @@ from ._errors import (
     CoreUnavailable,
     CoreUnexpectedResponse,
 )
+from ._transport import H11Transport
 
 __all__ = ["DEFAULT_CORE_URL", "CoreClient"]
 
@@ -113,6 +115,8 @@ class CoreClient:
         self._auth_version = 0
         self._auth_event = trio.Event()
         self._set(container_id or None, token or None)
+        if transport is None and self.base_url.startswith("http://"):
+            transport = H11Transport(connections)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout),

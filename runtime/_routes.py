@@ -140,7 +140,7 @@ def build_app(integration: Integration) -> QuartTrio:
                     "token_known": rt.client.has_token,
                 },
                 "rehydration": rt.rehydration.to_dict() if rt.rehydration else None,
-                "actors": actors,
+                "actors": redact(actors),
                 "filters": {"state": state, "device_id": device_id},
             },
         }

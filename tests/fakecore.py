@@ -40,6 +40,9 @@ class FakeCore:
         self._nursery: trio.Nursery | None = None
         self._accepting = trio.CancelScope()
         self._conns: set[trio.SocketStream] = set()
+        self.connections = 0
+        """Connections accepted so far."""
+        self.most_at_once = 0
 
     @property
     def url(self) -> str:
@@ -72,8 +75,7 @@ class FakeCore:
         for listener in self._listeners:
             await listener.aclose()
         self._listeners = []
-        for conn in list(self._conns):
-            await conn.aclose()
+        await self.drop_connections()
 
     async def up(self) -> None:
         await self._listen()
@@ -84,8 +86,15 @@ class FakeCore:
     def events(self) -> list[dict[str, Any]]:
         return [r.body for r in self.received if r.path.endswith("/ingest")]
 
+    async def drop_connections(self) -> None:
+        """Close every open connection (as a server's idle timeout would), keep listening."""
+        for conn in list(self._conns):
+            await conn.aclose()
+
     async def _handle(self, stream: trio.SocketStream) -> None:
         self._conns.add(stream)
+        self.connections += 1
+        self.most_at_once = max(self.most_at_once, len(self._conns))
         conn = h11.Connection(h11.SERVER)
         try:
             while True:

@@ -13,6 +13,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from runtime import DeviceActor, Integration, Reading, Runtime, RuntimeConfig, open_runtime
@@ -587,3 +589,83 @@ async def test_health_says_503_when_the_runtime_is_not_up(autojump_clock: trio.a
     response = await client.get("/state")
     assert response.status_code == 503
     assert (await response.get_json())["code"] == "runtime_unavailable"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+contract_keys = st.sampled_from(
+    [
+        "id",
+        "config_id",
+        "configId",
+        "configs",
+        "generation",
+        "deleted_config_ids",
+        "command",
+        "target",
+        "params",
+        "args",
+        "config",
+        "inputs",
+        "device_id",
+        "poll_interval_seconds",
+    ]
+)
+bodies = (
+    json_values | st.dictionaries(contract_keys, json_values, max_size=5) | st.binary(max_size=40)
+)
+routes = st.sampled_from(
+    [
+        "/config",
+        "/config/sync",
+        "/configs/sync",
+        "/deconfigure",
+        "/deconfigure/x",
+        "/command",
+        "/discover",
+        "/discovery",
+    ]
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(path=routes, body=bodies, content_type=st.sampled_from(["application/json", "text/plain"]))
+async def test_random_bodies_never_crash_and_refusals_change_nothing(
+    served: Served, autojump_clock: trio.abc.Clock, path: str, body: Any, content_type: str
+) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    before = served.runtime.sync.active_config_ids
+    response = await served.client.post(path, data=data, headers={"content-type": content_type})
+    assert response.status_code < 500, await response.get_data(as_text=True)
+    if response.status_code >= 400:
+        assert response.content_type == "application/problem+json"
+        assert served.runtime.sync.active_config_ids == before
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(["/state", "/diagnostics", "/events", "/entities", "/health"]),
+    query=st.dictionaries(
+        st.sampled_from(["refresh", "refresh_request_id", "config_id", "state", "device_id"]),
+        st.text(max_size=10),
+        max_size=3,
+    ),
+)
+async def test_random_queries_never_crash(
+    served: Served, autojump_clock: trio.abc.Clock, path: str, query: dict[str, str]
+) -> None:
+    response = await served.client.get(path, query_string=query)
+    assert response.status_code < 500, await response.get_data(as_text=True)
