@@ -23,7 +23,9 @@ import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
+import h11
 import httpx
 import trio
 
@@ -117,6 +119,11 @@ class CoreClient:
         self._set(container_id or None, token or None)
         if transport is None and self.base_url.startswith("http://"):
             transport = H11Transport(connections)
+        # Telemetry and events skip httpx's client layers when the transport allows it.
+        self._fast = transport if isinstance(transport, H11Transport) else None
+        url = httpx.URL(self.base_url)
+        self._host, self._port = url.host, url.port or 80
+        self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout),
@@ -182,6 +189,9 @@ class CoreClient:
         if token:
             headers[TOKEN_HEADER] = token
         self._headers = headers
+        self._raw_headers = [(b"Host", urlsplit(self.base_url).netloc.encode())] + [
+            (k.encode(), v.encode()) for k, v in headers.items()
+        ]
         self._auth_version += 1
         self._auth_event.set()
         self._auth_event = trio.Event()
@@ -194,11 +204,35 @@ class CoreClient:
 
     async def post_telemetry(self, body: bytes) -> None:
         """POST one encoded telemetry payload; returns on any 2xx."""
-        await self._request("POST", TELEMETRY_PATH, content=body)
+        await self._post(TELEMETRY_PATH, body)
 
     async def post_event(self, body: bytes) -> None:
         """POST one encoded event; returns on any 2xx."""
-        await self._request("POST", EVENTS_PATH, content=body)
+        await self._post(EVENTS_PATH, body)
+
+    async def _post(self, path: str, body: bytes) -> None:
+        fast = self._fast
+        if fast is None:
+            await self._request("POST", path, content=body)
+            return
+        if self._container_id is None:
+            raise CoreIdentityUnknown(f"no container id known yet for POST {path}")
+        head = h11.Request(
+            method="POST",
+            target=path,
+            headers=[*self._raw_headers, (b"Content-Length", str(len(body)).encode())],
+        )
+        try:
+            status, headers, content = await fast.exchange(
+                self._host, self._port, head, body, self._timeouts
+            )
+        except httpx.TimeoutException as exc:
+            raise CoreTimeout(f"POST {path}: {type(exc).__name__}") from None
+        except (httpx.TransportError, OSError) as exc:
+            raise CoreUnavailable(f"POST {path}: {type(exc).__name__}: {exc}") from None
+        if not 200 <= status < 300:
+            response = httpx.Response(status, headers=headers, content=content)
+            raise _status_error("POST", path, response, self._token)
 
     async def fetch_configs(self) -> list[dict[str, Any]]:
         """Core's config rows for this container (the start-up rehydration source)."""
