@@ -77,6 +77,9 @@ NEEDS_IDENTITY = 2
 LinkState = Literal["unknown", "up", "down", "auth_rejected", "no_identity", "misrouted"]
 
 MiB = 1024 * 1024
+#: Delivered spool rows are deleted in batches of about this many, or after this wait.
+DELETE_BATCH = 500
+DELETE_WAIT = 0.05
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -445,6 +448,9 @@ class Outbox:
         failures = 0
         while True:
             await self._writer_bell.wait()
+            if not (self._pending or self._rejects) and len(self._deletes) < DELETE_BATCH:
+                # Only deliveries to forget: gather them, one transaction per batch.
+                await trio.sleep(DELETE_WAIT)
             try:
                 await self._commit()
             except SpoolError as err:
@@ -533,7 +539,10 @@ class Outbox:
                         _Item(row.seq, row.kind, row.lane_key, row.created, row.payload, True)
                     )
                 self.replayed += len(rows)
-                self._cursor = rows[-1].seq if len(rows) == limit else max(self._cursor, upto)
+                last = rows[-1].seq if rows else self._cursor
+                # A short read returned every row committed before it ran, which may be
+                # more than ``upto``: never move the cursor below what was handed out.
+                self._cursor = last if len(rows) == limit else max(self._cursor, upto, last)
             if (
                 self._spilling
                 and not self._write_ahead

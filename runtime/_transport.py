@@ -133,7 +133,10 @@ class H11Transport(httpx.AsyncBaseTransport):
                 data += conn.h11.send(h11.Data(data=body))
             data += conn.h11.send(h11.EndOfMessage())
             with trio.move_on_after(_seconds(timeouts.get("write"))) as writing:
-                await conn.stream.send_all(data)
+                try:
+                    await conn.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise httpx.WriteError(f"Core closed the connection: {exc}") from None
             if writing.cancelled_caught:
                 raise httpx.WriteTimeout("timed out sending to Core")
             answer = await self._read(conn, within=_seconds(timeouts.get("read")))
