@@ -1,0 +1,1187 @@
+"""Telemetry payloads per second delivered to a fast local fake Core, three ways, one run.
+
+- ``raw``: the floor. A bare httpx loop: 4 sender tasks, each doing sequential POSTs on one
+  shared ``httpx.AsyncClient(limits=Limits(max_connections=4))`` under trio, fed from an
+  unbounded channel, the same JSON bodies as the outbox (encoded per payload with
+  ``json.dumps``). No retries, no spool.
+- ``ours``: ``runtime.open_outbox`` on a ``CoreClient`` (4 connections), fed
+  ``TelemetryRecord`` objects.
+- ``kit``: a runtime built with piphi-runtime-kit-python 0.10.1 as its README recommends
+  (bench/_kit_peer.py: FastAPI under uvicorn, ``schedule_telemetry_delivery`` per reading),
+  in a venv of its own that this script creates on first use (``.bench/kit-venv``,
+  ignored by git through ``.bench/.gitignore``), configured through its ``/config/sync``.
+
+All three post to bench/core_sink.py (trio + h11, its own process), which de-duplicates by
+``telemetry_id`` (else by device and ``metrics.seq``) and counts what arrived.
+
+Capacity is the highest offered rate delivered completely: for ``raw`` and ``ours`` one
+trio task offers payloads at a fixed rate (every 10 ms, round-robin over 100 devices with
+a per-device seq) for the window; the step passes when every offered payload has reached
+the sink within the drain period after the window. Rates step 250, 500, 1000, 2000, ...
+up to the first failure, then bisect between the last pass and the first failure. For the
+kit the offered rate is devices / poll interval (100 devices at 1, 0.5, 0.25 and 0.2 s,
+then 1000 devices at 1 s); a step passes when every reading generated in the window
+arrived within the drain period and the kit skipped no tick, rejected nothing and gave
+nothing up.
+
+The fault run offers 1000 devices at 1 Hz for 60 s while the sink refuses connections
+from t=20 s to t=40 s, then waits (bounded) for the backlog, and reports readings lost
+(offered or generated, never delivered) and duplicated, for ours and for the kit.
+
+Usage: python bench/delivery.py [--quick] [--skip raw ours kit fault] [--kit-venv PATH]
+(``--skip kit`` leaves out everything of the kit, ``--skip fault`` both fault runs.)
+
+``--quick`` (1.5 s windows, a coarser ladder, a 10 s fault run with a 4 s outage from
+t=2 s) takes under a minute once the kit venv exists; creating the venv on the first run
+takes about 15 s more. The full run takes about 15 minutes. Every
+subprocess is stopped when the bench ends, also on Ctrl-C or an error, and exits by
+itself if the bench is killed (they watch their stdin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import queue
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+SINK_SCRIPT = HERE / "core_sink.py"
+KIT_PEER_SCRIPT = HERE / "_kit_peer.py"
+KIT_VERSION = "0.10.1"
+# The kit pins certifi>=2026.10.19, which the package index does not have yet, so the kit
+# goes in without deps and its deps (the kit's own ranges) after it.
+KIT_DEPS = (
+    "anyio>=4.14.2,<5",
+    "httpx>=0.27,<1",
+    "pydantic>=2.8,<2.14",
+    "fastapi>=0.115,<1",
+    "certifi",
+    "uvicorn",
+    "httptools",
+    "uvloop",
+    "h11",
+)
+DEFAULT_KIT_VENV = ROOT / ".bench" / "kit-venv"
+
+TELEMETRY_PATH = "/api/v2/integrations/telemetry"
+CONTAINER_ID = "bench-container"
+TOKEN = "bench-token"
+INTEGRATION_ID = "bench"
+CONNECTIONS = 4
+TICK = 0.01
+DEVICES = 100
+
+
+@dataclass(frozen=True)
+class Params:
+    window: float  # seconds of offered load per capacity step
+    drain: float  # seconds after the window for the rest to arrive (raw, ours)
+    kit_drain: float
+    ladder: tuple[int, ...]  # offered payloads/s for raw and ours, up to the first failure
+    refine: int  # bisection steps between the last pass and the first failure
+    kit_ladder: tuple[tuple[int, float], ...]  # (devices, poll interval s)
+    fault_devices: int
+    fault_interval: float
+    fault_duration: float
+    down_at: float
+    down_for: float
+    fault_drain: float  # bound on the wait for our backlog after the fault run
+    kit_fault_drain: float  # the same for the kit (whose deliveries give up after ~20 s)
+
+    @classmethod
+    def full(cls) -> Params:
+        return cls(
+            window=30.0,
+            drain=1.0,
+            kit_drain=2.0,
+            ladder=(250, 500, 1000, 2000, 4000, 8000),
+            refine=2,
+            kit_ladder=((100, 1.0), (100, 0.5), (100, 0.25), (100, 0.2), (1000, 1.0)),
+            fault_devices=1000,
+            fault_interval=1.0,
+            fault_duration=60.0,
+            down_at=20.0,
+            down_for=20.0,
+            fault_drain=90.0,
+            kit_fault_drain=25.0,
+        )
+
+    @classmethod
+    def quick(cls) -> Params:
+        return cls(
+            window=1.5,
+            drain=0.5,
+            kit_drain=1.0,
+            ladder=(500, 1000, 2000, 4000),
+            refine=1,
+            kit_ladder=((100, 0.5), (100, 0.25), (100, 0.2), (1000, 1.0)),
+            fault_devices=1000,
+            fault_interval=1.0,
+            fault_duration=10.0,
+            down_at=2.0,
+            down_for=4.0,
+            fault_drain=15.0,
+            kit_fault_drain=2.0,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Params:
+        fields = json.loads(text)
+        fields["ladder"] = tuple(fields["ladder"])
+        fields["kit_ladder"] = tuple(tuple(pair) for pair in fields["kit_ladder"])
+        return cls(**fields)
+
+
+# ---------------------------------------------------------------------------------------
+# child process: the raw httpx loop and our outbox, under trio
+# ---------------------------------------------------------------------------------------
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (from /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def encode(device: int, seq: int, observed_at: float) -> bytes:
+    """The body the outbox posts for the same reading (same keys, same encoder)."""
+    payload = {
+        "telemetry_id": os.urandom(16).hex(),
+        "device_id": f"dev{device}",
+        "config_id": f"cfg{device}",
+        "container_id": CONTAINER_ID,
+        "integration_id": INTEGRATION_ID,
+        "metrics": {"temperature_c": 21.5, "seq": seq},
+        "units": {"temperature_c": "C"},
+        "timestamp": iso(observed_at),
+    }
+    return json.dumps(payload, separators=(",", ":"), default=str).encode()
+
+
+Emit = Callable[[int, int], None]  # offer one reading: (device index, seq)
+Idle = Callable[[], bool]  # nothing left queued, spooled or in flight
+Extra = Callable[[], dict[str, Any]]  # the sender's own counters
+Sender = tuple[Emit, Idle, Extra]
+
+
+def emit_line(kind: str, body: dict[str, Any]) -> None:
+    print(json.dumps({kind: body}), flush=True)
+
+
+class Child:
+    """What one child run needs: the sink's URLs and its admin client."""
+
+    def __init__(self, impl: str, sink_url: str, admin: httpx.AsyncClient, tmp: Path) -> None:
+        self.impl = impl
+        self.sink_url = sink_url
+        self.admin = admin
+        self.tmp = tmp
+        self.runs = 0
+
+    async def sink_stats(self, timeline: bool = False) -> dict[str, Any]:
+        response = await self.admin.get("/admin/stats", params={"timeline": int(timeline)})
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def reset(self) -> None:
+        (await self.admin.post("/admin/reset")).raise_for_status()
+
+    @contextlib.asynccontextmanager
+    async def sender(self) -> AsyncIterator[Sender]:
+        """A fresh raw loop or outbox (with a fresh spool) for one run."""
+        self.runs += 1
+        if self.impl == "raw":
+            async with raw_loop(self.sink_url) as parts:
+                yield parts
+        else:
+            async with outbox_loop(self.sink_url, self.tmp / f"spool-{self.runs}.db") as parts:
+                yield parts
+
+
+@contextlib.asynccontextmanager
+async def raw_loop(sink_url: str) -> AsyncIterator[Sender]:
+    counts = {"delivered": 0, "failed": 0, "busy": 0}
+    send, receive = trio.open_memory_channel[bytes](math.inf)
+    headers = {
+        "Content-Type": "application/json",
+        "X-Container-Id": CONTAINER_ID,
+        "X-PiPhi-Integration-Token": TOKEN,
+    }
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    async with httpx.AsyncClient(
+        base_url=sink_url, timeout=httpx.Timeout(5.0), limits=limits, headers=headers
+    ) as http:
+
+        async def one_sender(bodies: trio.MemoryReceiveChannel[bytes]) -> None:
+            async with bodies:
+                async for body in bodies:
+                    counts["busy"] += 1
+                    try:
+                        response = await http.post(TELEMETRY_PATH, content=body)
+                    except httpx.HTTPError:
+                        counts["failed"] += 1
+                    else:
+                        ok = 200 <= response.status_code < 300
+                        counts["delivered" if ok else "failed"] += 1
+                    finally:
+                        counts["busy"] -= 1
+
+        def emit(device: int, seq: int) -> None:
+            send.send_nowait(encode(device, seq, time.time()))
+
+        def queued() -> int:
+            return send.statistics().current_buffer_used + counts["busy"]
+
+        def extra() -> dict[str, Any]:
+            return {**counts, "pending": queued()}
+
+        async with trio.open_nursery() as nursery:
+            async with receive:
+                for _ in range(CONNECTIONS):
+                    nursery.start_soon(one_sender, receive.clone())
+            yield emit, lambda: queued() == 0, extra
+            nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def outbox_loop(sink_url: str, spool_path: Path) -> AsyncIterator[Sender]:
+    from runtime import (
+        CoreClient,
+        DeviceIdentity,
+        OutboxSettings,
+        Reading,
+        TelemetryRecord,
+        open_outbox,
+    )
+
+    client = CoreClient(
+        base_url=sink_url,
+        container_id=CONTAINER_ID,
+        token=TOKEN,
+        integration_id=INTEGRATION_ID,
+    )
+    identities: list[Any] = []
+
+    async with client, open_outbox(client, spool_path=spool_path, settings=OutboxSettings()) as ob:
+
+        def emit(device: int, seq: int) -> None:
+            while device >= len(identities):
+                i = len(identities)
+                identities.append(
+                    DeviceIdentity(
+                        id=f"dev{i}",
+                        config_id=f"cfg{i}",
+                        device_id=f"dev{i}",
+                        container_id=CONTAINER_ID,
+                        integration_id=INTEGRATION_ID,
+                    )
+                )
+            ob.telemetry(
+                TelemetryRecord(
+                    identity=identities[device],
+                    device_id=f"dev{device}",
+                    readings=(Reading("temperature_c", 21.5, "C"), Reading("seq", seq)),
+                    observed_at=time.time(),
+                )
+            )
+
+        def idle() -> bool:
+            stats = ob.stats()
+            return bool(stats.queue_depth + stats.spool_depth + stats.in_flight == 0)
+
+        def extra() -> dict[str, Any]:
+            stats = ob.stats()
+            out = {
+                name: getattr(stats, name, None)
+                for name in (
+                    "accepted",
+                    "delivered",
+                    "retried",
+                    "spooled",
+                    "replayed",
+                    "dropped",
+                    "rejected",
+                    "in_flight",
+                    "queue_depth",
+                    "spool_depth",
+                )
+            }
+            out["link"] = str(getattr(stats.link, "state", stats.link))
+            out["pending"] = stats.queue_depth + stats.spool_depth + stats.in_flight
+            return out
+
+        yield emit, idle, extra
+
+
+async def poll_until(done: Callable[[], bool], interval: float) -> None:
+    """Poll ``done`` every ``interval`` s; bound it with a cancel scope."""
+    while not done():  # noqa: ASYNC110 (counters, nothing to wait on)
+        await trio.sleep(interval)
+
+
+class Offer:
+    """Offers payloads at a fixed rate; ``count`` is how many so far."""
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        self.count = 0
+
+    async def run(self, rate: float, seconds: float, devices: int) -> int:
+        """Offer ``rate`` payloads a second for ``seconds``, in 10 ms ticks, round-robin
+        over ``devices`` with a per-device seq from 1. A late tick catches up, so the
+        offered load does not depend on how busy the process is."""
+        total = self.count + round(rate * seconds)
+        seqs = [0] * devices
+        start, base = trio.current_time(), self.count
+        device = tick = 0
+        while self.count < total:
+            tick += 1
+            await trio.sleep_until(start + tick * TICK)
+            due = min(total, base + int(rate * (trio.current_time() - start)))
+            while self.count < due:
+                seqs[device] += 1
+                self.emit(device, seqs[device])
+                self.count += 1
+                device += 1
+                if device == devices:
+                    device = 0
+        return self.count
+
+
+async def settle(child: Child, offered: int, idle: Idle, poll: float) -> float | None:
+    """Wait, under the caller's cancel scope, until the sink holds every offered payload.
+
+    Returns when that happened, or None once the sender has been idle (nothing queued,
+    spooled or in flight) for three checks in a row while some payloads never arrived.
+    The sender's own counters are not trusted for arrival: duplicates would inflate them.
+    """
+    idle_checks = 0
+    while True:  # bounded by the caller's cancel scope
+        await poll_until(idle, poll)
+        stats = await child.sink_stats()
+        if stats["unique"] >= offered:
+            return trio.current_time()
+        idle_checks = idle_checks + 1 if idle() else 0
+        if idle_checks >= 3:
+            return None
+        await trio.sleep(0.05)
+
+
+async def capacity_step(child: Child, rate: int, window: float, drain: float) -> dict[str, Any]:
+    await child.reset()
+    sink0 = await child.sink_stats()
+    cpu0, host0, t0 = cpu_seconds(), host_busy_seconds(), trio.current_time()
+    async with child.sender() as (emit, idle, extra):
+        offered = await Offer(emit).run(rate, window, DEVICES)
+        t_window = trio.current_time()
+        sink_window = await child.sink_stats()
+        settled_at: float | None = None
+        with trio.move_on_at(t_window + drain):
+            settled_at = await settle(child, offered, idle, 0.005)
+        cpu1, host1, t1 = cpu_seconds(), host_busy_seconds(), trio.current_time()
+        sink1 = await child.sink_stats()
+        details = extra()
+    elapsed = t_window - t0
+    sink_cpu = sink1["cpu_s"] - sink0["cpu_s"]
+    other = (host1 - host0) - (cpu1 - cpu0) - sink_cpu
+    complete = sink1["unique"] == offered
+    return {
+        "impl": child.impl,
+        "rate": rate,
+        "window_s": round(elapsed, 3),
+        "offered": offered,
+        "delivered_in_window": sink_window["unique"],
+        "delivered": sink1["unique"],
+        "duplicates": sink1["duplicates"],
+        "complete": complete,
+        "drained_ms": None if settled_at is None else round((settled_at - t_window) * 1000, 1),
+        "delivered_per_s": round(sink1["unique"] / (t1 - t0), 1),
+        "cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        "sink_cpu_pct": round(100 * sink_cpu / (t1 - t0), 1),
+        "other_cpu_pct": round(100 * other / (t1 - t0), 1),
+        "connections": sink1["connections"],
+        "details": details,
+    }
+
+
+async def child_sweep(child: Child, params: Params) -> None:
+    async def step(rate: int) -> bool:
+        result = await capacity_step(child, rate, params.window, params.drain)
+        emit_line("step", result)
+        await trio.sleep(0.2)  # let anything cancelled in flight land before the next reset
+        return bool(result["complete"])
+
+    passed, failed = 0, None
+    for rate in params.ladder:
+        if await step(rate):
+            passed = rate
+        else:
+            failed = rate
+            break
+    for _ in range(params.refine if failed is not None else 0):
+        assert failed is not None
+        middle = int(round((passed + failed) / 2 / 50) * 50)
+        if middle <= passed or middle >= failed:
+            break
+        if await step(middle):
+            passed = middle
+        else:
+            failed = middle
+    emit_line("capacity", {"impl": child.impl, "capacity": passed, "first_failure": failed})
+
+
+async def child_fault(child: Child, params: Params) -> None:
+    rate = params.fault_devices / params.fault_interval
+    await child.reset()
+    samples: list[tuple[float, int]] = []  # (t, offered - arrived)
+    settled_at: float | None = None
+    async with child.sender() as (emit, idle, extra):
+        t0 = trio.current_time()
+        offer = Offer(emit)
+
+        async def outage() -> None:
+            await trio.sleep_until(t0 + params.down_at)
+            response = await child.admin.post(
+                "/admin/down", params={"seconds": params.down_for, "mode": "refuse"}
+            )
+            response.raise_for_status()
+
+        async def sample() -> None:
+            while True:  # cancelled with the nursery
+                offered = offer.count
+                arrived = (await child.sink_stats())["unique"]
+                samples.append((trio.current_time() - t0, offered - arrived))
+                await trio.sleep(0.25)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outage)
+            nursery.start_soon(sample)
+            offered = await offer.run(rate, params.fault_duration, params.fault_devices)
+            with trio.move_on_after(params.fault_drain):
+                done = await settle(child, offered, idle, 0.02)
+                settled_at = None if done is None else done - t0
+                if settled_at is not None:
+                    samples.append((settled_at, 0))
+            nursery.cancel_scope.cancel()
+        sink = await child.sink_stats(timeline=True)
+        details = extra()
+    emit_line(
+        "fault",
+        {
+            "impl": child.impl,
+            "devices": params.fault_devices,
+            "rate": rate,
+            "offered": offered,
+            "delivered": sink["unique"],
+            "lost": offered - sink["unique"],
+            "duplicates": sink["duplicates"],
+            "gaps": sink["gaps"],
+            "settled_at_s": None if settled_at is None else round(settled_at, 2),
+            "caught_up_after_up_s": caught_up(samples, params, rate),
+            "pending_at_end": details.get("pending", 0),
+            "details": details,
+            "timeline": sink.get("timeline", []),
+        },
+    )
+
+
+def caught_up(samples: list[tuple[float, int]], params: Params, rate: float) -> float | None:
+    """Seconds from Core's return until the undelivered backlog was under 50 ms' worth."""
+    t_up = params.down_at + params.down_for
+    for t, backlog in samples:
+        if t >= t_up and backlog <= max(10, rate / 20):
+            return round(t - t_up, 2)
+    return None
+
+
+async def watch_stdin(scope: trio.CancelScope) -> None:
+    """Cancel everything once stdin reaches EOF: the bench that started us is gone."""
+    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stream:
+        while await stream.receive_some(4096):
+            pass
+    scope.cancel()
+
+
+async def child_main(impl: str, mode: str, sink_url: str, admin_url: str, params: Params) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"delivery-{impl}-") as tmp:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_stdin, nursery.cancel_scope)
+            async with httpx.AsyncClient(base_url=admin_url, timeout=10.0) as admin:
+                child = Child(impl, sink_url, admin, Path(tmp))
+                if mode == "sweep":
+                    await child_sweep(child, params)
+                else:
+                    await child_fault(child, params)
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------------------
+# parent: subprocesses, the kit, the report
+# ---------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"# {message}", flush=True)
+
+
+class Service:
+    """A subprocess in its own session, talking JSON lines on stdin/stdout.
+
+    ``close()`` closes its stdin (each of ours exits on that), then SIGTERM and SIGKILL to
+    its own process group if it has not gone within the grace period.
+    """
+
+    def __init__(
+        self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in close())
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            cwd=str(ROOT),
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, name=f"{name}-stdout", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            self._lines.put(raw.decode(errors="replace"))
+        self._lines.put(None)
+
+    def line(self, timeout: float) -> str:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(
+                f"{self.name}: no output within {timeout:g} s\n{self.tail()}"
+            ) from None
+        if line is None:
+            self._lines.put(None)
+            code = self.popen.wait(timeout=5)
+            raise RuntimeError(f"{self.name} exited with {code}\n{self.tail()}")
+        return line
+
+    def json_line(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:  # bounded by the deadline
+            text = self.line(max(0.01, deadline - time.monotonic())).strip()
+            if text.startswith("{"):
+                result: dict[str, Any] = json.loads(text)
+                return result
+
+    def send(self, text: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(text.encode() + b"\n")
+        self.popen.stdin.flush()
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
+
+    def close(self, grace: float = 3.0) -> None:
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, sig)  # the group of the process we started
+            try:
+                self.popen.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ensure_kit_venv(venv: Path) -> Path:
+    """Create the kit's venv once; later runs reuse it (a stamp records what is in it)."""
+    python = venv / "bin" / "python"
+    stamp = venv / ".bench-installed"
+    want = json.dumps({"kit": KIT_VERSION, "deps": KIT_DEPS})
+    if python.exists() and stamp.exists() and stamp.read_text() == want:
+        return python
+    if venv.parent.name == ".bench":
+        venv.parent.mkdir(exist_ok=True)
+        (venv.parent / ".gitignore").write_text("# made by bench/delivery.py\n*\n")
+    log(f"creating {venv} with piphi-runtime-kit-python {KIT_VERSION} (first run only, ~15 s)")
+    if venv.exists():
+        shutil.rmtree(venv)
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            f"piphi-runtime-kit-python=={KIT_VERSION}",
+        ],
+        [str(python), "-m", "pip", "install", "--quiet", *KIT_DEPS],
+    ]
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
+    stamp.write_text(want)
+    return python
+
+
+class Sink:
+    def __init__(self, log_dir: Path, lifetime: float) -> None:
+        argv = [sys.executable, str(SINK_SCRIPT), "--exit-on-stdin-eof"]
+        self.service = Service("sink", [*argv, "--max-seconds", str(lifetime)], log_dir)
+        try:
+            ports = self.service.json_line(15.0)
+        except BaseException:
+            self.service.close()
+            raise
+        self.url = f"http://127.0.0.1:{ports['data_port']}"
+        self.admin_url = f"http://127.0.0.1:{ports['admin_port']}"
+        self.admin = httpx.Client(base_url=self.admin_url, timeout=10.0)
+
+    def stats(self, timeline: bool = False) -> dict[str, Any]:
+        response = self.admin.get("/admin/stats", params={"timeline": int(timeline)})
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def post(self, path: str, **params: Any) -> None:
+        self.admin.post(path, params=params).raise_for_status()
+
+    def close(self) -> None:
+        self.admin.close()
+        self.service.close()
+
+
+class Kit:
+    """The kit peer (bench/_kit_peer.py) under uvicorn, in the kit's venv."""
+
+    def __init__(self, python: Path, sink_url: str, log_dir: Path, name: str) -> None:
+        env = dict(os.environ, PIPHI_CORE_BASE_URL=sink_url, PYTHONDONTWRITEBYTECODE="1")
+        for key in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
+            env.pop(key, None)
+        self.service = Service(name, [str(python), str(KIT_PEER_SCRIPT)], log_dir, env)
+        self.generation = 0
+        try:
+            hello = self.service.json_line(30.0)
+            self.versions: dict[str, str] = hello["versions"]
+            self.http = httpx.Client(base_url=f"http://127.0.0.1:{hello['port']}", timeout=30.0)
+            self._wait_healthy(30.0)
+        except BaseException:
+            self.service.close()
+            raise
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:  # bounded by the deadline
+            with contextlib.suppress(httpx.HTTPError):
+                if self.http.get("/health", timeout=2.0).is_success:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"kit peer not healthy after {timeout:g} s\n{self.service.tail()}"
+                )
+            time.sleep(0.05)
+
+    def sync(self, prefix: str, devices: int, interval: float, timeout: float) -> float:
+        """Configure ``devices`` devices (replacing all others); returns the seconds taken."""
+        self.generation += 1
+        configs = [
+            {
+                "id": f"{prefix}cfg{i}",
+                "config_id": f"{prefix}cfg{i}",
+                "device_id": f"{prefix}dev{i}",
+                "container_id": CONTAINER_ID,
+                "integration_id": INTEGRATION_ID,
+                "poll_interval_seconds": interval,
+                "alias": f"sensor {i}",
+            }
+            for i in range(devices)
+        ]
+        snapshot = {
+            "container_id": CONTAINER_ID,
+            "integration_id": INTEGRATION_ID,
+            "generation": self.generation,
+            "reason": "bench",
+            "configs": configs,
+        }
+        headers = {"X-Container-Id": CONTAINER_ID, "X-PiPhi-Integration-Token": TOKEN}
+        start = time.monotonic()
+        response = self.http.post("/config/sync", json=snapshot, headers=headers, timeout=timeout)
+        response.raise_for_status()
+        return time.monotonic() - start
+
+    def counters(self, command: str = "counters") -> dict[str, int]:
+        self.service.send(command)
+        return self.service.json_line(10.0)
+
+    def close(self) -> None:
+        self.http.close()
+        self.service.close()
+
+
+def sleep_until(deadline: float) -> None:
+    time.sleep(max(0.0, deadline - time.monotonic()))
+
+
+def kit_drain(
+    sink: Sink, kit: Kit, generated: int, bound: float, since: float
+) -> tuple[dict[str, Any], float]:
+    """Wait until everything generated arrived, nothing is left in flight, or ``bound``
+    seconds after ``since`` (when generation stopped). Returns the sink's stats and the
+    seconds from ``since`` to the check that ended the wait."""
+    while True:  # bounded by ``bound``
+        checked = time.monotonic()
+        stats = sink.stats()
+        if stats["unique"] >= generated or checked - since >= bound:
+            break
+        if kit.counters()["pending"] == 0:
+            time.sleep(0.1)  # the last responses may still be on their way
+            checked = time.monotonic()
+            stats = sink.stats()
+            break
+        time.sleep(0.05)
+    return stats, checked - since
+
+
+def kit_step(
+    sink: Sink, kit: Kit, step: int, devices: int, interval: float, params: Params
+) -> dict[str, Any]:
+    sink.post("/admin/reset")
+    before = kit.counters()
+    sink0, cpu0 = sink.stats(), kit.service.cpu_seconds()
+    own0, host0 = cpu_seconds(), host_busy_seconds()
+    t0 = time.monotonic()
+    try:
+        sync_s: float | None = kit.sync(f"s{step}", devices, interval, timeout=params.window + 10)
+    except httpx.HTTPError:
+        sync_s = None
+    sleep_until(t0 + params.window)
+    after = kit.counters("pause")
+    t1 = time.monotonic()
+    cpu1 = kit.service.cpu_seconds()
+    delivered_in_window = sink.stats()["unique"]
+    delta = {key: after[key] - before[key] for key in after if key not in ("pending", "loops")}
+    final, drain_s = kit_drain(sink, kit, delta["generated"], params.kit_drain, since=t1)
+    host1, own1 = host_busy_seconds(), cpu_seconds()
+    sink_cpu = final["cpu_s"] - sink0["cpu_s"]
+    other = (host1 - host0) - (own1 - own0) - sink_cpu - (kit.service.cpu_seconds() - cpu0)
+    nominal = devices / interval * (t1 - t0)
+    complete = (
+        sync_s is not None
+        and final["unique"] == delta["generated"]
+        and delta["generated"] >= 0.9 * nominal
+        and delta["late_ticks"] == 0
+        and delta["rejected"] == 0
+        and delta["gave_up"] == 0
+    )
+    return {
+        "impl": "kit",
+        "devices": devices,
+        "interval": interval,
+        "rate": devices / interval,
+        "window_s": round(t1 - t0, 3),
+        "sync_ms": None if sync_s is None else round(sync_s * 1000, 1),
+        "generated": delta["generated"],
+        "nominal": round(nominal),
+        "delivered_in_window": delivered_in_window,
+        "delivered": final["unique"],
+        "duplicates": final["duplicates"],
+        "complete": complete,
+        "drained_ms": round(drain_s * 1000, 1) if final["unique"] >= delta["generated"] else None,
+        "delivered_per_s": round(final["unique"] / (t1 - t0 + drain_s), 1),
+        "cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        "sink_cpu_pct": round(100 * sink_cpu / (t1 - t0 + drain_s), 1),
+        "other_cpu_pct": round(100 * other / (t1 - t0 + drain_s), 1),
+        "connections": final["connections"],
+        "details": {**delta, "pending_after_drain": kit.counters()["pending"]},
+    }
+
+
+def kit_sweep(
+    sink: Sink, python: Path, log_dir: Path, params: Params, on_step: Callable[[Any], None]
+) -> dict[str, Any]:
+    kit = Kit(python, sink.url, log_dir, "kit-sweep")
+    passed, failed = 0.0, None
+    try:
+        for step, (devices, interval) in enumerate(params.kit_ladder):
+            result = kit_step(sink, kit, step, devices, interval, params)
+            on_step(result)
+            if not result["complete"]:
+                failed = result["rate"]
+                break
+            passed = result["rate"]
+    finally:
+        kit.close()
+    return {"impl": "kit", "capacity": passed, "first_failure": failed, "versions": kit.versions}
+
+
+def kit_fault(sink: Sink, python: Path, log_dir: Path, params: Params) -> dict[str, Any]:
+    rate = params.fault_devices / params.fault_interval
+    kit = Kit(python, sink.url, log_dir, "kit-fault")
+    try:
+        sink.post("/admin/reset")
+        before = kit.counters()
+        t0 = time.monotonic()
+        kit.sync("f", params.fault_devices, params.fault_interval, timeout=params.down_at)
+        samples: list[tuple[float, int]] = []
+        went_down = False
+        while True:  # bounded by fault_duration
+            now = time.monotonic() - t0
+            if now >= params.fault_duration:
+                break
+            if not went_down and now >= params.down_at:
+                sink.post("/admin/down", seconds=params.down_for, mode="refuse")
+                went_down = True
+            generated = kit.counters()["generated"] - before["generated"]
+            samples.append((now, generated - sink.stats()["unique"]))
+            time.sleep(min(0.25, max(0.0, params.fault_duration - now)))
+        after = kit.counters("pause")
+        stopped = time.monotonic()
+        generated = after["generated"] - before["generated"]
+        final, drain_s = kit_drain(sink, kit, generated, params.kit_fault_drain, since=stopped)
+        if final["unique"] >= generated:
+            samples.append((params.fault_duration + drain_s, 0))
+        end = kit.counters()
+    finally:
+        kit.close()
+    t_up = params.down_at + params.down_for
+    caught_up = next(
+        (t - t_up for t, backlog in samples if t >= t_up and backlog <= max(10, rate / 20)), None
+    )
+    return {
+        "impl": "kit",
+        "devices": params.fault_devices,
+        "rate": rate,
+        "offered": generated,
+        "nominal": round(rate * params.fault_duration),
+        "delivered": final["unique"],
+        "lost": generated - final["unique"],
+        "duplicates": final["duplicates"],
+        "gaps": final["gaps"],
+        "settled_at_s": round(params.fault_duration + drain_s, 2)
+        if final["unique"] >= generated
+        else None,
+        "caught_up_after_up_s": None if caught_up is None else round(caught_up, 2),
+        "pending_at_end": end["pending"],
+        "details": {key: after[key] - before[key] for key in ("rejected", "gave_up", "late_ticks")},
+    }
+
+
+def run_child(
+    impl: str,
+    mode: str,
+    sink: Sink,
+    params: Params,
+    log_dir: Path,
+    on_line: Callable[[str, dict[str, Any]], None],
+) -> list[tuple[str, dict[str, Any]]]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", impl, "--mode", mode]
+    argv += ["--sink-url", sink.url, "--admin-url", sink.admin_url, "--params"]
+    argv.append(json.dumps(asdict(params)))
+    lines: list[tuple[str, dict[str, Any]]] = []
+    if mode == "sweep":
+        per_line = params.window + params.drain + 30
+    else:
+        per_line = params.fault_duration + params.fault_drain + 30
+    with Service(f"{impl}-{mode}", argv, log_dir) as child:
+        while True:  # one line per step; every line has a timeout
+            try:
+                line = child.json_line(per_line)
+            except RuntimeError:
+                if child.popen.wait(timeout=5) == 0:
+                    break
+                raise
+            ((kind, body),) = line.items()
+            lines.append((kind, body))
+            on_line(kind, body)
+    return lines
+
+
+def fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def step_line(result: dict[str, Any]) -> str:
+    verdict = "complete" if result["complete"] else "INCOMPLETE"
+    what = f"{result['rate']:g}/s"
+    if result["impl"] == "kit":
+        what = f"{result['devices']} devices @ {result['interval']:g} s = {what}"
+        offered = result["generated"]
+    else:
+        offered = result["offered"]
+    return (
+        f"{result['impl']} {what}: {result['delivered']}/{offered} delivered, {verdict} "
+        f"(drained in {fmt(result['drained_ms'])} ms, CPU {fmt(result['cpu_pct'], 1)}%, "
+        f"sink CPU {fmt(result['sink_cpu_pct'], 1)}%, other processes "
+        f"{fmt(result['other_cpu_pct'], 1)}%)"
+    )
+
+
+def fault_line(result: dict[str, Any]) -> str:
+    return (
+        f"fault {result['impl']}: {result['offered']} offered, {result['delivered']} delivered, "
+        f"lost {result['lost']}, duplicates {result['duplicates']}, caught up "
+        f"{fmt(result['caught_up_after_up_s'], 1)} s after Core was back, "
+        f"pending at end {result['pending_at_end']}; {json.dumps(result['details'])}"
+    )
+
+
+def report(
+    steps: list[dict[str, Any]],
+    capacities: dict[str, dict[str, Any]],
+    faults: dict[str, dict[str, Any]],
+    params: Params,
+) -> None:
+    print()
+    print(
+        "| impl | offered/s | delivered/s | offered | delivered | all arrived | drained ms "
+        "| dups | runtime CPU % of one core | sink CPU % | other processes CPU % |"
+    )
+    print("|---" * 11 + "|")
+    for r in steps:
+        label = r["impl"] if r["impl"] != "kit" else f"kit ({r['devices']} @ {r['interval']:g} s)"
+        offered = r["generated"] if r["impl"] == "kit" else r["offered"]
+        print(
+            f"| {label} | {r['rate']:g} | {r['delivered_per_s']:.0f} | {offered} "
+            f"| {r['delivered']} | {'yes' if r['complete'] else '**no**'} "
+            f"| {fmt(r['drained_ms'])} | {r['duplicates']} | {r['cpu_pct']:.1f} "
+            f"| {r['sink_cpu_pct']:.1f} | {r['other_cpu_pct']:.1f} |"
+        )
+    print()
+    print("| impl | capacity/s (delivered completely) | first failing rate/s |")
+    print("|---|---|---|")
+    for impl in ("raw", "ours", "kit"):
+        if impl in capacities:
+            c = capacities[impl]
+            print(f"| {impl} | {c['capacity']:g} | {fmt(c['first_failure'])} |")
+    if faults:
+        print()
+        print(
+            f"Fault run: {params.fault_devices} devices at {1 / params.fault_interval:g} Hz for "
+            f"{params.fault_duration:g} s, Core refusing connections from t={params.down_at:g} s "
+            f"for {params.down_for:g} s, then at most {params.fault_drain:g} s (kit "
+            f"{params.kit_fault_drain:g} s) for the backlog."
+        )
+        print()
+        print(
+            "| impl | readings | delivered | lost | duplicates | caught up after Core back s "
+            "| all delivered at s | pending at end | notes |"
+        )
+        print("|---" * 9 + "|")
+        for impl, f in faults.items():
+            notes = ", ".join(f"{k} {v}" for k, v in f["details"].items() if v not in (None, 0))
+            print(
+                f"| {impl} | {f['offered']} | {f['delivered']} | {f['lost']} | {f['duplicates']} "
+                f"| {fmt(f['caught_up_after_up_s'], 1)} | {fmt(f['settled_at_s'], 1)} "
+                f"| {f['pending_at_end']} | {notes} |"
+            )
+    print()
+
+
+def result_line(capacities: dict[str, dict[str, Any]], faults: dict[str, dict[str, Any]]) -> str:
+    def cap(impl: str) -> str:
+        return fmt(capacities[impl]["capacity"]) if impl in capacities else "na"
+
+    lost = fmt(faults["ours"]["lost"]) if "ours" in faults else "na"
+    return (
+        f"RESULT ours_per_s={cap('ours')} raw_httpx_per_s={cap('raw')} "
+        f"kit_per_s={cap('kit')} lost={lost}"
+    )
+
+
+def parent_main(args: argparse.Namespace) -> None:
+    params = Params.quick() if args.quick else Params.full()
+    if args.window is not None:
+        params = replace(params, window=args.window)
+    started, host_started = time.monotonic(), host_busy_seconds()
+    header = (
+        f"{os.cpu_count()} cores, python {sys.version.split()[0]}, trio {trio.__version__}, "
+        f"httpx {httpx.__version__}; window {params.window:g} s, drain {params.drain:g} s "
+        f"(kit {params.kit_drain:g} s)"
+    )
+    log(header)
+    kit_python: Path | None = None
+    if "kit" not in args.skip:
+        try:
+            kit_python = ensure_kit_venv(Path(args.kit_venv))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            print(f"kit venv: {exc}", file=sys.stderr)
+            log(f"kit venv FAILED ({str(exc).splitlines()[0]}); the kit's parts are left out")
+    steps: list[dict[str, Any]] = []
+    capacities: dict[str, dict[str, Any]] = {}
+    faults: dict[str, dict[str, Any]] = {}
+
+    def on_line(kind: str, body: dict[str, Any]) -> None:
+        if kind == "step":
+            steps.append(body)
+            log(step_line(body))
+        elif kind == "capacity":
+            capacities[body["impl"]] = body
+        elif kind == "fault":
+            faults[body["impl"]] = body
+            log(fault_line(body))
+
+    log_dir = Path(tempfile.mkdtemp(prefix="delivery-bench-"))
+    failed: list[str] = []
+
+    def part(name: str, run: Callable[[], object]) -> None:
+        """Run one part; a failure is reported and the other parts still run."""
+        try:
+            run()
+        except Exception as exc:
+            failed.append(name)
+            print(f"{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            log(f"{name} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+    def kit_capacity() -> None:
+        assert kit_python is not None
+        kit = kit_sweep(sink, kit_python, log_dir, params, lambda r: on_line("step", r))
+        capacities["kit"] = kit
+        log(f"kit versions: {json.dumps(kit['versions'])}")
+
+    def kit_outage() -> None:
+        assert kit_python is not None
+        on_line("fault", kit_fault(sink, kit_python, log_dir, params))
+
+    sink = Sink(log_dir, lifetime=3600.0)
+    try:
+        for impl in ("raw", "ours"):
+            if impl not in args.skip:
+                part(
+                    f"{impl} capacity",
+                    partial(run_child, impl, "sweep", sink, params, log_dir, on_line),
+                )
+        if kit_python is not None:
+            part("kit capacity", kit_capacity)
+        if "fault" not in args.skip:
+            part(
+                "ours fault run",
+                partial(run_child, "ours", "fault", sink, params, log_dir, on_line),
+            )
+            if kit_python is not None:
+                part("kit fault run", kit_outage)
+    except BaseException:
+        failed.append("interrupted")
+        raise
+    finally:
+        sink.close()
+        if failed:
+            print(f"# logs of the subprocesses kept in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    wall = time.monotonic() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = cpu_seconds() + children.ru_utime + children.ru_stime
+    other = 100 * ((host_busy_seconds() - host_started) - own) / wall
+    log(f"wall time {wall:.1f} s; other processes used {other:.0f}% of one core meanwhile")
+    if args.json:
+        record = {"params": asdict(params), "steps": steps, "capacities": capacities}
+        record["faults"] = faults
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    if not args.quick:
+        report(steps, capacities, faults, params)
+    print(result_line(capacities, faults))
+    if failed:
+        raise SystemExit(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short windows (<1 min)")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["raw", "ours", "kit", "fault"], help="parts"
+    )
+    parser.add_argument("--window", type=float, help="seconds per capacity step")
+    parser.add_argument("--json", help="also write every record to this file")
+    parser.add_argument("--kit-venv", default=str(DEFAULT_KIT_VENV), help="the kit's venv")
+    parser.add_argument("--child", choices=["raw", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["sweep", "fault"], help=argparse.SUPPRESS)
+    parser.add_argument("--sink-url", help=argparse.SUPPRESS)
+    parser.add_argument("--admin-url", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        params = Params.from_json(args.params)
+        trio.run(child_main, args.child, args.mode, args.sink_url, args.admin_url, params)
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # run the finally blocks that stop the subprocesses
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        parent_main(args)
+    except KeyboardInterrupt:
+        print("# interrupted; every subprocess stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
