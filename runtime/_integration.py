@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from ._actor import DeviceActor
 from ._reconciler import select_by_field
+from ._redact import is_secret_key, redact_text
 from ._registry import DeviceSlice
 
 if TYPE_CHECKING:
@@ -183,7 +184,9 @@ def default_entity(device: DeviceSlice) -> dict[str, Any]:
     device_type = str(getattr(device.supervisor.actor.config, "device_type", None) or cls.__name__)
     return {
         "id": f"{identity.config_id}:{identity.device_id}",
-        "name": str(getattr(device.supervisor.actor.config, "name", None) or identity.device_id),
+        "name": redact_text(
+            str(getattr(device.supervisor.actor.config, "name", None) or identity.device_id)
+        ),
         "capabilities": [*metrics, *(spec.name for spec in commands)],
         "config_id": identity.config_id,
         "device_id": identity.device_id,
@@ -253,8 +256,6 @@ def config_form(classes: Sequence[ActorClass]) -> dict[str, Any]:
 
 
 def _is_secret_field(name: str, annotation: Any) -> bool:
-    from ._redact import is_secret_key
-
     if is_secret_key(name):
         return True
     return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())

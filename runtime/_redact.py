@@ -12,6 +12,7 @@ before it is emitted, whatever logger wrote it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import weakref
@@ -27,13 +28,23 @@ _SECRET_WORDS = ("password", "secret", "token", "key", "credential")
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 
 
-def is_secret_key(key: object) -> bool:
-    text = str(key).lower()
+@functools.lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
+    text = name.lower()
     return any(word in text for word in _SECRET_WORDS)
+
+
+def is_secret_key(key: object) -> bool:
+    return _secret_name(key if isinstance(key, str) else str(key))
 
 
 def redact(value: Any) -> Any:
     """A copy of ``value`` with every secret masked; safe to show anyone."""
+    kind = type(value)
+    if kind is int or kind is float or kind is bool or value is None:
+        return value  # the common leaves first: ABC checks below are slow
+    if kind is str:
+        return redact_text(value)
     if isinstance(value, Mapping):
         return {k: MASK if is_secret_key(k) else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -39,7 +39,7 @@ from ._errors import (
 from ._integration import Integration, default_entity
 from ._openapi import docs_page, openapi_document
 from ._problem import Problem, problem_response, validation_errors
-from ._redact import redact, secrets
+from ._redact import redact, redact_text, secrets
 from ._registry import DeviceSlice
 from ._runtime import Runtime, open_runtime
 
@@ -117,14 +117,18 @@ def build_app(integration: Integration) -> QuartTrio:
         state = request.args.get("state")
         device_id = request.args.get("device_id")
         actors = []
-        for device in rt.registry:
-            h = device.health
+        for supervisor in rt.actors:
+            identity = supervisor.identity
+            if device_id and device_id not in (identity.device_id, identity.id):
+                continue
+            h = supervisor.health()
             if state and h.state.value != state:
                 continue
-            if device_id and device_id not in (device.identity.device_id, device.identity.id):
-                continue
             record = h.to_dict()
-            record["latest_readings_at"] = _iso(device.readings_at)
+            error = record.get("last_error")
+            if error:  # the one free text in a health record: it may quote a secret
+                error["message"] = redact_text(str(error.get("message", "")))
+            record["latest_readings_at"] = _iso(supervisor.latest_readings()[1])
             actors.append(record)
         actors.sort(key=lambda a: str(a["config_id"]))
         body = {
@@ -140,7 +144,7 @@ def build_app(integration: Integration) -> QuartTrio:
                     "token_known": rt.client.has_token,
                 },
                 "rehydration": rt.rehydration.to_dict() if rt.rehydration else None,
-                "actors": redact(actors),
+                "actors": actors,
                 "filters": {"state": state, "device_id": device_id},
             },
         }
@@ -286,7 +290,8 @@ def build_app(integration: Integration) -> QuartTrio:
         capabilities: dict[str, Any] = {}
         commands: dict[str, Any] = {}
         for device in rt.registry:
-            declared = [dict(e) for e in device.entities]
+            # Declared entities are the author's, so they are redacted; defaults are ours.
+            declared = [redact(dict(e)) for e in device.entities]
             for entity in declared or [default_entity(device)]:
                 entity.setdefault("config_id", device.identity.config_id)
                 entity.setdefault("device_id", device.identity.device_id)
@@ -296,7 +301,7 @@ def build_app(integration: Integration) -> QuartTrio:
             for spec in type(device.supervisor.actor).commands.values():
                 commands.setdefault(spec.name, {"description": spec.description or spec.name})
                 capabilities.setdefault(spec.name, {"kind": "action"})
-        return _json({"entities": redact(out), "capabilities": capabilities, "commands": commands})
+        return _json({"entities": out, "capabilities": capabilities, "commands": commands})
 
     async def ui_config() -> Response:
         return _json(integration.ui_config())
