@@ -165,6 +165,17 @@ class _Item:
         return SpoolRow(self.seq, self.kind, self.key, self.created, self.body)
 
 
+class _Figures:
+    """One config's delivery counts, for its line in /diagnostics."""
+
+    __slots__ = ("accepted", "delivered", "last_delivered")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.delivered = 0
+        self.last_delivered: float | None = None
+
+
 class _Lane:
     __slots__ = ("attempt", "bell", "busy", "queue")
 
@@ -221,6 +232,7 @@ class Outbox:
         self._link: LinkStatus = LinkStatus("unknown", time.time(), None)
         self._spool_error: dict[str, Any] | None = None
         self._overflow_warned = False
+        self._devices: dict[str, _Figures] = {}
         self.accepted = self.delivered = self.retried = self.spooled = 0
         self.replayed = self.dropped = self.rejected = 0
 
@@ -280,6 +292,7 @@ class Outbox:
         self._seq += 1
         self.accepted += 1
         item = _Item(self._seq, kind, key, time.time(), body, False)
+        self._figures_for(key).accepted += 1
         if urgent:  # past the spool's cap, so the cap cannot take it
             self._enqueue(item)
         elif self._spilling or self._memory >= self._limit or kind & NEEDS_IDENTITY:
@@ -303,6 +316,24 @@ class Outbox:
         self._writer_bell.ring()
 
     # -- what health shows -------------------------------------------------------------
+
+    def _figures_for(self, key: str) -> _Figures:
+        config_id = key.partition("\x00")[0]
+        figures = self._devices.get(config_id)
+        if figures is None:
+            figures = self._devices[config_id] = _Figures()
+        return figures
+
+    def device_figures(self, config_id: str) -> dict[str, Any]:
+        """What this process accepted from and delivered for one config (its Core id)."""
+        figures = self._devices.get(config_id)
+        if figures is None:
+            return {"accepted": 0, "delivered": 0, "last_delivered": None}
+        return {
+            "accepted": figures.accepted,
+            "delivered": figures.delivered,
+            "last_delivered": figures.last_delivered,
+        }
 
     def stats(self) -> OutboxStats:
         oldest = self._spool.oldest_created
@@ -378,6 +409,9 @@ class Outbox:
             lane.attempt = 0
             self._memory -= 1
             self.delivered += 1
+            figures = self._figures_for(item.key)
+            figures.delivered += 1
+            figures.last_delivered = time.time()
             if item.spooled:
                 self._deletes.append((item.seq, len(item.body)))
                 self._writer_bell.ring()

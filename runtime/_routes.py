@@ -129,6 +129,9 @@ def build_app(integration: Integration) -> QuartTrio:
             if error:  # the one free text in a health record: it may quote a secret
                 error["message"] = redact_text(str(error.get("message", "")))
             record["latest_readings_at"] = _iso(supervisor.latest_readings()[1])
+            delivery = rt.outbox.device_figures(identity.config_id)
+            delivery["last_delivered"] = _iso(delivery["last_delivered"])
+            record["delivery"] = delivery
             actors.append(record)
         actors.sort(key=lambda a: str(a["config_id"]))
         body = {

@@ -544,7 +544,7 @@ async def test_events_are_the_recent_local_events(
 
 
 async def test_diagnostics_filters(served: Served, autojump_clock: trio.abc.Clock) -> None:
-    await served.post("/config", {"id": "good"})
+    await served.post("/config", {"id": "good"}, headers=CORE_HEADERS)
     await served.post("/config", {"id": "bad", "polls": ["crash"] * 20})
     await trio.sleep(120)
     _, everything = await served.get("/diagnostics")
@@ -554,7 +554,12 @@ async def test_diagnostics_filters(served: Served, autojump_clock: trio.abc.Cloc
     assert sick["config_id"] == "bad"
     assert sick["last_error"]["hint"]
     _, one = await served.get("/diagnostics?device_id=good")
-    assert [a["config_id"] for a in one["diagnostics"]["actors"]] == ["good"]
+    (good,) = one["diagnostics"]["actors"]
+    assert good["config_id"] == "good"
+    assert good["delivery"]["delivered"] >= 100
+    assert good["delivery"]["accepted"] >= good["delivery"]["delivered"]
+    assert good["delivery"]["last_delivered"].endswith("+00:00")
+    assert good["polls"] >= 100 and good["state"] == "running"
     _, health = await served.get("/health")
     assert health["status"] == "degraded" and health["ok"] is True
 
