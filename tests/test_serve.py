@@ -156,3 +156,31 @@ async def test_sigterm_spools_and_a_restart_delivers(tmp_path: Path, nursery: tr
 
 def _bodies(core: FakeCore) -> list[dict[str, Any]]:
     return [r.body for r in core.received]
+
+
+def test_a_runtime_that_cannot_start_exits_non_zero(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the state directory should be")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from runtime._cli import main; sys.exit(main())",
+            "serve",
+            "examples.simulated_home:integration",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        env={**os.environ, "PIPHI_STATE_DIR": str(blocker)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "serving" not in result.stdout
+    assert "the runtime failed" in result.stderr
+    assert "writable" in result.stderr  # the spool error's hint reaches the operator
