@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -76,12 +77,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     serve.add_argument("--port", type=int, default=None, help="port (default: $PORT, else 8000)")
+    devcore = commands.add_parser("devcore", help="run a local PiPhi Core for development")
+    devcore.add_argument("--host", default="127.0.0.1")
+    devcore.add_argument("--port", type=int, default=31419, help="the port runtimes call")
+    devcore.add_argument("--admin-port", type=int, default=31420, help="the admin API's port")
+    devcore.add_argument("--db", default="devcore.db", help="SQLite file (default devcore.db)")
+    devcore.add_argument("--token", default="dev-token", help="the integration token to require")
+    devcore.add_argument("--container-id", default="dev-container")
+    admin = commands.add_parser("core", help="talk to a running devcore's admin API")
+    admin.add_argument("--admin", default="http://127.0.0.1:31420", help="its admin URL")
+    admin.add_argument(
+        "action",
+        choices=["configs", "add", "remove", "push", "telemetry", "events", "stats", "trouble"],
+    )
+    admin.add_argument(
+        "argument",
+        nargs="?",
+        help="add: config JSON; remove: id; push: "
+        "runtime URL; telemetry/events: device id; trouble: none|refuse|503|slow",
+    )
+    admin.add_argument("--seconds", type=float, default=None, help="trouble: how long")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
             print(_check(args.target))
         elif args.command == "serve":
             return _serve(args.target, args.host, args.port)
+        elif args.command == "devcore":
+            return _devcore(args)
+        elif args.command == "core":
+            return _core_admin(args)
     except (InvalidActor, ValueError) as exc:
         print(f"piphi-runtime: {exc}", file=sys.stderr)
         return 2
@@ -115,3 +140,52 @@ def _serve(target: str, host: str, port: int | None) -> int:
         logging.getLogger("runtime").critical("the runtime failed: %r", exc, exc_info=exc)
         return 1
     return 0
+
+
+def _devcore(args: argparse.Namespace) -> int:
+    from .devcore import DevCore
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    core = DevCore(args.db, container_id=args.container_id, token=args.token or None)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(core.serve, host=args.host, port=args.port, admin_port=args.admin_port)
+            )
+            print(f"devcore: runtimes call {core.data_url}; admin API {core.admin_url}", flush=True)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+    trio.run(main)
+    return 0
+
+
+def _core_admin(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    action, argument = args.action, args.argument
+    with httpx.Client(base_url=args.admin, timeout=60) as http:
+        if action == "configs":
+            response = http.get("/admin/configs")
+        elif action == "add":
+            response = http.post("/admin/configs", json=json.loads(argument or "{}"))
+        elif action == "remove":
+            response = http.delete(f"/admin/configs/{argument}")
+        elif action == "push":
+            response = http.post("/admin/push", params={"runtime": argument or ""})
+        elif action in ("telemetry", "events"):
+            response = http.get(f"/admin/{action}", params={"device_id": argument or ""})
+        elif action == "stats":
+            response = http.get("/admin/stats")
+        else:
+            body: dict[str, object] = {"mode": argument or "none"}
+            if args.seconds:
+                body["seconds"] = args.seconds
+            response = http.post("/admin/trouble", json=body)
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.is_success else 1

@@ -1,0 +1,492 @@
+"""A real local PiPhi Core for developing and testing integrations.
+
+``DevCore`` serves the Core endpoints a runtime calls (CONTRACT.md): it checks the
+runtime's auth headers, stores telemetry and events in SQLite, de-duplicated by their
+ids, and serves config rows. An admin API, on a port of its own that never goes down,
+manages device configs, pushes snapshots (with the next generation) to a runtime's
+``/config/sync``, answers queries about what arrived, and simulates trouble: refused
+connections, 503 with ``Retry-After``, slow answers.
+
+Run it with ``piphi-runtime devcore`` or, in tests, ``await nursery.start(core.serve)``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+import httpx
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from . import _offload
+
+__all__ = ["DevCore", "Trouble"]
+
+TroubleMode = Literal["none", "refuse", "503", "slow"]
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Trouble:
+    """What the data port does now: answer normally, refuse connections, answer 503 with
+    ``Retry-After``, or answer after ``delay`` seconds."""
+
+    mode: TroubleMode = "none"
+    retry_after: float = 1.0
+    delay: float = 2.0
+    until: float | None = None
+    """trio time when the trouble ends by itself (None: until cleared)."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS telemetry (
+    telemetry_id TEXT PRIMARY KEY, device_id TEXT, config_id TEXT, container_id TEXT,
+    integration_id TEXT, timestamp TEXT, body TEXT NOT NULL, received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_device ON telemetry (device_id, received_at);
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY, type TEXT, device_id TEXT, config_id TEXT, severity TEXT,
+    body TEXT NOT NULL, received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS configs (
+    id TEXT PRIMARY KEY, body TEXT NOT NULL, updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class DevCore:
+    """A local Core. ``token``: when set, runtime calls without it get 401."""
+
+    def __init__(
+        self,
+        db_path: str | Path = ":memory:",
+        *,
+        container_id: str = "dev-container",
+        integration_id: str = "dev-integration",
+        token: str | None = "dev-token",
+    ) -> None:
+        self.db_path = str(db_path)
+        self.container_id = container_id
+        self.integration_id = integration_id
+        self.token = token
+        self.trouble = Trouble()
+        self.duplicates = 0
+        self.refused = 0
+        self.data_url = ""
+        self.admin_url = ""
+        self._con: sqlite3.Connection | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._data_scope: trio.CancelScope | None = None
+        self._data_port = 0
+        self._nursery: trio.Nursery | None = None
+        self._back = trio.Event()
+        self.app = self._build_app()
+
+    # -- storage ---------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._con is not None, "DevCore is not serving"
+        return await _offload.offload(fn, self._con, *args, limiter=self._limiter)
+
+    async def telemetry(
+        self, *, device_id: str | None = None, config_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Stored telemetry payloads, oldest first."""
+        return await self._db(_select, "telemetry", device_id, config_id, None, limit)
+
+    async def events(
+        self, *, event_type: str | None = None, device_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        return await self._db(_select, "events", device_id, None, event_type, limit)
+
+    async def stats(self) -> dict[str, Any]:
+        counts = await self._db(_counts)
+        return {
+            **counts,
+            "duplicates": self.duplicates,
+            "refused": self.refused,
+            "trouble": attrs.asdict(self.trouble),
+        }
+
+    async def configs(self) -> list[dict[str, Any]]:
+        return await self._db(_configs)
+
+    async def put_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Add or replace a device config (``id`` required)."""
+        if not isinstance(config.get("id"), str) or not config["id"]:
+            raise ValueError("a config needs a non-empty string id")
+        body = {"config_id": config["id"], **config}
+        await self._db(_put_config, body, time.time())
+        return body
+
+    async def remove_config(self, config_id: str) -> bool:
+        return bool(await self._db(_remove_config, config_id))
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The next-generation snapshot of every config, as Core would push it."""
+        generation = await self._db(_next_generation)
+        configs = await self.configs()
+        return {
+            "schema_version": 1,
+            "container_id": self.container_id,
+            "integration_id": self.integration_id,
+            "reason": "devcore_push",
+            "generation": generation,
+            "updated_at": time.time(),
+            "configs": [
+                {"container_id": self.container_id, "integration_id": self.integration_id, **c}
+                for c in configs
+            ],
+            "deleted_config_ids": [],
+        }
+
+    async def push(self, runtime_url: str) -> dict[str, Any]:
+        """Send the next snapshot to a runtime's ``/config/sync``; return its answer."""
+        snapshot = await self.snapshot()
+        async with httpx.AsyncClient(base_url=runtime_url, timeout=30) as client:
+            response = await client.post(
+                "/config/sync", json=snapshot, headers=self.runtime_headers()
+            )
+        body: dict[str, Any] = response.json()
+        return body
+
+    def runtime_headers(self) -> dict[str, str]:
+        """The headers Core sends on every request to a runtime."""
+        headers = {"X-Container-Id": self.container_id}
+        if self.token:
+            headers["X-PiPhi-Integration-Token"] = self.token
+        return headers
+
+    def set_trouble(self, trouble: Trouble) -> None:
+        """Change what the data port does; ``refuse`` closes it until the trouble ends."""
+        self.trouble = trouble
+        if trouble.mode == "refuse" and self._data_scope is not None:
+            self._data_scope.cancel()
+        if trouble.mode != "refuse":
+            self._back.set()
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin_port: int = 0,
+        task_status: trio.TaskStatus[DevCore] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the data port (what runtimes call) and the admin port until cancelled."""
+        self._con = await _offload.offload(_open, self.db_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                admin = await nursery.start(partial(_serve_http, self.app, host, admin_port))
+                self.admin_url = admin
+                data = await nursery.start(self._run_data_port, host, port)
+                self.data_url = data
+                task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True):
+                await _offload.offload(_close, self._con)
+            self._con = None
+
+    async def _run_data_port(
+        self, host: str, port: int, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        while True:
+            self._data_scope = scope = trio.CancelScope()
+            with scope:
+                async with trio.open_nursery() as inner:
+                    url = await inner.start(
+                        partial(_serve_http, self.app, host, port or self._data_port)
+                    )
+                    self._data_port = int(url.rsplit(":", 1)[1])
+                    if not started:
+                        started = True
+                        task_status.started(url)
+            # Refusing: the listener is closed until the trouble ends (or is cleared).
+            self._back = trio.Event()
+            until = self.trouble.until
+            with trio.move_on_at(until if until is not None else float("inf")):
+                await self._back.wait()
+            if self.trouble.mode == "refuse":
+                self.trouble = Trouble()
+
+    # -- the app ---------------------------------------------------------------------------
+
+    def _build_app(self) -> QuartTrio:
+        app = QuartTrio("piphi-devcore")
+        app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+
+        async def gate() -> Response | None:
+            trouble = self.trouble
+            if trouble.until is not None and trio.current_time() >= trouble.until:
+                self.trouble = trouble = Trouble()
+            if trouble.mode == "503":
+                self.refused += 1
+                return Response(
+                    json.dumps({"detail": "devcore is simulating an overload"}),
+                    status=503,
+                    headers={"Retry-After": f"{trouble.retry_after:g}"},
+                    content_type="application/json",
+                )
+            if trouble.mode == "slow":
+                await trio.sleep(trouble.delay)
+            if not request.headers.get("X-Container-Id"):
+                return _problem(401, "X-Container-Id is missing")
+            if self.token and request.headers.get("X-PiPhi-Integration-Token") != self.token:
+                return _problem(401, "the integration token is missing or wrong")
+            return None
+
+        @app.post("/api/v2/integrations/telemetry")
+        async def telemetry() -> Response:
+            refusal = await gate()
+            if refusal is not None:
+                return refusal
+            body = await request.get_json(force=True, silent=True)
+            if not isinstance(body, dict) or not body.get("device_id"):
+                return _problem(422, "telemetry needs a JSON object with device_id")
+            key = body.get("telemetry_id") or f"{body.get('device_id')}@{body.get('timestamp')}"
+            if not await self._db(_store_telemetry, str(key), body, time.time()):
+                self.duplicates += 1
+            return _json({"ok": True})
+
+        @app.post("/api/v2/events/ingest")
+        async def ingest() -> Response:
+            refusal = await gate()
+            if refusal is not None:
+                return refusal
+            body = await request.get_json(force=True, silent=True)
+            if not isinstance(body, dict) or not body.get("event_id") or not body.get("type"):
+                return _problem(422, "an event needs event_id and type")
+            if not await self._db(_store_event, body, time.time()):
+                self.duplicates += 1
+            return _json({"ok": True})
+
+        @app.get("/api/v2/integrations/config/fetch/all/by/container/internal")
+        async def fetch() -> Response:
+            refusal = await gate()
+            if refusal is not None:
+                return refusal
+            rows = [
+                {
+                    "id": c["id"],
+                    "container_id": self.container_id,
+                    "integration_id": self.integration_id,
+                    "config_data": c,
+                }
+                for c in await self.configs()
+            ]
+            return _json(rows)
+
+        @app.get("/admin/stats")
+        async def admin_stats() -> Response:
+            return _json(await self.stats())
+
+        @app.get("/admin/telemetry")
+        async def admin_telemetry() -> Response:
+            args = request.args
+            return _json(
+                await self.telemetry(
+                    device_id=args.get("device_id"),
+                    config_id=args.get("config_id"),
+                    limit=int(args.get("limit", "1000")),
+                )
+            )
+
+        @app.get("/admin/events")
+        async def admin_events() -> Response:
+            args = request.args
+            return _json(
+                await self.events(event_type=args.get("type"), device_id=args.get("device_id"))
+            )
+
+        @app.get("/admin/configs")
+        async def admin_configs() -> Response:
+            return _json(await self.configs())
+
+        @app.post("/admin/configs")
+        async def admin_put_config() -> Response:
+            body = await request.get_json(force=True, silent=True)
+            try:
+                return _json(await self.put_config(body if isinstance(body, dict) else {}))
+            except ValueError as exc:
+                return _problem(422, str(exc))
+
+        @app.delete("/admin/configs/<config_id>")
+        async def admin_remove_config(config_id: str) -> Response:
+            return _json({"removed": await self.remove_config(config_id)})
+
+        @app.post("/admin/push")
+        async def admin_push() -> Response:
+            runtime = request.args.get("runtime")
+            if not runtime:
+                return _problem(422, "name the runtime: /admin/push?runtime=http://host:port")
+            try:
+                return _json(await self.push(runtime))
+            except httpx.HTTPError as exc:
+                return _problem(502, f"the runtime did not take the snapshot: {exc}")
+
+        @app.post("/admin/trouble")
+        async def admin_trouble() -> Response:
+            body = await request.get_json(force=True, silent=True) or {}
+            mode = body.get("mode", "none")
+            if mode not in ("none", "refuse", "503", "slow"):
+                return _problem(422, "mode is one of none, refuse, 503, slow")
+            seconds = body.get("seconds")
+            self.set_trouble(
+                Trouble(
+                    mode=mode,
+                    retry_after=float(body.get("retry_after", 1.0)),
+                    delay=float(body.get("delay", 2.0)),
+                    until=trio.current_time() + float(seconds) if seconds else None,
+                )
+            )
+            return _json(attrs.asdict(self.trouble))
+
+        return app
+
+
+async def _serve_http(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 0.5
+    config.read_timeout = 5  # quart-trio keeps idle keep-alives open otherwise (STACK.md 3)
+
+    async def serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await hypercorn_serve(app, config, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(serve)
+        task_status.started(urls[0])
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, default=str), status=status, content_type="application/json")
+
+
+def _problem(status: int, detail: str) -> Response:
+    return Response(
+        json.dumps({"type": "about:blank", "status": status, "detail": detail}),
+        status=status,
+        content_type="application/problem+json",
+    )
+
+
+# -- SQLite, in the worker thread ------------------------------------------------------------
+
+
+def _open(path: str) -> sqlite3.Connection:
+    con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(_SCHEMA)
+    return con
+
+
+def _close(con: sqlite3.Connection) -> None:
+    con.close()
+
+
+def _store_telemetry(con: sqlite3.Connection, key: str, body: dict[str, Any], now: float) -> bool:
+    cur = con.execute(
+        "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            key,
+            body.get("device_id"),
+            body.get("config_id"),
+            body.get("container_id"),
+            body.get("integration_id"),
+            body.get("timestamp"),
+            json.dumps(body),
+            now,
+        ),
+    )
+    return cur.rowcount == 1
+
+
+def _store_event(con: sqlite3.Connection, body: dict[str, Any], now: float) -> bool:
+    cur = con.execute(
+        "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            body["event_id"],
+            body.get("type"),
+            body.get("device_id"),
+            body.get("config_id"),
+            body.get("severity"),
+            json.dumps(body),
+            now,
+        ),
+    )
+    return cur.rowcount == 1
+
+
+def _select(
+    con: sqlite3.Connection,
+    table: str,
+    device_id: str | None,
+    config_id: str | None,
+    event_type: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    where, args = [], []
+    if device_id:
+        where.append("device_id = ?")
+        args.append(device_id)
+    if config_id:
+        where.append("config_id = ?")
+        args.append(config_id)
+    if event_type:
+        where.append("type = ?")
+        args.append(event_type)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = con.execute(
+        f"SELECT body FROM {table} {clause} ORDER BY received_at, rowid LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [json.loads(body) for (body,) in rows]
+
+
+def _counts(con: sqlite3.Connection) -> dict[str, int]:
+    (telemetry,) = con.execute("SELECT COUNT(*) FROM telemetry").fetchone()
+    (events,) = con.execute("SELECT COUNT(*) FROM events").fetchone()
+    (devices,) = con.execute("SELECT COUNT(DISTINCT device_id) FROM telemetry").fetchone()
+    return {"telemetry": telemetry, "events": events, "devices_reporting": devices}
+
+
+def _configs(con: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [json.loads(b) for (b,) in con.execute("SELECT body FROM configs ORDER BY id")]
+
+
+def _put_config(con: sqlite3.Connection, body: dict[str, Any], now: float) -> None:
+    con.execute(
+        "INSERT OR REPLACE INTO configs VALUES (?, ?, ?)", (body["id"], json.dumps(body), now)
+    )
+
+
+def _remove_config(con: sqlite3.Connection, config_id: str) -> int:
+    return con.execute("DELETE FROM configs WHERE id = ?", (config_id,)).rowcount
+
+
+def _next_generation(con: sqlite3.Connection) -> int:
+    row = con.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    generation = (int(row[0]) if row else 0) + 1
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
+    return generation
