@@ -1,12 +1,45 @@
-"""Helpers for testing actors and integrations built on this runtime."""
+"""Testing actors and integrations built on this runtime; also a pytest plugin.
+
+Installed with the package, the plugin gives every test suite (registered through the
+``pytest11`` entry point, so nothing to import or configure):
+
+- ``devcore``: a real local Core (``runtime.devcore.DevCore``) on 127.0.0.1, in the test's
+  nursery, with a fresh SQLite database;
+- ``run_integration``: ``async with run_integration(integration) as rt:`` serves an
+  integration in process against that Core (hypercorn on 127.0.0.1, managed mode) and
+  gives ``rt.url``, ``rt.http`` (an httpx client sending Core's headers) and
+  ``await rt.configure(*configs)`` (adds configs to Core and pushes the snapshot).
+
+Builders (``config_payload``, ``snapshot_payload``) and assertions
+(``assert_telemetry_sent``, ``assert_event_sent``, ``assert_entity_shape``,
+``assert_refresh_receipt``) work with any of them. ``RecordingSink`` keeps what actors
+emit in memory, for tests of one actor without HTTP.
+"""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import httpx
 
 from ._sink import EventRecord, TelemetryRecord
 
-__all__ = ["RecordingSink"]
+if TYPE_CHECKING:
+    from .devcore import DevCore
+
+__all__ = [
+    "RecordingSink",
+    "RunningIntegration",
+    "assert_entity_shape",
+    "assert_event_sent",
+    "assert_refresh_receipt",
+    "assert_telemetry_sent",
+    "config_payload",
+    "snapshot_payload",
+]
 
 
 class RecordingSink:
@@ -46,3 +79,122 @@ class RecordingSink:
 
     def telemetry_for(self, device_id: str) -> list[TelemetryRecord]:
         return [t for t in self.telemetry_records if t.device_id == device_id]
+
+
+# -- builders ---------------------------------------------------------------------------
+
+
+def config_payload(config_id: str, **fields: Any) -> dict[str, Any]:
+    """One device config as Core sends it: ``config_payload("plug-1", host="10.0.0.5")``."""
+    return {"id": config_id, "config_id": fields.pop("config_id", config_id), **fields}
+
+
+def snapshot_payload(
+    *configs: Mapping[str, Any],
+    generation: int = 1,
+    container_id: str = "dev-container",
+    deleted: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A ``/config/sync`` body."""
+    return {
+        "schema_version": 1,
+        "generation": generation,
+        "container_id": container_id,
+        "configs": [dict(c) for c in configs],
+        "deleted_config_ids": list(deleted),
+    }
+
+
+# -- assertions ---------------------------------------------------------------------------
+
+
+async def assert_telemetry_sent(
+    core: DevCore,
+    *,
+    device_id: str | None = None,
+    config_id: str | None = None,
+    metric: str | None = None,
+    at_least: int = 1,
+) -> list[dict[str, Any]]:
+    """Core stored at least ``at_least`` telemetry payloads matching; returns them."""
+    found = await core.telemetry(device_id=device_id, config_id=config_id)
+    if metric is not None:
+        found = [t for t in found if metric in t.get("metrics", {})]
+    assert len(found) >= at_least, (
+        f"expected >= {at_least} telemetry payloads for device_id={device_id!r} "
+        f"config_id={config_id!r} metric={metric!r}; Core has {len(found)}"
+    )
+    for payload in found:
+        for field in ("device_id", "config_id", "container_id", "metrics", "timestamp"):
+            assert field in payload, f"telemetry payload without {field}: {payload}"
+    return found
+
+
+async def assert_event_sent(
+    core: DevCore, event_type: str, *, device_id: str | None = None
+) -> list[dict[str, Any]]:
+    found = await core.events(event_type=event_type, device_id=device_id)
+    assert found, f"Core has no {event_type!r} event for device_id={device_id!r}"
+    return found
+
+
+_ENTITY_FIELDS = (
+    "id",
+    "name",
+    "capabilities",
+    "config_id",
+    "device_id",
+    "device_type",
+    "device_class",
+    "entity_type",
+    "available_commands",
+    "dashboard",
+    "metadata",
+)
+
+
+def assert_entity_shape(entity: Mapping[str, Any]) -> None:
+    """An entity has every field Core reads (CONTRACT.md, ``/entities``)."""
+    missing = [f for f in _ENTITY_FIELDS if f not in entity]
+    assert not missing, f"entity {entity.get('id')!r} lacks {missing}"
+    assert isinstance(entity["capabilities"], list)
+    dashboard = entity["dashboard"]
+    for field in ("allowed_widgets", "default_widget", "recommended_widgets"):
+        assert field in dashboard, f"entity dashboard lacks {field}"
+
+
+def assert_refresh_receipt(
+    body: Mapping[str, Any], request_id: str, *, status: str = "refreshed"
+) -> None:
+    """A ``/state?refresh=true`` answer carries a receipt for ``request_id``."""
+    receipt = body.get("refresh")
+    assert isinstance(receipt, Mapping), f"no refresh receipt in {body}"
+    assert receipt.get("request_id") == request_id
+    assert receipt.get("status") == status, receipt
+    assert receipt.get("performed") is (status == "refreshed"), receipt
+    if status == "refreshed":
+        assert receipt.get("observed_at") and receipt.get("source"), receipt
+
+
+@attrs.define
+class RunningIntegration:
+    """An integration served in process against the dev Core."""
+
+    url: str
+    http: httpx.AsyncClient
+    core: DevCore
+
+    async def configure(self, *configs: Mapping[str, Any]) -> dict[str, Any]:
+        """Add ``configs`` to Core and push the snapshot; returns the runtime's answer."""
+        for config in configs:
+            await self.core.put_config(config)
+        return await self.core.push(self.url)
+
+
+try:  # the pytest plugin's fixtures; without pytest, the rest of this module still works
+    from ._fixtures import devcore, run_integration
+except ModuleNotFoundError as exc:  # pragma: no cover - installed without the dev extra
+    if exc.name != "pytest":
+        raise
+else:
+    __all__ += ["devcore", "run_integration"]

@@ -817,7 +817,9 @@ async def test_refreshes_during_an_outage_do_not_defer_the_scheduled_retry(
         assert failed.value.details["cause"] == "device_unavailable"
     after = sup.health().next_poll_due
     assert due is not None and after is not None
-    assert abs((after - due).total_seconds()) < 0.001
+    # Both are wall-clock renderings of trio times, taken at slightly different real
+    # moments; a deferred retry would be seconds off, not milliseconds.
+    assert abs((after - due).total_seconds()) < 0.05
 
 
 async def test_a_refresh_that_finds_the_device_back_resumes_the_schedule(

@@ -1,0 +1,63 @@
+"""The fixtures of the ``runtime.testing`` pytest plugin (see that module)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+import trio
+
+if TYPE_CHECKING:
+    from ._integration import Integration
+    from .devcore import DevCore
+    from .testing import RunningIntegration
+
+__all__ = ["devcore", "run_integration"]
+
+
+@pytest.fixture
+async def devcore(nursery: trio.Nursery) -> AsyncIterator[DevCore]:
+    from .devcore import DevCore
+
+    with tempfile.TemporaryDirectory() as directory:
+        core = DevCore(os.path.join(directory, "core.db"))
+        await nursery.start(core.serve)
+        yield core
+
+
+@pytest.fixture
+def run_integration(
+    devcore: DevCore, nursery: trio.Nursery
+) -> Callable[..., AbstractAsyncContextManager[RunningIntegration]]:
+    from ._serve import serve
+    from .testing import RunningIntegration
+
+    @asynccontextmanager
+    async def run(integration: Integration, **env: str) -> AsyncIterator[RunningIntegration]:
+        with tempfile.TemporaryDirectory() as state:
+            environment = {
+                "PIPHI_CORE_BASE_URL": devcore.data_url,
+                "PIPHI_CONTAINER_ID": devcore.container_id,
+                "PIPHI_INTEGRATION_INTERNAL_TOKEN": devcore.token or "",
+                "PIPHI_STATE_DIR": state,
+                "PIPHI_CONFIG_SNAPSHOT_PATH": os.path.join(state, "no-snapshot.json"),
+                **env,
+            }
+            async with trio.open_nursery() as inner:
+                urls = await inner.start(
+                    partial(serve, integration, env=environment, host="127.0.0.1", port=0)
+                )
+                async with httpx.AsyncClient(
+                    base_url=urls[0], headers=devcore.runtime_headers(), timeout=30
+                ) as http:
+                    yield RunningIntegration(urls[0], http, devcore)
+                inner.cancel_scope.cancel()
+
+    del nursery
+    return run
