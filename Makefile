@@ -1,5 +1,5 @@
 # make test: set up .venv if needed, then lint, type-check and run the whole suite.
-# make demo: set up .venv if needed, then run the supervised-devices demo (DEMO_SECONDS=N).
+# make demo: set up .venv if needed, then run the dev Core + simulated home demo (DEMO_SECONDS=N).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -28,7 +28,7 @@ test: lint typecheck
 	$(BIN)/pytest
 
 demo: $(STAMP)
-	$(BIN)/python examples/supervised_devices.py
+	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/actors.py --quick
