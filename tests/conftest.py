@@ -11,8 +11,17 @@ import trio.testing
 import runtime._offload
 from runtime import ActorNursery, open_actor_nursery
 from runtime.testing import RecordingSink
+from tests.fakecore import FakeCore
 
 T = TypeVar("T")
+
+
+@pytest.fixture
+async def core(nursery: trio.Nursery) -> FakeCore:
+    """A real HTTP server on 127.0.0.1 standing in for Core (tests/fakecore.py)."""
+    fake = FakeCore()
+    await nursery.start(fake.serve)
+    return fake
 
 
 @pytest.fixture

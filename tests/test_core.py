@@ -26,13 +26,6 @@ SECRET = "s3cr3t-token-value"
 
 
 @pytest.fixture
-async def core(nursery: trio.Nursery) -> FakeCore:
-    fake = FakeCore()
-    await nursery.start(fake.serve)
-    return fake
-
-
-@pytest.fixture
 async def client(core: FakeCore) -> AsyncIterator[CoreClient]:
     async with CoreClient(core.url, container_id="c-1", token=SECRET, timeout=2.0) as c:
         yield c

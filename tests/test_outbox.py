@@ -60,13 +60,6 @@ def assert_each_once_in_order(core: FakeCore, devices: int, per_device: int) -> 
 
 
 @pytest.fixture
-async def core(nursery: trio.Nursery) -> FakeCore:
-    fake = FakeCore()
-    await nursery.start(fake.serve)
-    return fake
-
-
-@pytest.fixture
 async def client(core: FakeCore) -> AsyncIterator[CoreClient]:
     async with CoreClient(core.url, container_id="c-1", token=TOKEN, timeout=2.0) as c:
         yield c

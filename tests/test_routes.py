@@ -90,13 +90,6 @@ async def serve(
 
 
 @pytest.fixture
-async def core(nursery: trio.Nursery) -> FakeCore:
-    fake = FakeCore()
-    await nursery.start(fake.serve)
-    return fake
-
-
-@pytest.fixture
 async def served(core: FakeCore, tmp_path: Path) -> AsyncIterator[Served]:
     # pytest-trio takes the clock from the test's own arguments only.
     if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):

@@ -24,23 +24,15 @@ from tests.fakecore import FakeCore
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-c", "import sys; from runtime._cli import main; sys.exit(main())"]
+SERVE = [*CLI, "serve", "examples.simulated_home:integration"]
 DEVICES = 100
 TOKEN = "serve-test-token"
 
 
 @asynccontextmanager
 async def runtime_process(env: dict[str, str]) -> AsyncIterator[tuple[trio.Process, str]]:
-    args = [
-        sys.executable,
-        "-c",
-        "import sys; from runtime._cli import main; sys.exit(main())",
-        "serve",
-        "examples.simulated_home:integration",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-    ]
+    args = [*SERVE, "--host", "127.0.0.1", "--port", "0"]
     proc = await trio.lowlevel.open_process(
         args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT
     )
@@ -85,13 +77,7 @@ def test_an_invalid_port_is_an_error() -> None:
         with pytest.raises(ValueError, match="PORT"):
             parse_port(bad)
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from runtime._cli import main; sys.exit(main())",
-            "serve",
-            "examples.simulated_home:integration",
-        ],
+        SERVE,
         env={**os.environ, "PORT": "eighty"},
         cwd=ROOT,
         capture_output=True,
@@ -162,17 +148,7 @@ def test_a_runtime_that_cannot_start_exits_non_zero(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the state directory should be")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from runtime._cli import main; sys.exit(main())",
-            "serve",
-            "examples.simulated_home:integration",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ],
+        [*SERVE, "--host", "127.0.0.1", "--port", "0"],
         env={**os.environ, "PIPHI_STATE_DIR": str(blocker)},
         cwd=ROOT,
         capture_output=True,

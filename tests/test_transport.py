@@ -13,13 +13,6 @@ PATH = "/api/v2/integrations/telemetry"
 
 
 @pytest.fixture
-async def core(nursery: trio.Nursery) -> FakeCore:
-    fake = FakeCore()
-    await nursery.start(fake.serve)
-    return fake
-
-
-@pytest.fixture
 async def http(core: FakeCore) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         base_url=core.url, transport=H11Transport(2), timeout=2.0
