@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck demo bench clean
+.PHONY: setup test lint typecheck demo bench clean mosquitto
 
 setup: $(STAMP)
 
@@ -24,7 +24,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict runtime actors
 
-test: lint typecheck
+# The MQTT actor's tests start their own broker; Debian puts it in /usr/sbin.
+MOSQUITTO := $(firstword $(wildcard /usr/sbin/mosquitto /usr/local/sbin/mosquitto) $(shell command -v mosquitto 2>/dev/null))
+
+mosquitto:
+	@test -n "$(MOSQUITTO)" || { echo "mosquitto missing; installing Debian's mosquitto"; \
+	  apt-get update -qq && apt-get install -y -qq mosquitto; }
+
+test: lint typecheck mosquitto
 	$(BIN)/pytest
 
 demo: $(STAMP)

@@ -16,8 +16,14 @@ from typing import Any, ClassVar
 import trio
 from pydantic import Field
 
-from runtime import DeviceActor, DeviceUnavailable, Reading, RuntimeConfig, command
-from runtime._config import PollInterval
+from runtime import (
+    DeviceActor,
+    DeviceUnavailable,
+    PollInterval,
+    Reading,
+    RuntimeConfig,
+    command,
+)
 
 __all__ = [
     "SIMULATED_ACTORS",

@@ -6,7 +6,7 @@ reports offline devices once, and serializes commands with polls.
 """
 
 from ._actor import CommandSpec, DeviceActor, command
-from ._config import DeviceIdentity, RuntimeConfig
+from ._config import DeviceIdentity, PollInterval, RuntimeConfig
 from ._core import CoreClient
 from ._errors import (
     ActorBusy,
@@ -58,7 +58,7 @@ from ._reconciler import (
 from ._registry import DeviceSlice, Registry
 from ._rehydrate import LocalCopy, RehydrationReport, SourceReport, mounted_snapshot_path, rehydrate
 from ._runtime import Runtime, open_runtime
-from ._sink import EventRecord, Sink, TelemetryRecord
+from ._sink import EventRecord, Severity, Sink, TelemetryRecord
 from ._state import state_dir
 from ._supervisor import Refresh, Supervisor
 
@@ -108,6 +108,7 @@ __all__ = [
     "OutboxSettings",
     "OutboxStats",
     "PiPhiError",
+    "PollInterval",
     "PollTimeout",
     "Reading",
     "Refresh",
@@ -119,6 +120,7 @@ __all__ = [
     "RestartPolicy",
     "Runtime",
     "RuntimeConfig",
+    "Severity",
     "Sink",
     "SourceReport",
     "SpoolError",

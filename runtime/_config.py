@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, TypeVar
 
 import attrs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.alias_generators import to_camel
 
 from ._errors import InvalidConfig
+from ._redact import secrets
 
 __all__ = ["WIRE_MODEL", "DeviceIdentity", "PollInterval", "RuntimeConfig", "validate_config"]
 
@@ -83,7 +85,7 @@ def validate_config(model: type[C], data: Any) -> C:
     if isinstance(data, RuntimeConfig):
         data = data.model_dump(exclude_unset=True)
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
         config_id = data.get("id") if isinstance(data, dict) else None
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
@@ -92,3 +94,19 @@ def validate_config(model: type[C], data: Any) -> C:
             f"Config {config_id!r} is not a valid {model.__name__}: {fields}",
             details={"config_id": config_id, "errors": errors},
         ) from exc
+    # SecretStr fields are secret whatever they are called: remember their values so no
+    # log line can show them (runtime/_redact.py scrubs by value).
+    for name in _secret_fields(model):
+        secret = getattr(config, name, None)
+        if isinstance(secret, SecretStr):
+            secrets.add(secret)
+    return config
+
+
+@functools.cache
+def _secret_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, field in model.model_fields.items()
+        if field.annotation is SecretStr or SecretStr in getattr(field.annotation, "__args__", ())
+    )

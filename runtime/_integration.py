@@ -229,9 +229,11 @@ def config_form(classes: Sequence[ActorClass]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required: list[str] = []
     ui: dict[str, Any] = {}
+    definitions: dict[str, Any] = {}
     for cls in classes:
         model = cls.config_model
         schema = model.model_json_schema(by_alias=False, mode="validation")
+        definitions.update(schema.get("$defs", {}))  # nested models are referenced
         for name, prop in schema.get("properties", {}).items():
             if name in _RUNTIME_FIELDS or name in properties:
                 continue
@@ -244,15 +246,15 @@ def config_form(classes: Sequence[ActorClass]) -> dict[str, Any]:
                 prop.pop("default", None)
             if name in schema.get("required", ()) and name not in required:
                 required.append(name)
-    return {
-        "schema": {
-            "type": "object",
-            "title": classes[0].config_model.__name__ if classes else "Config",
-            "properties": properties,
-            "required": required,
-        },
-        "uiSchema": ui,
+    form: dict[str, Any] = {
+        "type": "object",
+        "title": classes[0].config_model.__name__ if classes else "Config",
+        "properties": properties,
+        "required": required,
     }
+    if definitions:
+        form["$defs"] = definitions
+    return {"schema": form, "uiSchema": ui}
 
 
 def _is_secret_field(name: str, annotation: Any) -> bool:

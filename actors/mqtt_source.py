@@ -1,0 +1,382 @@
+"""One device fed by a PiPhi MQTT source stream, such as rtl_433 radio packets.
+
+A source bridge publishes every packet it hears to ``piphi/sources/<source>/packets`` as
+one JSON envelope (CONTRACT.md, MQTT source topics)::
+
+    {"source": "rtl433", "received_at": "2026-11-22T10:00:00.250+00:00",
+     "model": "Acurite-Tower", "device_hint": {"model": "Acurite-Tower", "id": 1234,
+     "channel": "A"}, "packet": {"temperature_C": 21.4, "humidity": 48, ...},
+     "metadata": {...}}
+
+``MqttSourceActor`` is a push actor for one such device. It subscribes to the stream,
+keeps the packets whose ``device_hint`` is its device, and reports the packet fields named
+in its ``metrics`` map as one telemetry payload per packet, observed at the envelope's
+``received_at``. Other devices' packets are dropped before they are parsed when they
+cannot mention this device's id, and after a dict lookup otherwise; payloads that are not
+JSON are logged at debug level and skipped.
+
+Trouble is ``DeviceUnavailable``, so the supervisor reports one outage and retries with
+backoff: the broker refusing or losing the connection, or no packet from this device for
+``silence_seconds``. The next packet that arrives brings ``device.available``.
+
+Each actor holds its own connection and subscription. rtl_433 sends a few packets a
+second, so N devices parse each packet N times, which is cheap. The client is
+moat-lib-mqtt on AnyIO (docs: STACK.md section 7). It does not reconnect by itself; the
+supervisor's retry is the reconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import AsyncIterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import attrs
+import trio
+from moat.lib.mqtt import (
+    MQTTConnAckPacket,
+    MQTTConnectFailed,
+    MQTTConnectionLost,
+    MQTTConnectPacket,
+    MQTTOperationFailed,
+    MQTTPacket,
+    MQTTPublishPacket,
+    QoS,
+    ReasonCode,
+    RetainHandling,
+)
+from moat.lib.mqtt.async_client import AsyncMQTTClient
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from runtime import DeviceActor, DeviceUnavailable, Reading, RuntimeConfig
+from runtime._config import WIRE_MODEL
+from runtime._redact import MASK
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "DeviceHint",
+    "MetricSpec",
+    "MqttSourceActor",
+    "MqttSourceConfig",
+    "readings_from",
+    "received_at",
+]
+
+#: MQTT topic levels: a source name must be one level and no wildcard.
+_TOPIC_LEVEL = r"[^/+#\x00]+"
+#: Ids made only of these characters appear verbatim in any JSON encoding of the envelope,
+#: so a payload that does not contain one cannot be for this device.
+_VERBATIM_ID = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+class DeviceHint(BaseModel):
+    """Which device's packets are this actor's, matched against the envelope's
+    ``device_hint``. Ids and channels are compared as text (rtl_433 sends ``1234`` and
+    ``"A"`` alike); no ``channel`` matches every channel."""
+
+    model_config = ConfigDict(**WIRE_MODEL, frozen=True)
+
+    model: str = Field(min_length=1)
+    id: str = Field(min_length=1)
+    channel: str | None = None
+
+    def matches(self, seen: Mapping[str, Any]) -> bool:
+        if _text(seen.get("id")) != self.id or _text(seen.get("model")) != self.model:
+            return False
+        return self.channel is None or _text(seen.get("channel")) == self.channel
+
+
+class MetricSpec(BaseModel):
+    """What a packet field becomes: a metric name and an optional unit.
+
+    In a config, a plain string is shorthand for a metric without a unit.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: str = Field(pattern=r"\S")
+    unit: str | None = Field(default=None, pattern=r"\S")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"metric": data} if isinstance(data, str) else data
+
+
+#: rtl_433's field names for the common weather-sensor readings.
+DEFAULT_METRICS: Mapping[str, MetricSpec] = {
+    "temperature_C": MetricSpec(metric="temperature_c", unit="C"),
+    "humidity": MetricSpec(metric="humidity", unit="%"),
+    "battery_ok": MetricSpec(metric="battery_ok"),
+}
+
+
+class MqttSourceConfig(RuntimeConfig):
+    """One device heard on a PiPhi MQTT source stream."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    source: str = Field(default="rtl433", pattern=f"^{_TOPIC_LEVEL}$")
+    topic: str | None = Field(default=None, min_length=1)
+    """Defaults to ``piphi/sources/<source>/packets``; the per-model stream
+    ``piphi/sources/<source>/models/<model>/packets`` has the broker do the filtering."""
+    device_hint: DeviceHint
+    metrics: dict[str, MetricSpec] = Field(default_factory=lambda: dict(DEFAULT_METRICS))
+    """Packet field -> metric. Fields a packet lacks, or holds no number, bool or string
+    in, are left out of that packet's readings."""
+    silence_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    """After this long without a packet for this device, it is reported unavailable."""
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    """Bound on connecting and subscribing (stamina's connect retries included)."""
+
+    @model_validator(mode="after")
+    def _distinct_metrics(self) -> MqttSourceConfig:
+        names = [spec.metric for spec in self.metrics.values()]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"metrics maps several packet fields to {', '.join(twice)}")
+        return self
+
+    @property
+    def subscription_topic(self) -> str:
+        return self.topic or f"piphi/sources/{self.source}/packets"
+
+
+class _Client(AsyncMQTTClient):
+    """moat-lib-mqtt's client, failing its entry when the broker refuses the login.
+
+    moat-lib-mqtt 0.8.7 takes any CONNACK as success. After a refusal (bad password, not
+    authorized) the client is left disconnected, and only the next operation fails, with
+    a protocol error that has lost the broker's reason. Here the refusal raises
+    ``MQTTConnectFailed(reason_code)`` from the client's reader, so ``async with`` fails
+    with it. ``_handle_packet`` is the client's private per-packet hook, hence the
+    ``<0.9`` bound on the dependency; a test covers the refusal.
+    """
+
+    async def _handle_packet(self, packet: MQTTPacket) -> None:
+        if isinstance(packet, MQTTConnAckPacket) and packet.reason_code is not ReasonCode.SUCCESS:
+            raise MQTTConnectFailed(packet.reason_code)
+        await super()._handle_packet(packet)
+
+
+class _MaskConnectPassword(logging.Filter):
+    """moat-lib-mqtt logs every packet it sends at debug level, and a CONNECT packet's
+    repr shows the password. This masks it in that record, whatever handler it reaches."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(
+            isinstance(arg, MQTTConnectPacket) and arg.password for arg in args
+        ):
+            record.args = tuple(
+                attrs.evolve(arg, password=MASK)
+                if isinstance(arg, MQTTConnectPacket) and arg.password
+                else arg
+                for arg in args
+            )
+        return True
+
+
+_moat_log = logging.getLogger("moat.lib.mqtt")
+if not any(isinstance(f, _MaskConnectPassword) for f in _moat_log.filters):
+    _moat_log.addFilter(_MaskConnectPassword())
+
+
+class MqttSourceActor(DeviceActor[MqttSourceConfig]):
+    """A push actor for one device on a PiPhi MQTT source stream; see the module doc."""
+
+    #: How long a stop may spend unsubscribing and disconnecting before it is forced.
+    stop_grace: ClassVar[float] = 1.0
+
+    #: True while subscribed: set once the broker has acknowledged the subscription.
+    listening: bool = False
+
+    async def run(self) -> None:
+        # Stopping means cancelling run(). Cancelled at once, the client spends 2 s
+        # waiting for an UNSUBACK that its cancelled reader can no longer deliver (STACK.md
+        # section 7). So the session runs shielded, and a sibling task that does see the
+        # cancellation ends only the receive loop. The session then unsubscribes and
+        # disconnects politely, within stop_grace.
+        receiving = trio.CancelScope()
+        session = trio.CancelScope(shield=True)
+        outcome: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._end_session_on_stop, receiving, session)
+            with session:
+                try:
+                    await self._session(receiving)
+                except Exception as exc:  # re-raised below, outside the nursery's group
+                    outcome = exc
+            nursery.cancel_scope.cancel()
+        if outcome is not None:
+            raise outcome
+
+    async def _end_session_on_stop(
+        self, receiving: trio.CancelScope, session: trio.CancelScope
+    ) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            receiving.cancel()
+            if self.listening:
+                session.deadline = min(session.deadline, trio.current_time() + self.stop_grace)
+            else:  # still connecting: nothing to leave politely
+                session.cancel()
+
+    async def _session(self, receiving: trio.CancelScope) -> None:
+        """Connect, subscribe and report packets until stopped; DeviceUnavailable on trouble."""
+        config = self.config
+        where = f"MQTT broker {config.host}:{config.port}"
+        topic = config.subscription_topic
+        password = config.password.get_secret_value() if config.password else None
+        silent = ended = False
+        try:
+            limit = config.connect_timeout_seconds
+            with trio.move_on_after(limit) as connecting:
+                async with (
+                    _Client(
+                        config.host,
+                        config.port,
+                        username=config.username,
+                        password=password,
+                        # moat-lib-mqtt 0.8.7 never pings unless the broker sets Server
+                        # Keep Alive, so any keep-alive here gets a quiet subscriber
+                        # dropped at 1.5x it. A dead link shows up as silence instead.
+                        keep_alive=0,
+                    ) as client,
+                    # Packets are events: a retained one would be replayed on every
+                    # reconnect, reported twice and taken for a sign of life.
+                    client.subscribe(
+                        topic, qos=QoS.AT_MOST_ONCE, retain_handling=RetainHandling.NO_RETAINED
+                    ) as packets,
+                ):
+                    connecting.deadline = math.inf
+                    self.listening = True
+                    self.log.info("listening on %s at %s", topic, where)
+                    with receiving:
+                        silent = await self._receive(packets)
+                        ended = not silent
+        except* (MQTTConnectionLost, MQTTOperationFailed, OSError) as group:
+            # One clause: a refusal is often followed by the connection closing, and two
+            # clauses raising would turn this outage into a group of two.
+            refused = group.subgroup(MQTTOperationFailed)
+            if refused is not None:
+                raise DeviceUnavailable(
+                    f"{where} refused: {_first_message(refused, 'no reason given')}",
+                    hint="Check the username, password and the broker's ACL for "
+                    f"{topic!r}; the actor keeps retrying with backoff.",
+                ) from group
+            raise DeviceUnavailable(
+                f"{where}: {_first_message(group, 'connection lost')}",
+                hint=f"Check that the broker runs and is reachable at {config.host}:"
+                f"{config.port}; the actor reconnects by itself.",
+            ) from group
+        finally:
+            self.listening = False
+        if connecting.cancelled_caught:
+            raise DeviceUnavailable(
+                f"{where} did not accept a connection and subscription within {limit:g} s",
+                hint=f"Check that the broker runs at {config.host}:{config.port}.",
+            )
+        if ended:
+            raise DeviceUnavailable(f"{where} ended the subscription to {topic}")
+        if silent:
+            raise DeviceUnavailable(
+                f"no packet from {_describe(config.device_hint)} on {topic} "
+                f"for {config.silence_seconds:g} s",
+                hint="Check the device's battery and range, and that the source bridge "
+                "publishes to this topic.",
+            )
+
+    async def _receive(self, packets: AsyncIterable[MQTTPublishPacket]) -> bool:
+        """Report this device's packets; True once ``silence_seconds`` pass without one."""
+        config = self.config
+        hint, metrics, silence = config.device_hint, config.metrics, config.silence_seconds
+        text_needle = hint.id if _VERBATIM_ID.fullmatch(hint.id) else None
+        byte_needle = text_needle.encode() if text_needle is not None else None
+        with trio.move_on_after(silence) as quiet:
+            async for message in packets:
+                payload = message.payload
+                if isinstance(payload, memoryview):
+                    payload = payload.tobytes()
+                if isinstance(payload, str):
+                    if text_needle is not None and text_needle not in payload:
+                        continue
+                elif byte_needle is not None and byte_needle not in payload:
+                    continue
+                try:
+                    envelope = json.loads(payload)
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+                    self.log.debug("skipped a payload on %s that is not JSON", message.topic)
+                    continue
+                if not isinstance(envelope, dict):
+                    continue
+                seen = envelope.get("device_hint")
+                if not isinstance(seen, dict) or not hint.matches(seen):
+                    continue
+                packet = envelope.get("packet")
+                self.report(
+                    readings_from(packet if isinstance(packet, dict) else {}, metrics),
+                    timestamp=received_at(envelope.get("received_at")),
+                )
+                quiet.deadline = trio.current_time() + silence
+            return False
+        return True
+
+
+def readings_from(packet: Mapping[str, Any], metrics: Mapping[str, MetricSpec]) -> list[Reading]:
+    """The readings ``metrics`` names in ``packet``; fields absent or of another type
+    (null, lists, objects, non-finite numbers) are left out."""
+    readings = []
+    for field, spec in metrics.items():
+        value = packet.get(field)
+        if isinstance(value, bool | int | str) or (
+            isinstance(value, float) and math.isfinite(value)
+        ):
+            readings.append(Reading(spec.metric, value, spec.unit))
+    return readings
+
+
+def received_at(value: object) -> datetime | None:
+    """The envelope's ``received_at`` as an aware datetime: ISO-8601 (no zone means UTC)
+    or epoch seconds. None when absent or unreadable (the report is then stamped now)."""
+    if isinstance(value, str):
+        try:
+            stamp = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return stamp if stamp.utcoffset() is not None else stamp.replace(tzinfo=UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _describe(hint: DeviceHint) -> str:
+    channel = f" channel {hint.channel}" if hint.channel is not None else ""
+    return f"{hint.model} id {hint.id}{channel}"
+
+
+def _first_message(group: BaseExceptionGroup[Exception], default: str) -> str:
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    if isinstance(first, MQTTOperationFailed) and first.reason_code is not None:
+        return first.reason_code.name.lower().replace("_", " ")
+    return str(first) or default
