@@ -23,7 +23,6 @@ import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import h11
 import httpx
@@ -64,6 +63,16 @@ def _normalise_base_url(url: str) -> str:
             "(set PIPHI_CORE_BASE_URL, e.g. http://127.0.0.1:31419)"
         )
     return url
+
+
+def header_value(value: str | None) -> str | None:
+    """``value`` stripped, or None if empty or not a legal HTTP header value."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or any(ord(c) < 0x20 or ord(c) == 0x7F or ord(c) > 0x7E for c in value):
+        return None
+    return value
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -109,6 +118,9 @@ class CoreClient:
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a positive number of seconds")
         self.base_url = _normalise_base_url(base_url)
+        parsed = httpx.URL(self.base_url)
+        self._host_header = parsed.netloc  # host[:port], never user info
+        self._prefix = parsed.raw_path.rstrip(b"/").decode()
         self.integration_id = integration_id or None
         self.connections = connections
         self._container_id: str | None = None
@@ -116,7 +128,7 @@ class CoreClient:
         self._headers: dict[str, str] = {}
         self._auth_version = 0
         self._auth_event = trio.Event()
-        self._set(container_id or None, token or None)
+        self._set(header_value(container_id), header_value(token))
         if transport is None and self.base_url.startswith("http://"):
             transport = H11Transport(connections)
         # Telemetry and events skip httpx's client layers when the transport allows it.
@@ -172,10 +184,12 @@ class CoreClient:
     def set_auth(self, *, container_id: str | None = None, token: str | None = None) -> bool:
         """Adopt a container id and/or token (``None`` keeps the current one).
 
-        Returns whether anything changed; a change wakes every ``auth_changed()`` waiter.
+        Surrounding whitespace is stripped (an env file with CRLF endings leaves a ``\r``);
+        a value that cannot be an HTTP header value is ignored. Returns whether anything
+        changed; a change wakes every ``auth_changed()`` waiter.
         """
-        new_container = container_id or self._container_id
-        new_token = token or self._token
+        new_container = header_value(container_id) or self._container_id
+        new_token = header_value(token) or self._token
         if new_container == self._container_id and new_token == self._token:
             return False
         self._set(new_container, new_token)
@@ -189,7 +203,7 @@ class CoreClient:
         if token:
             headers[TOKEN_HEADER] = token
         self._headers = headers
-        self._raw_headers = [(b"Host", urlsplit(self.base_url).netloc.encode())] + [
+        self._raw_headers = [(b"Host", self._host_header)] + [
             (k.encode(), v.encode()) for k, v in headers.items()
         ]
         self._auth_version += 1
@@ -219,7 +233,7 @@ class CoreClient:
             raise CoreIdentityUnknown(f"no container id known yet for POST {path}")
         head = h11.Request(
             method="POST",
-            target=path,
+            target=self._prefix + path,
             headers=[*self._raw_headers, (b"Content-Length", str(len(body)).encode())],
         )
         try:
@@ -230,6 +244,8 @@ class CoreClient:
             raise CoreTimeout(f"POST {path}: {type(exc).__name__}") from None
         except (httpx.TransportError, OSError) as exc:
             raise CoreUnavailable(f"POST {path}: {type(exc).__name__}: {exc}") from None
+        except h11.LocalProtocolError:  # its message would quote the offending header
+            raise CoreUnexpectedResponse(f"POST {path} could not be written as HTTP") from None
         if not 200 <= status < 300:
             response = httpx.Response(status, headers=headers, content=content)
             raise _status_error("POST", path, response, self._token)

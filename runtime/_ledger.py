@@ -86,6 +86,10 @@ class CommandLedger:
     async def finish(self, key: str, status: int, reply: dict[str, Any]) -> None:
         await self._run(_finish_sync, key, status, json.dumps(reply, default=str), time.time())
 
+    async def forget(self, key: str) -> None:
+        """Drop ``key``: the command certainly did not run, so a retry may run it."""
+        await self._run(_forget_sync, key)
+
 
 def _open_sync(path: Path) -> sqlite3.Connection:
     try:
@@ -129,6 +133,10 @@ def _finish_sync(con: sqlite3.Connection, key: str, status: int, reply: str, now
         "UPDATE commands SET state = 'done', status = ?, reply = ?, finished = ? WHERE key = ?",
         (status, reply, now, key),
     )
+
+
+def _forget_sync(con: sqlite3.Connection, key: str) -> None:
+    con.execute("DELETE FROM commands WHERE key = ?", (key,))
 
 
 def _close_sync(con: sqlite3.Connection) -> None:

@@ -58,6 +58,7 @@ from ._errors import (
     CoreError,
     CoreIdentityUnknown,
     CoreRejected,
+    CoreRouteNotFound,
     SpoolError,
 )
 from ._policy import RestartPolicy
@@ -177,13 +178,14 @@ class _Figures:
 
 
 class _Lane:
-    __slots__ = ("attempt", "bell", "busy", "queue")
+    __slots__ = ("attempt", "bell", "busy", "queue", "woken_early")
 
     def __init__(self) -> None:
         self.queue: deque[_Item] = deque()
         self.bell = Doorbell()
         self.attempt = 0
         self.busy = False
+        self.woken_early = False
 
 
 def _iso(ts: float) -> str:
@@ -224,7 +226,7 @@ class Outbox:
         self._disk_max = spool.max_seq
         self._spilling = self._write_ahead or spool.depth > 0
         self._committing = False
-        self._reading = False
+        self._spool_lock = trio.Lock()
         self._writer_bell = Doorbell()
         self._reader_bell = Doorbell()
         self._progress = trio.lowlevel.ParkingLot()
@@ -280,7 +282,6 @@ class Outbox:
                 "severity": record.severity,
                 "transport": "rest",
                 "topic": None,
-                "source": record.source,
                 "data": dict(record.data),
                 "received_at": _iso(record.created_at),
             }
@@ -360,7 +361,9 @@ class Outbox:
     @property
     def settled(self) -> bool:
         """Nothing is left to deliver: not in memory, not in the spool (rejected aside)."""
-        return not (self._memory or self._pending or self._deletes or self._spool.depth)
+        return not (
+            self._memory or self._pending or self._deletes or self._committing or self._spool.depth
+        )
 
     async def wait_settled(self) -> None:
         """Wait until ``settled``; bound it with a timeout of your own."""
@@ -407,6 +410,7 @@ class Outbox:
             lane.busy = False
             lane.queue.popleft()
             lane.attempt = 0
+            lane.woken_early = False
             self._memory -= 1
             self.delivered += 1
             figures = self._figures_for(item.key)
@@ -441,8 +445,14 @@ class Outbox:
         return _encode(payload)
 
     async def _failed(self, lane: _Lane, item: _Item, err: CoreError, auth_version: int) -> None:
-        if isinstance(err, CoreRejected):
-            # Core is up and answered: this payload will never be accepted as it is.
+        # A Core without the events route (404) must not hold up the telemetry queued
+        # behind an event: park the event as refused. Telemetry's 404 is probed slowly
+        # instead, since a Core still starting up may not have mounted its routes yet.
+        park = isinstance(err, CoreRejected) or (
+            isinstance(err, CoreRouteNotFound) and item.kind & EVENT
+        )
+        if park:
+            # Core answered: this payload will never be accepted as it is.
             lane.queue.popleft()
             self._memory -= 1
             self.rejected += 1
@@ -462,8 +472,15 @@ class Outbox:
             lane.attempt += 1
             if err.retry_after is not None:
                 delay = max(delay, min(err.retry_after, self.settings.slow_retry))
+            if err.retry_after is not None or lane.woken_early:
+                # Core asked for this wait, or this lane already retried early once after
+                # another lane's success and failed again: wait it out in full.
+                lane.woken_early = False
+                await trio.sleep(delay)
+                return
             with trio.move_on_after(delay):
                 await self._recovered.wait()
+            lane.woken_early = self._recovered.is_set()
             return
         state: LinkState
         if isinstance(err, CoreIdentityUnknown):
@@ -498,6 +515,15 @@ class Outbox:
                 self._spool_error = None
 
     async def _commit(self, *, final: bool = False) -> None:
+        if not (self._pending or self._deletes or self._rejects):
+            return
+        # One spool operation at a time: a replay read must not run between the moment a
+        # commit learns what is protected (the cursor) and the moment it trims.
+        async with self._spool_lock:
+            await self._commit_locked(final)
+        self._reader_bell.ring()
+
+    async def _commit_locked(self, final: bool) -> None:
         items = list(self._pending)
         deletes, rejects = self._deletes, self._rejects
         if not (items or deletes or rejects):
@@ -531,17 +557,17 @@ class Outbox:
             self._disk_max = max(self._disk_max, max(item.seq for item in items))
         if outcome.dropped:
             self._dropped(outcome.dropped)
-        if final:
+        if final or not items or self._cursor < before or outcome.dropped:
             return
-        if items and self._cursor >= before and not self._reading:
-            # Hand fresh rows straight to the lanes rather than reading them back.
-            room = self._room(batch=False)
-            for item in items[:room]:
-                item.spooled = True
-                self._enqueue(item)
-            if room:
-                self._cursor = items[min(room, len(items)) - 1].seq
-        self._reader_bell.ring()
+        # Every older row is on a lane already: hand the fresh rows over directly rather
+        # than reading them back. (Not after a trim, which may have taken some of them;
+        # the reader then reads whatever is left.)
+        room = self._room(batch=False)
+        for item in items[:room]:
+            item.spooled = True
+            self._enqueue(item)
+        if room:
+            self._cursor = items[min(room, len(items)) - 1].seq
 
     def _room(self, *, batch: bool = True) -> int:
         """How many spooled items the lanes may take now; only probes while Core is down.
@@ -560,23 +586,9 @@ class Outbox:
     async def _run_reader(self) -> None:
         while True:
             await self._reader_bell.wait()
-            while self._cursor < self._disk_max and (room := self._room()) > 0:
-                upto = self._disk_max
-                self._reading = True
-                try:
-                    limit = min(room, self.settings.replay_batch)
-                    rows = await self._spool.read_after(self._cursor, limit)
-                finally:
-                    self._reading = False
-                for row in rows:
-                    self._enqueue(
-                        _Item(row.seq, row.kind, row.lane_key, row.created, row.payload, True)
-                    )
-                self.replayed += len(rows)
-                last = rows[-1].seq if rows else self._cursor
-                # A short read returned every row committed before it ran, which may be
-                # more than ``upto``: never move the cursor below what was handed out.
-                self._cursor = last if len(rows) == limit else max(self._cursor, upto, last)
+            while self._cursor < self._disk_max and self._room() > 0:
+                async with self._spool_lock:
+                    await self._replay_batch()
             if (
                 self._spilling
                 and not self._write_ahead
@@ -588,6 +600,21 @@ class Outbox:
                 self._spilling = False
                 if self._spool.depth == 0:
                     self._overflow_warned = False
+
+    async def _replay_batch(self) -> None:
+        room = self._room()
+        if room <= 0 or self._cursor >= self._disk_max:
+            return
+        upto = self._disk_max
+        limit = min(room, self.settings.replay_batch)
+        rows = await self._spool.read_after(self._cursor, limit)
+        for row in rows:
+            self._enqueue(_Item(row.seq, row.kind, row.lane_key, row.created, row.payload, True))
+        self.replayed += len(rows)
+        last = rows[-1].seq if rows else self._cursor
+        # A short read returned every row committed before it ran: the cursor moves past
+        # all of them, and never below what was handed out.
+        self._cursor = last if len(rows) == limit else max(self._cursor, upto, last)
 
     def _dropped(self, count: int) -> None:
         self.dropped += count

@@ -68,6 +68,9 @@ class SecretValues:
 
     #: Shorter values are not scrubbed: masking "1" everywhere would garble every log.
     MIN_LENGTH = 4
+    #: Enough for every secret of a large integration; beyond it new values are not
+    #: remembered (the key-name and URL rules still apply), so the set stays bounded.
+    MAX_VALUES = 1024
 
     def __init__(self) -> None:
         self._values: set[str] = set()
@@ -76,7 +79,12 @@ class SecretValues:
     def add(self, value: object) -> None:
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        if isinstance(value, str) and len(value) >= self.MIN_LENGTH and value not in self._values:
+        if (
+            isinstance(value, str)
+            and len(value) >= self.MIN_LENGTH
+            and value not in self._values
+            and len(self._values) < self.MAX_VALUES
+        ):
             self._values.add(value)
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(v) for v in ordered))

@@ -29,7 +29,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ._errors import (
+    ActorBusy,
     ActorCallError,
+    ActorNotReady,
     CallTimeout,
     InvalidConfig,
     PiPhiError,
@@ -82,9 +84,9 @@ def build_app(integration: Integration) -> QuartTrio:
         container_id = headers.get("X-Container-Id")
         token = headers.get("X-PiPhi-Integration-Token")
         rt = app.extensions.get(RUNTIME_KEY)
-        if not isinstance(rt, Runtime):
-            return
-        if rt.managed and request.path not in OPEN_ROUTES and not rt.client.token_matches(token):
+        if not isinstance(rt, Runtime) or request.path in OPEN_ROUTES:
+            return  # open routes neither need nor teach credentials
+        if rt.managed and not rt.client.token_matches(token):
             raise Problem(
                 401,
                 "This runtime requires Core's integration token.",
@@ -204,8 +206,9 @@ def build_app(integration: Integration) -> QuartTrio:
         secrets.collect(body)
         _learn_body_container(rt, body)
         token = body.get("internal_token") or body.get("internalToken")
-        if isinstance(token, str) and token:
-            rt.learn_auth(None, token)
+        if not isinstance(token, str) or not token:
+            token = request.headers.get("X-PiPhi-Integration-Token")
+        rt.learn_auth(None, token, from_sync=True)
         try:
             result = await rt.sync.apply_snapshot(body)
         except InvalidConfig as exc:
@@ -349,10 +352,13 @@ def build_app(integration: Integration) -> QuartTrio:
             known = await rt.ledger.begin(key, fingerprint)
             if known is not None:
                 return _replay(known, key, fingerprint, body.command)
-        status, reply = await _run_command(device, body)
+        status, reply, never_ran = await _run_command(device, body)
         if key:
             with trio.CancelScope(shield=True):
-                await rt.ledger.finish(key, status, reply)
+                if never_ran:  # busy or restarting: a retry with this key must run it
+                    await rt.ledger.forget(key)
+                else:
+                    await rt.ledger.finish(key, status, reply)
         return _json(reply, status)
 
     return app
@@ -582,14 +588,19 @@ def _command_target(rt: Runtime, body: CommandRequest) -> DeviceSlice:
     return device
 
 
-async def _run_command(device: DeviceSlice, body: CommandRequest) -> tuple[int, dict[str, Any]]:
+async def _run_command(
+    device: DeviceSlice, body: CommandRequest
+) -> tuple[int, dict[str, Any], bool]:
+    """``(status, reply, never_ran)``: never_ran when the actor refused it unseen."""
     try:
         result = await device.supervisor.command(body.command, body.arguments)
     except UnknownCommand as exc:
-        return 400, _command_reply(body.command, None, exc, retryable=False)
+        return 400, _command_reply(body.command, None, exc, retryable=False), True
+    except (ActorBusy, ActorNotReady) as exc:
+        return 502, _command_reply(body.command, None, exc, retryable=True), True
     except ActorCallError as exc:
-        return 502, _command_reply(body.command, None, exc, retryable=exc.retryable)
-    return 200, _command_reply(body.command, result, None, retryable=False)
+        return 502, _command_reply(body.command, None, exc, retryable=exc.retryable), False
+    return 200, _command_reply(body.command, result, None, retryable=False), False
 
 
 def _command_reply(

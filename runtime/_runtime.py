@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import httpx
 
-from ._core import CoreClient
+from ._core import CoreClient, header_value
 from ._ledger import CommandLedger
 from ._nursery import ActorNursery, open_actor_nursery
 from ._outbox import Outbox, OutboxSettings, open_outbox
@@ -61,16 +61,23 @@ class Runtime:
     failure: str | None = None
     """Set when the runtime's core has died: health then answers 503."""
 
-    def learn_auth(self, container_id: str | None, token: str | None) -> None:
-        """Adopt what Core's request headers say, as the kit does (never in managed mode
-        for the token, which only the environment sets)."""
-        if token:
-            secrets.add(token)
-        if self.managed or self.token_source == "adopted":
+    def learn_auth(
+        self, container_id: str | None, token: str | None, *, from_sync: bool = False
+    ) -> None:
+        """Adopt what Core's requests say, as the kit does.
+
+        The environment's token (managed mode) is never replaced. Otherwise the first
+        token seen is adopted, and only a config sync (Core's own statement of the
+        runtime's configuration) may replace it later, so a rotated token reaches
+        delivery without a restart. The first container id known is kept.
+        """
+        token = header_value(token)
+        if self.managed or (self.client.has_token and not from_sync):
             token = None
-        if container_id and self.client.container_id:
-            container_id = None  # the first container id known is kept
+        if self.client.container_id:
+            container_id = None
         if self.client.set_auth(container_id=container_id, token=token) and token:
+            secrets.add(token)
             self.token_source = "adopted"
 
 
@@ -87,7 +94,7 @@ async def open_runtime(
     env = os.environ if env is None else env
     install_log_redaction()
     client = CoreClient.from_env(env, integration_id=integration.id, transport=transport)
-    token = env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN") or None
+    token = header_value(env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN"))
     if token:
         secrets.add(token)
     directory = state_dir(env)

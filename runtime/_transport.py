@@ -104,8 +104,8 @@ class H11Transport(httpx.AsyncBaseTransport):
             except _Started as started:
                 raise started.error from None
             except (httpx.TransportError, OSError) as first:
-                if reused is None:
-                    raise _as_httpx(first) from None
+                if reused is None or isinstance(first, httpx.TimeoutException):
+                    raise _as_httpx(first) from None  # a slow Core is not a stale socket
             try:  # the reused socket had gone stale: once more, on a fresh one
                 return await self._exchange(host, port, head, body, None, timeouts)
             except _Started as started:

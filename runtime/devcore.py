@@ -172,6 +172,8 @@ class DevCore:
         """Change what the data port does; ``refuse`` closes it until the trouble ends."""
         self.trouble = trouble
         if trouble.mode == "refuse" and self._data_scope is not None:
+            if self._back.is_set():
+                self._back = trio.Event()  # before the port closes, so "none" can end it
             self._data_scope.cancel()
         if trouble.mode != "refuse":
             self._back.set()
@@ -217,12 +219,12 @@ class DevCore:
                         started = True
                         task_status.started(url)
             # Refusing: the listener is closed until the trouble ends (or is cleared).
-            self._back = trio.Event()
             until = self.trouble.until
             with trio.move_on_at(until if until is not None else float("inf")):
                 await self._back.wait()
             if self.trouble.mode == "refuse":
                 self.trouble = Trouble()
+            self._back = trio.Event()
 
     # -- the app ---------------------------------------------------------------------------
 
@@ -298,11 +300,14 @@ class DevCore:
         @app.get("/admin/telemetry")
         async def admin_telemetry() -> Response:
             args = request.args
+            limit = args.get("limit", "1000")
+            if not limit.isdigit():
+                return _problem(422, "limit is a whole number")
             return _json(
                 await self.telemetry(
                     device_id=args.get("device_id"),
                     config_id=args.get("config_id"),
-                    limit=int(args.get("limit", "1000")),
+                    limit=int(limit),
                 )
             )
 
@@ -341,19 +346,22 @@ class DevCore:
 
         @app.post("/admin/trouble")
         async def admin_trouble() -> Response:
-            body = await request.get_json(force=True, silent=True) or {}
+            body = await request.get_json(force=True, silent=True)
+            body = body if isinstance(body, dict) else {}
             mode = body.get("mode", "none")
             if mode not in ("none", "refuse", "503", "slow"):
                 return _problem(422, "mode is one of none, refuse, 503, slow")
-            seconds = body.get("seconds")
-            self.set_trouble(
-                Trouble(
+            try:
+                seconds = float(body.get("seconds") or 0)
+                trouble = Trouble(
                     mode=mode,
                     retry_after=float(body.get("retry_after", 1.0)),
                     delay=float(body.get("delay", 2.0)),
-                    until=trio.current_time() + float(seconds) if seconds else None,
+                    until=trio.current_time() + seconds if seconds > 0 else None,
                 )
-            )
+            except (TypeError, ValueError):
+                return _problem(422, "seconds, retry_after and delay are numbers")
+            self.set_trouble(trouble)
             return _json(attrs.asdict(self.trouble))
 
         return app

@@ -8,6 +8,7 @@ slowly. It records every payload it accepted, with the auth headers it came with
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -35,6 +36,9 @@ class FakeCore:
         self.token: str | None = None
         """When set, requests without this token get 401."""
         self.configs: list[dict[str, Any]] = []
+        self.answer: Callable[[str, dict[str, Any]], int | None] | None = None
+        """Per request: ``answer(path, body)`` may return a status to answer instead."""
+        self.attempts: list[tuple[str, dict[str, Any]]] = []
         self.port = 0
         self._listeners: list[trio.SocketListener] = []
         self._nursery: trio.Nursery | None = None
@@ -137,11 +141,17 @@ class FakeCore:
         self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes
     ) -> None:
         self.requests += 1
+        if body:
+            self.attempts.append((request.target.decode(), json.loads(body)))
         if self.delay:
             await trio.sleep(self.delay)
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         path = request.target.decode()
         status, extra = self.status, list(self.headers)
+        if self.answer is not None and body:
+            chosen = self.answer(path.split("?")[0], json.loads(body))
+            if chosen is not None:
+                status = chosen
         if self.token is not None and headers.get("x-piphi-integration-token") != self.token:
             status, extra = 401, []
         payload: Any = {}

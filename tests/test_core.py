@@ -207,3 +207,19 @@ def test_core_errors_pickle_with_their_fields() -> None:
         2.0,
         err.hint,
     )
+
+
+def test_credentials_from_a_crlf_env_file_are_stripped_and_bad_ones_ignored() -> None:
+    client = CoreClient.from_env(
+        {"PIPHI_CONTAINER_ID": " c-1\r\n", "PIPHI_INTEGRATION_INTERNAL_TOKEN": f"{SECRET}\r"}
+    )
+    assert client.container_id == "c-1"
+    assert client.token_matches(SECRET)
+    assert not client.set_auth(token="bad\ntoken")
+    assert client.token_matches(SECRET)
+
+
+async def test_a_base_url_path_prefix_is_kept(core: FakeCore) -> None:
+    async with CoreClient(f"{core.url}/core/api/v2", container_id="c-1") as client:
+        await client.post_telemetry(b"{}")
+    assert core.received[0].path == "/core/api/v2/integrations/telemetry"

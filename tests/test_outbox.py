@@ -525,3 +525,46 @@ async def test_replay_racing_new_commits_hands_out_each_row_once(
     assert stats.delivered == 900
     assert stats.replayed <= stats.spooled
     assert_each_once_in_order(core, 3, 300)
+
+
+async def test_one_failing_device_keeps_its_backoff_while_others_deliver(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    core.headers = [("Retry-After", "20")]
+    core.answer = lambda path, body: 503 if body.get("device_id") == "d0" else None
+    settings = OutboxSettings(senders=2)
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        outbox.telemetry(record(0, 0))
+        for n in range(60):
+            outbox.telemetry(record(1, n))
+            outbox.telemetry(record(2, n))
+            await trio.sleep(1)
+        d0_attempts = sum(1 for _, body in core.attempts if body.get("device_id") == "d0")
+    delivered = {body["device_id"] for body in core.telemetry()}
+    assert {"d1", "d2"} <= delivered
+    # Retry-After 20 s over 60 s: about 3 attempts, not one per success of another lane.
+    assert d0_attempts <= 5
+
+
+async def test_an_event_core_has_no_route_for_is_parked_and_telemetry_flows(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    core.answer = lambda path, body: 404 if path.endswith("/ingest") else None
+    async with open_outbox(client, spool_path=spool_path, settings=OutboxSettings(senders=1)) as ob:
+        ob.event(
+            EventRecord(
+                identity=record(0, 0).identity,
+                device_id="d0",
+                event_type="device.configured",
+                severity="info",
+                data={},
+                source="test",
+            )
+        )
+        for n in range(5):
+            ob.telemetry(record(0, n))
+        with trio.fail_after(30):
+            await ob.wait_settled()
+        stats = ob.stats()
+    assert stats.rejected == 1
+    assert [body["metrics"]["seq"] for body in core.telemetry()] == list(range(5))

@@ -416,21 +416,30 @@ async def test_managed_mode_refuses_requests_without_the_token(
 async def test_without_an_environment_token_the_first_one_is_adopted(
     served: Served, autojump_clock: trio.abc.Clock
 ) -> None:
-    await served.get("/health", headers=CORE_HEADERS)
-    await served.get("/health", headers={"X-PiPhi-Integration-Token": "later-token"})
-    assert served.runtime.client.token_matches(CORE_TOKEN)
+    # /health is open: it neither needs nor teaches credentials.
+    await served.get("/health", headers={"X-Container-Id": "x", "X-PiPhi-Integration-Token": "y"})
+    assert served.runtime.client.container_id is None and not served.runtime.client.has_token
+    await served.get(
+        "/state", headers={**CORE_HEADERS, "X-PiPhi-Integration-Token": f" {CORE_TOKEN} "}
+    )
+    await served.get("/state", headers={"X-PiPhi-Integration-Token": "later-token"})
+    assert served.runtime.client.token_matches(CORE_TOKEN), "stripped, then kept"
     assert served.runtime.client.container_id == "ctr-1"
     _, diag = await served.get("/diagnostics")
     auth = diag["diagnostics"]["auth"]
     assert (auth["mode"], auth["token_source"], auth["token_known"]) == ("adopted", "adopted", True)
     assert CORE_TOKEN not in json.dumps(diag)
+    # A config sync is Core speaking: a rotated token takes over.
+    status, _ = await served.post("/config/sync", snapshot(1, internal_token="rotated-token"))
+    assert status == 200
+    assert served.runtime.client.token_matches("rotated-token")
 
 
 async def test_secrets_never_appear_in_responses_or_logs(
     served: Served, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    await served.get("/health", headers=CORE_HEADERS)
+    await served.get("/state", headers=CORE_HEADERS)
     config = {
         "id": "p1",
         "password": SECRET,
@@ -667,3 +676,20 @@ async def test_random_queries_never_crash(
 ) -> None:
     response = await served.client.get(path, query_string=query)
     assert response.status_code < 500, await response.get_data(as_text=True)
+
+
+async def test_a_command_refused_unseen_is_not_recorded_so_a_retry_runs_it(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await served.post("/config", {"id": "p1", "setups": ["crash"]})
+    await trio.sleep(0.1)  # setup crashed: the actor is backing off
+    headers = {"X-PiPhi-Idempotency-Key": "retry-me"}
+    body = {"command": "echo", "config_id": "p1", "args": {"n": 1}}
+    status, reply = await served.post("/command", body, headers=headers)
+    assert (status, reply["ok"], reply["retryable"]) == (502, False, True)
+    assert reply["error"]["code"] == "actor_not_ready"
+    await trio.sleep(5)
+    status, reply = await served.post("/command", body, headers=headers)
+    assert (status, reply["ok"], reply["replayed"]) == (200, True, False)
+    again = await served.post("/command", body, headers=headers)
+    assert again[1]["replayed"] is True

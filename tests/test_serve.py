@@ -129,7 +129,8 @@ async def test_sigterm_spools_and_a_restart_delivers(tmp_path: Path, nursery: tr
     await core.up()
     async with runtime_process(env) as (proc, url), httpx.AsyncClient(base_url=url) as http:
         # Core's next request tells the restarted runtime who it is; until then it holds.
-        health = (await http.get("/health", headers=headers)).json()
+        await http.get("/state", headers=headers)
+        health = (await http.get("/health")).json()
         assert health["runtime"]["devices"] == DEVICES, "the devices come back from our copy"
         await wait_until(
             lambda: pending <= {b.get("telemetry_id") or b.get("event_id") for b in _bodies(core)},
