@@ -11,7 +11,9 @@ How an item travels::
   items stay in order) or, when the outbox is *spilling*, on the pending list for the spool.
 * A lane is one sender task with one request in flight on the shared client. It retries
   its head item with capped, full-jitter backoff that honours ``Retry-After``; items
-  behind it wait, which is what keeps per-device order.
+  behind it wait, which is what keeps per-device order. So do other devices' items on
+  the same lane: a failure is assumed to be Core's, not one device's, and one probe per
+  lane is what keeps a Core that is down from facing a retry per device.
 * The outbox spills (new items go to the spool, not to memory) from the moment memory is
   full, Core fails, auth is missing or rejected, or the spool still holds rows from an
   earlier run. It stops spilling only once every spooled row has been handed back to the
@@ -42,6 +44,7 @@ import logging
 import os
 import random
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -301,8 +304,12 @@ class Outbox:
         else:
             self._enqueue(item)
 
+    def lane_of(self, key: str) -> int:
+        """The lane (sender) a device's items travel on: stable across processes."""
+        return zlib.crc32(key.encode()) % len(self._lanes)
+
     def _enqueue(self, item: _Item) -> None:
-        lane = self._lanes[hash(item.key) % len(self._lanes)]
+        lane = self._lanes[self.lane_of(item.key)]
         lane.queue.append(item)
         self._memory += 1
         lane.bell.ring()
