@@ -689,7 +689,8 @@ def _health(rt: Runtime) -> dict[str, Any]:
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, default=str), status=status, content_type="application/json")
+    text = json.dumps(body, default=str, separators=(",", ":"))
+    return Response(text, status=status, content_type="application/json")
 
 
 # -- lifecycle and errors ------------------------------------------------------------------

@@ -23,7 +23,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -247,6 +247,11 @@ class Supervisor:
     def health(self) -> ActorHealth:
         """An immutable snapshot of this actor's health, consistent at the moment of the call."""
         now = trio.current_time()
+        epoch = time.time() - now  # one offset for every time in this snapshot
+
+        def wall(trio_time: float | None) -> datetime | None:
+            return None if trio_time is None else datetime.fromtimestamp(epoch + trio_time, UTC)
+
         window = self._policy.restart_window
         p50, p95 = self._timings.percentiles()
         polling = self.actor.mode == "poll" and self._state not in (S.STOPPING, S.STOPPED)
@@ -255,15 +260,15 @@ class Supervisor:
             device_id=self.identity.device_id,
             actor=type(self.actor).__name__,
             state=self._state,
-            state_since=wall_clock(self._state_since),
+            state_since=datetime.fromtimestamp(epoch + self._state_since, UTC),
             available=not self._announced_unavailable,
             restarts_total=self._restarts_total,
             restarts_in_window=sum(1 for t in self._restarts or () if now - t <= window),
             consecutive_failures=self._consecutive,
             last_error=self._last_error,
-            last_poll_started=wall_clock(self._poll_started),
-            last_poll_ended=wall_clock(self._poll_ended),
-            next_poll_due=wall_clock(self._due) if polling else None,
+            last_poll_started=wall(self._poll_started),
+            last_poll_ended=wall(self._poll_ended),
+            next_poll_due=wall(self._due) if polling else None,
             poll_duration_last=self._timings.last,
             poll_duration_p50=p50,
             poll_duration_p95=p95,
