@@ -13,6 +13,7 @@ view reads the runtime's ``/diagnostics`` and what the dev Core stored, once a s
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -160,6 +161,8 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 
 
 def main() -> int:
+    # The table shows each device's last error; tracebacks would only scroll it away.
+    logging.basicConfig(level=logging.CRITICAL)
     seconds_env = os.environ.get("DEMO_SECONDS")
     seconds = float(seconds_env) if seconds_env else None
     if sys.stdout.isatty():

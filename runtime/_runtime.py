@@ -12,13 +12,14 @@ mode) that token is fixed, and routes demand it; otherwise the first token seen 
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import httpx
@@ -99,34 +100,52 @@ async def open_runtime(
         secrets.add(token)
     directory = state_dir(env)
     local = LocalCopy(directory / "snapshot.json")
-    async with (
-        client,
-        CommandLedger.opened(directory / "commands.db") as ledger,
-        open_outbox(client, spool_path=directory / "spool.db", settings=outbox_settings) as outbox,
-        open_actor_nursery(outbox, rng=rng) as actors,
-    ):
-        sync = ConfigSync(actors, integration.selector, outbox, on_applied=local.save)
-        runtime = Runtime(
-            integration=integration,
-            client=client,
-            outbox=outbox,
-            actors=actors,
-            sync=sync,
-            registry=Registry(actors),
-            ledger=ledger,
-            state_dir=directory,
-            managed=token is not None,
-            token_source="environment" if token else "none",
-        )
-        runtime.rehydration = await rehydrate(
-            sync,
-            mounted=mounted_snapshot_path(env),
-            local=local,
-            fetch_core_rows=client.fetch_configs if client.container_id else None,
-        )
-        yield runtime
+    with _collector_tuned():
+        async with (
+            client,
+            CommandLedger.opened(directory / "commands.db") as ledger,
+            open_outbox(
+                client, spool_path=directory / "spool.db", settings=outbox_settings
+            ) as outbox,
+            open_actor_nursery(outbox, rng=rng) as actors,
+        ):
+            sync = ConfigSync(actors, integration.selector, outbox, on_applied=local.save)
+            runtime = Runtime(
+                integration=integration,
+                client=client,
+                outbox=outbox,
+                actors=actors,
+                sync=sync,
+                registry=Registry(actors),
+                ledger=ledger,
+                state_dir=directory,
+                managed=token is not None,
+                token_source="environment" if token else "none",
+            )
+            runtime.rehydration = await rehydrate(
+                sync,
+                mounted=mounted_snapshot_path(env),
+                local=local,
+                fetch_core_rows=client.fetch_configs if client.container_id else None,
+            )
+            yield runtime
 
 
-def collect_secrets(data: Any) -> None:
-    """Remember every secret inside a request body, so no log line can show it."""
-    secrets.collect(data)
+@contextmanager
+def _collector_tuned() -> Iterator[None]:
+    """Collect the young generation every 50,000 allocations instead of every 700.
+
+    A runtime is mostly idle actors, and each keeps its suspended await chain (about eight
+    objects) in the young generation, so every young pass scans all of them: about 6 us
+    per actor. At the default threshold a burst of allocation (a /diagnostics answer, a
+    snapshot) triggers dozens of such passes. Almost everything the runtime allocates is
+    freed by reference counting, so collecting less often costs little memory. Measured
+    with bench/routes.py at 1,000 devices: /diagnostics p99 120 ms with the default,
+    58 ms with this. The previous thresholds come back when the runtime closes.
+    """
+    previous = gc.get_threshold()
+    gc.set_threshold(max(previous[0], 50_000), previous[1], previous[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)

@@ -376,6 +376,7 @@ async def _serve_http(
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
+    config.errorlog = None  # quiet: its bound URLs are on the DevCore object
     config.graceful_timeout = 0.5
     config.read_timeout = 5  # quart-trio keeps idle keep-alives open otherwise (STACK.md 3)
 
