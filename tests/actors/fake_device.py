@@ -1,10 +1,10 @@
 """A fake LAN device for the HTTP JSON actor's tests: a real HTTP server on 127.0.0.1.
 
-Plain trio + h11, like tests/fakecore.py, so every misbehaviour is the test's choice:
-answer a status, send a body that is not JSON, take the request and never answer, close
-the connection without answering, demand an auth header, or go away altogether (its
-listener closed, its port kept for ``up()``). Payloads are served in order, the last one
-repeating, so a test can script a series of observations.
+Plain trio + h11 (tests/h11server.py), like tests/fakecore.py, so every misbehaviour is
+the test's choice: answer a status, send a body that is not JSON, take the request and
+never answer, close the connection without answering, demand an auth header, or go away
+altogether (its listener closed, its port kept for ``up()``). Payloads are served in
+order, the last one repeating, so a test can script a series of observations.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import json
 from typing import Any
 
 import attrs
-import h11
 import trio
+
+from tests.h11server import Answer, H11Server
 
 #: Shaped like Ambient Weather's /v1/devices answer: a list of stations, US units.
 AMBIENT_PAYLOAD: list[dict[str, Any]] = [
@@ -79,10 +80,11 @@ class Request:
     """Lower-cased names."""
 
 
-class FakeDevice:
+class FakeDevice(H11Server):
     """Run with ``await nursery.start(device.serve)``; then ``device.url`` is its URL."""
 
     def __init__(self, *payloads: Any, path: str = "/api/observations") -> None:
+        super().__init__()
         self.payloads: list[Any] = list(payloads) or [AMBIENT_PAYLOAD]
         """Served in order, one per request; the last one repeats."""
         self.path = path
@@ -99,11 +101,6 @@ class FakeDevice:
         self.required: tuple[str, str] | None = None
         """(header, value) a request must carry, else 401."""
         self.requests: list[Request] = []
-        self.port = 0
-        self._listeners: list[trio.SocketListener] = []
-        self._nursery: trio.Nursery | None = None
-        self._accepting = trio.CancelScope()
-        self._conns: set[trio.SocketStream] = set()
 
     @property
     def url(self) -> str:
@@ -113,77 +110,17 @@ class FakeDevice:
         """Back to answering the payloads normally."""
         self.status, self.body, self.hang, self.drop = 200, None, False, False
 
-    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await self._listen()
-            task_status.started()
-            await trio.sleep_forever()
-
-    async def down(self) -> None:
-        """Refuse connections from now on, like a device that was unplugged."""
-        self._accepting.cancel()
-        for listener in self._listeners:
-            await listener.aclose()
-        self._listeners = []
-        for conn in list(self._conns):
-            await conn.aclose()
-
-    async def up(self) -> None:
-        await self._listen()
-
-    async def _listen(self) -> None:
-        assert self._nursery is not None
-        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        self._listeners = listeners
-        self._accepting = scope = trio.CancelScope()
-        nursery = self._nursery
-
-        async def accept() -> None:
-            with scope:
-                await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
-
-        nursery.start_soon(accept)
-
     def _next_payload(self) -> Any:
         return self.payloads.pop(0) if len(self.payloads) > 1 else self.payloads[0]
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        self._conns.add(stream)
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = await _next(conn, stream, h11.Request)
-                if request is None:
-                    return
-                while True:  # a GET has no body worth keeping; read up to its end
-                    event = await _next(conn, stream, (h11.Data, h11.EndOfMessage))
-                    if event is None:
-                        return
-                    if isinstance(event, h11.EndOfMessage):
-                        break
-                headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-                self.requests.append(
-                    Request(request.method.decode(), request.target.decode(), headers)
-                )
-                if self.drop:
-                    return
-                if self.hang:
-                    await trio.sleep_forever()
-                await self._answer(conn, stream, headers)
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
-            return
-        finally:
-            self._conns.discard(stream)
-            await stream.aclose()
-
-    async def _answer(
-        self, conn: h11.Connection, stream: trio.SocketStream, headers: dict[str, str]
-    ) -> None:
+    async def respond(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> Answer | None:
+        self.requests.append(Request(method, target, headers))
+        if self.drop:
+            return None
+        if self.hang:
+            await trio.sleep_forever()
         status = self.status
         if self.required is not None:
             name, value = self.required
@@ -195,26 +132,4 @@ class FakeDevice:
             data = self.body
         else:
             data = json.dumps(self._next_payload()).encode()
-        response_headers = [
-            ("content-type", "application/json"),
-            ("content-length", str(len(data))),
-            *self.headers,
-        ]
-        await stream.send_all(conn.send(h11.Response(status_code=status, headers=response_headers)))
-        await stream.send_all(conn.send(h11.Data(data=data)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
-
-
-async def _next(conn: h11.Connection, stream: trio.SocketStream, kinds: Any) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(65536)
-            conn.receive_data(data)
-            if not data and conn.their_state is h11.CLOSED:
-                return None
-            continue
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        assert isinstance(event, kinds), event
-        return event
+        return status, [("content-type", "application/json"), *self.headers], data
