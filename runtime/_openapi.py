@@ -80,6 +80,13 @@ def openapi_document(integration: Integration) -> dict[str, Any]:
             },
         },
     }
+    # Nested models come with local "$defs"; OpenAPI resolves "$ref" from the document
+    # root, so they move to components and every reference is rewritten to point there.
+    for name in list(schemas):
+        schemas[name] = dict(schemas[name])
+        for defname, definition in schemas[name].pop("$defs", {}).items():
+            schemas.setdefault(defname, definition)
+    schemas = _rewrite_refs(schemas)
     ref = {name: {"$ref": f"#/components/schemas/{name}"} for name in schemas}
     sync = _op("Apply a config snapshot", ref["Snapshot"])
     discover = _op("Discover devices", _OBJECT)
@@ -133,6 +140,21 @@ def openapi_document(integration: Integration) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas},
     }
+
+
+def _rewrite_refs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (
+                v.replace("#/$defs/", "#/components/schemas/")
+                if k == "$ref" and isinstance(v, str)
+                else _rewrite_refs(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_rewrite_refs(v) for v in value]
+    return value
 
 
 def docs_page(integration: Integration) -> str:

@@ -693,3 +693,16 @@ async def test_a_command_refused_unseen_is_not_recorded_so_a_retry_runs_it(
     assert (status, reply["ok"], reply["replayed"]) == (200, True, False)
     again = await served.post("/command", body, headers=headers)
     assert again[1]["replayed"] is True
+
+
+def test_every_openapi_reference_resolves() -> None:
+    from examples.lan_weather import integration as lan_weather
+    from runtime._openapi import openapi_document
+
+    for integration in (INTEGRATION, lan_weather):
+        document = openapi_document(integration)
+        text = json.dumps(document)
+        assert "#/$defs/" not in text
+        refs = {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}
+        assert refs <= set(document["components"]["schemas"]), refs
+    assert "MetricMap" in openapi_document(lan_weather)["components"]["schemas"]
