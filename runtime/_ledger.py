@@ -4,8 +4,7 @@ A command carrying ``X-PiPhi-Idempotency-Key`` is recorded as *started* (committ
 before it runs and as *done* with its reply after. A repeated key replays the stored
 reply and never runs the command again; a key found *started* without an outcome means
 an earlier attempt may have reached the device when the runtime stopped, so it is
-reported, not silently re-run. SQLite in WAL mode, one connection, calls off the trio
-thread, as for the spool.
+reported, not silently re-run. Stored like the spool (``_database.Database``).
 """
 
 from __future__ import annotations
@@ -19,10 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import trio
 
-from . import _offload
-from ._errors import SpoolError
+from ._database import Database
 
 __all__ = ["CommandLedger", "LedgerEntry"]
 
@@ -53,56 +50,33 @@ class LedgerEntry:
 
 
 class CommandLedger:
-    def __init__(self, con: sqlite3.Connection, path: Path) -> None:
-        self._con = con
-        self._limiter = trio.CapacityLimiter(1)
-        self.path = path
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.path = db.path
 
     @classmethod
     @asynccontextmanager
     async def opened(cls, path: Path) -> AsyncIterator[CommandLedger]:
-        con = await _offload.offload(_open_sync, path, limiter=None)
-        ledger = cls(con, path)
+        db = await Database.open(path, "command ledger", _SCHEMA)
         try:
-            yield ledger
+            yield cls(db)
         finally:
-            with trio.CancelScope(shield=True):
-                await ledger._run(_close_sync)
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await _offload.offload(fn, self._con, *args, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise SpoolError(f"command ledger {self.path}: {exc}") from exc
+            await db.close()
 
     async def begin(self, key: str, fingerprint: str) -> LedgerEntry | None:
         """Record ``key`` as started and return None; or return what is already known."""
-        row = await self._run(_begin_sync, key, fingerprint, time.time())
+        row = await self._db.run(_begin_sync, key, fingerprint, time.time())
         if row is None:
             return None
         fp, state, status, reply, started = row
         return LedgerEntry(key, fp, state, status, json.loads(reply) if reply else None, started)
 
     async def finish(self, key: str, status: int, reply: dict[str, Any]) -> None:
-        await self._run(_finish_sync, key, status, json.dumps(reply, default=str), time.time())
+        await self._db.run(_finish_sync, key, status, json.dumps(reply, default=str), time.time())
 
     async def forget(self, key: str) -> None:
         """Drop ``key``: the command certainly did not run, so a retry may run it."""
-        await self._run(_forget_sync, key)
-
-
-def _open_sync(path: Path) -> sqlite3.Connection:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            path.touch(mode=0o600)
-        con = sqlite3.connect(path, timeout=0.2, check_same_thread=False, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.executescript(_SCHEMA)
-    except (OSError, sqlite3.Error) as exc:
-        raise SpoolError(f"cannot open the command ledger at {path}: {exc}") from exc
-    return con
+        await self._db.run(_forget_sync, key)
 
 
 def _begin_sync(
@@ -137,7 +111,3 @@ def _finish_sync(con: sqlite3.Connection, key: str, status: int, reply: str, now
 
 def _forget_sync(con: sqlite3.Connection, key: str) -> None:
     con.execute("DELETE FROM commands WHERE key = ?", (key,))
-
-
-def _close_sync(con: sqlite3.Connection) -> None:
-    con.close()

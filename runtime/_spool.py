@@ -1,9 +1,7 @@
 """The durable spool: undelivered telemetry and events in SQLite, in acceptance order.
 
-One connection, owned by the outbox's spool task; every call runs in a worker thread
-behind a ``CapacityLimiter(1)``, so the trio thread never blocks on disk and calls never
-interleave (STACK.md section 6). A call that is cancelled still finishes in its thread,
-so a transaction commits or rolls back whole.
+One connection, owned by the outbox (``_database.Database``: a worker thread, calls that
+never interleave, transactions that commit or roll back whole even when cancelled).
 
 Each ``commit()`` is one transaction that appends new rows, deletes delivered ones,
 parks rejected ones and enforces the cap, so a busy outbox pays for one fsync per batch
@@ -18,19 +16,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import attrs
-import trio
 
-from . import _offload
-from ._errors import SpoolError
+from ._database import Database
 
 __all__ = ["CommitOutcome", "Spool", "SpoolRow"]
 
-T = TypeVar("T")
 
 #: How many rejected payloads are kept for inspection; beyond it the oldest are dropped.
 REJECTED_KEEP = 10_000
@@ -99,10 +93,9 @@ class Spool:
     call, so health reads them without touching disk.
     """
 
-    def __init__(self, con: sqlite3.Connection, path: Path, totals: _Totals) -> None:
-        self._con = con
-        self._limiter = trio.CapacityLimiter(1)
-        self.path = path
+    def __init__(self, db: Database, totals: _Totals) -> None:
+        self._db = db
+        self.path = db.path
         self.depth = totals.depth
         self.bytes = totals.bytes
         self.oldest_created = totals.oldest
@@ -111,15 +104,8 @@ class Spool:
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> Spool:
-        target = Path(path)
-        con, totals = await _offload.offload(_open_sync, target, limiter=None)
-        return cls(con, target, totals)
-
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        try:
-            return await _offload.offload(fn, self._con, *args, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: {exc}") from exc
+        db = await Database.open(Path(path), "spool", _SCHEMA, exclusive=True)
+        return cls(db, await db.run(_totals))
 
     async def commit(
         self,
@@ -136,7 +122,7 @@ class Spool:
         ``older_than``. Rows with ``seq <= protect_upto`` are in memory on their way to
         Core, so the cap never takes them."""
         totals = _Totals(self.depth, self.bytes, self.oldest_created, self.max_seq, self.rejected)
-        result = await self._run(
+        result = await self._db.run(
             _commit_sync,
             totals,
             list(append),
@@ -152,10 +138,10 @@ class Spool:
 
     async def read_after(self, seq: int, limit: int) -> list[SpoolRow]:
         """Up to ``limit`` rows with ``seq`` greater than the given one, in order."""
-        return await self._run(_read_sync, seq, limit)
+        return await self._db.run(_read_sync, seq, limit)
 
     async def close(self) -> None:
-        await self._run(_close_sync)
+        await self._db.close()
 
     def _mirror(self, totals: _Totals) -> None:
         self.depth = totals.depth
@@ -166,33 +152,6 @@ class Spool:
 
 
 # -- run in the worker thread -----------------------------------------------------------
-
-
-def _open_sync(path: Path) -> tuple[sqlite3.Connection, _Totals]:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            path.touch(mode=0o600)
-        con = sqlite3.connect(path, timeout=0.2, check_same_thread=False, isolation_level=None)
-    except OSError as exc:
-        raise SpoolError(f"cannot create the spool at {path}: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise SpoolError(f"cannot open the spool at {path}: {exc}") from exc
-    try:
-        con.execute("PRAGMA locking_mode=EXCLUSIVE")
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.executescript(_SCHEMA)
-        # Take the exclusive lock now, so a second runtime on this file fails here.
-        con.execute("BEGIN IMMEDIATE")
-        con.execute("COMMIT")
-        return con, _totals(con)
-    except sqlite3.Error as exc:
-        con.close()
-        raise SpoolError(
-            f"cannot use the spool at {path}: {exc}"
-            + (" (another runtime holds it)" if "locked" in str(exc) else "")
-        ) from exc
 
 
 def _totals(con: sqlite3.Connection) -> _Totals:
@@ -330,7 +289,3 @@ def _read_sync(con: sqlite3.Connection, seq: int, limit: int) -> list[SpoolRow]:
         (seq, limit),
     ).fetchall()
     return [SpoolRow(s, k, key, c, bytes(p)) for s, k, key, c, p in rows]
-
-
-def _close_sync(con: sqlite3.Connection) -> None:
-    con.close()

@@ -28,7 +28,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from . import _offload
+from ._database import Database
 
 __all__ = ["DevCore", "Trouble"]
 
@@ -85,8 +85,7 @@ class DevCore:
         self.refused = 0
         self.data_url = ""
         self.admin_url = ""
-        self._con: sqlite3.Connection | None = None
-        self._limiter = trio.CapacityLimiter(1)
+        self._database: Database | None = None
         self._data_scope: trio.CancelScope | None = None
         self._data_port = 0
         self._nursery: trio.Nursery | None = None
@@ -96,8 +95,8 @@ class DevCore:
     # -- storage ---------------------------------------------------------------------------
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._con is not None, "DevCore is not serving"
-        return await _offload.offload(fn, self._con, *args, limiter=self._limiter)
+        assert self._database is not None, "DevCore is not serving"
+        return await self._database.run(fn, *args)
 
     async def telemetry(
         self, *, device_id: str | None = None, config_id: str | None = None, limit: int = 1000
@@ -189,7 +188,7 @@ class DevCore:
         task_status: trio.TaskStatus[DevCore] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve the data port (what runtimes call) and the admin port until cancelled."""
-        self._con = await _offload.offload(_open, self.db_path)
+        self._database = database = await Database.open(Path(self.db_path), "dev Core", _SCHEMA)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -199,9 +198,8 @@ class DevCore:
                 self.data_url = data
                 task_status.started(self)
         finally:
-            with trio.CancelScope(shield=True):
-                await _offload.offload(_close, self._con)
-            self._con = None
+            await database.close()
+            self._database = None
 
     async def _run_data_port(
         self, host: str, port: int, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
@@ -401,17 +399,6 @@ def _problem(status: int, detail: str) -> Response:
 
 
 # -- SQLite, in the worker thread ------------------------------------------------------------
-
-
-def _open(path: str) -> sqlite3.Connection:
-    con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.executescript(_SCHEMA)
-    return con
-
-
-def _close(con: sqlite3.Connection) -> None:
-    con.close()
 
 
 def _store_telemetry(con: sqlite3.Connection, key: str, body: dict[str, Any], now: float) -> bool:
