@@ -231,21 +231,18 @@ class CoreClient:
             return
         if self._container_id is None:
             raise CoreIdentityUnknown(f"no container id known yet for POST {path}")
-        head = h11.Request(
-            method="POST",
-            target=self._prefix + path,
-            headers=[*self._raw_headers, (b"Content-Length", str(len(body)).encode())],
-        )
+        # h11 builds the request inside the try: a bad header must surface as a CoreError.
         try:
+            head = h11.Request(
+                method="POST",
+                target=self._prefix + path,
+                headers=[*self._raw_headers, (b"Content-Length", str(len(body)).encode())],
+            )
             status, headers, content = await fast.exchange(
                 self._host, self._port, head, body, self._timeouts
             )
-        except httpx.TimeoutException as exc:
-            raise CoreTimeout(f"POST {path}: {type(exc).__name__}") from None
-        except (httpx.TransportError, OSError) as exc:
-            raise CoreUnavailable(f"POST {path}: {type(exc).__name__}: {exc}") from None
-        except h11.LocalProtocolError:  # its message would quote the offending header
-            raise CoreUnexpectedResponse(f"POST {path} could not be written as HTTP") from None
+        except _SEND_FAILURES as exc:
+            raise _send_error("POST", path, exc) from None
         if not 200 <= status < 300:
             response = httpx.Response(status, headers=headers, content=content)
             raise _status_error("POST", path, response, self._token)
@@ -283,10 +280,8 @@ class CoreClient:
             response = await self._http.request(
                 method, path, content=content, params=params, headers=self._headers
             )
-        except httpx.TimeoutException as exc:
-            raise CoreTimeout(f"{method} {path}: {type(exc).__name__}") from None
-        except (httpx.TransportError, OSError) as exc:
-            raise CoreUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        except _SEND_FAILURES as exc:
+            raise _send_error(method, path, exc) from None
         status = response.status_code
         if 200 <= status < 300:
             return response
@@ -306,6 +301,19 @@ class CoreClient:
     ) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             await self.aclose()
+
+
+_SEND_FAILURES = (httpx.TransportError, OSError, h11.LocalProtocolError)
+
+
+def _send_error(method: str, path: str, exc: Exception) -> CoreError:
+    """What a request that got no answer means: Core slow, Core unreachable, or a request
+    that could not be written (whose message would quote the offending header)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return CoreTimeout(f"{method} {path}: {type(exc).__name__}")
+    if isinstance(exc, h11.LocalProtocolError):
+        return CoreUnexpectedResponse(f"{method} {path} could not be written as HTTP")
+    return CoreUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}")
 
 
 def _status_error(method: str, path: str, response: httpx.Response, token: str | None) -> CoreError:
