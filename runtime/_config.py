@@ -96,7 +96,7 @@ def validate_config(model: type[C], data: Any) -> C:
         ) from exc
     # SecretStr fields are secret whatever they are called: remember their values so no
     # log line can show them (runtime/_redact.py scrubs by value).
-    for name in _secret_fields(model):
+    for name in secret_fields(model):
         secret = getattr(config, name, None)
         if isinstance(secret, SecretStr):
             secrets.add(secret)
@@ -104,7 +104,8 @@ def validate_config(model: type[C], data: Any) -> C:
 
 
 @functools.cache
-def _secret_fields(model: type[BaseModel]) -> tuple[str, ...]:
+def secret_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The model's fields typed ``SecretStr`` (optional or not), whatever their name."""
     return tuple(
         name
         for name, field in model.model_fields.items()

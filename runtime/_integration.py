@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from pydantic import SecretStr
 
 from ._actor import DeviceActor
+from ._config import secret_fields
 from ._reconciler import select_by_field
 from ._redact import is_secret_key, redact_text
 from ._registry import DeviceSlice
@@ -238,9 +238,7 @@ def config_form(classes: Sequence[ActorClass]) -> dict[str, Any]:
             if name in _RUNTIME_FIELDS or name in properties:
                 continue
             properties[name] = prop
-            field = model.model_fields.get(name)
-            secret = field is not None and _is_secret_field(name, field.annotation)
-            if secret:
+            if is_secret_key(name) or name in secret_fields(model):
                 ui[name] = {"ui:widget": "password"}
                 prop["writeOnly"] = True
                 prop.pop("default", None)
@@ -255,9 +253,3 @@ def config_form(classes: Sequence[ActorClass]) -> dict[str, Any]:
     if definitions:
         form["$defs"] = definitions
     return {"schema": form, "uiSchema": ui}
-
-
-def _is_secret_field(name: str, annotation: Any) -> bool:
-    if is_secret_key(name):
-        return True
-    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
