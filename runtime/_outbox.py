@@ -153,10 +153,17 @@ class OutboxStats:
 
 
 class _Item:
-    __slots__ = ("body", "created", "key", "kind", "seq", "spooled")
+    __slots__ = ("body", "created", "figures", "key", "kind", "seq", "spooled")
 
     def __init__(
-        self, seq: int, kind: int, key: str, created: float, body: bytes, spooled: bool
+        self,
+        seq: int,
+        kind: int,
+        key: str,
+        created: float,
+        body: bytes,
+        spooled: bool,
+        figures: _Figures,
     ) -> None:
         self.seq = seq
         self.kind = kind
@@ -164,6 +171,8 @@ class _Item:
         self.created = created
         self.body = body
         self.spooled = spooled
+        self.figures = figures
+        """Its config's counters, looked up once when the item is made."""
 
     def row(self) -> SpoolRow:
         return SpoolRow(self.seq, self.kind, self.key, self.created, self.body)
@@ -265,12 +274,12 @@ class Outbox:
             }
         )
         kind = TELEMETRY if container_id else TELEMETRY | NEEDS_IDENTITY
-        self._accept(kind, identity.config_id + "\x00" + record.device_id, body)
+        self._accept(kind, identity.config_id, record.device_id, body)
 
     def event(self, record: EventRecord) -> None:
         self._accept(*self._encode_event(record))
 
-    def _encode_event(self, record: EventRecord) -> tuple[int, str, bytes]:
+    def _encode_event(self, record: EventRecord) -> tuple[int, str, str, bytes]:
         identity = record.identity
         container_id = identity.container_id or self._client.container_id
         body = _encode(
@@ -290,13 +299,18 @@ class Outbox:
             }
         )
         kind = EVENT if container_id else EVENT | NEEDS_IDENTITY
-        return kind, identity.config_id + "\x00" + record.device_id, body
+        return kind, identity.config_id, record.device_id, body
 
-    def _accept(self, kind: int, key: str, body: bytes, *, urgent: bool = False) -> None:
+    def _accept(
+        self, kind: int, config_id: str, device_id: str, body: bytes, *, urgent: bool = False
+    ) -> None:
         self._seq += 1
         self.accepted += 1
-        item = _Item(self._seq, kind, key, time.time(), body, False)
-        self._figures_for(key).accepted += 1
+        figures = self._figures_for(config_id)
+        figures.accepted += 1
+        item = _Item(
+            self._seq, kind, config_id + "\x00" + device_id, time.time(), body, False, figures
+        )
         if urgent:  # past the spool's cap, so the cap cannot take it
             self._enqueue(item)
         elif self._spilling or self._memory >= self._limit or kind & NEEDS_IDENTITY:
@@ -325,8 +339,7 @@ class Outbox:
 
     # -- what health shows -------------------------------------------------------------
 
-    def _figures_for(self, key: str) -> _Figures:
-        config_id = key.partition("\x00")[0]
+    def _figures_for(self, config_id: str) -> _Figures:
         figures = self._devices.get(config_id)
         if figures is None:
             figures = self._devices[config_id] = _Figures()
@@ -420,7 +433,7 @@ class Outbox:
             lane.woken_early = False
             self._memory -= 1
             self.delivered += 1
-            figures = self._figures_for(item.key)
+            figures = item.figures
             figures.delivered += 1
             figures.last_delivered = time.time()
             if item.spooled:
@@ -616,7 +629,10 @@ class Outbox:
         limit = min(room, self.settings.replay_batch)
         rows = await self._spool.read_after(self._cursor, limit)
         for row in rows:
-            self._enqueue(_Item(row.seq, row.kind, row.lane_key, row.created, row.payload, True))
+            figures = self._figures_for(row.lane_key.partition("\x00")[0])
+            self._enqueue(
+                _Item(row.seq, row.kind, row.lane_key, row.created, row.payload, True, figures)
+            )
         self.replayed += len(rows)
         last = rows[-1].seq if rows else self._cursor
         # A short read returned every row committed before it ran: the cursor moves past
