@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart import jsonify
 from quart_trio import QuartTrio
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.http_json import HttpJsonActor
 from runtime import Integration
+from runtime._serve import hypercorn_config
 
 integration = Integration(
     id="lan-weather",
@@ -76,10 +76,7 @@ def station_app() -> QuartTrio:
 
 
 async def serve_station(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.read_timeout = 5
+    config = hypercorn_config("127.0.0.1:0", graceful_timeout=0.5)
     await hypercorn_serve(
         station_app(),
         config,

@@ -25,9 +25,23 @@ from ._integration import Integration
 from ._routes import RUNTIME_KEY
 from ._runtime import open_runtime
 
-__all__ = ["parse_port", "serve"]
+__all__ = ["hypercorn_config", "parse_port", "serve"]
 
 log = logging.getLogger("runtime.serve")
+
+
+def hypercorn_config(bind: str, *, graceful_timeout: float, quiet: bool = False) -> Config:
+    """Hypercorn settings for a Quart-Trio app: no access log, and a read timeout, because
+    quart-trio + hypercorn never close an idle keep-alive connection by its own timer and
+    graceful shutdown would wait for it (STACK.md section 3)."""
+    config = Config()
+    config.bind = [bind]
+    config.accesslog = None
+    config.read_timeout = 5
+    config.graceful_timeout = graceful_timeout
+    if quiet:
+        config.errorlog = None
+    return config
 
 
 def parse_port(value: str | None, default: int = 8000) -> int:
@@ -61,13 +75,9 @@ async def serve(
 ) -> None:
     """Run ``integration`` and serve its routes until SIGTERM/SIGINT."""
     env = os.environ if env is None else env
-    config = Config()
-    config.bind = [f"{host}:{parse_port(env.get('PORT')) if port is None else port}"]
-    config.graceful_timeout = 3.0
-    # quart-trio + hypercorn never close an idle keep-alive connection by its own timer;
-    # a read timeout does, so graceful shutdown is not held up (STACK.md section 3).
-    config.read_timeout = 5
-    config.accesslog = None
+    config = hypercorn_config(
+        f"{host}:{parse_port(env.get('PORT')) if port is None else port}", graceful_timeout=3.0
+    )
     app = integration.app()
     stop = trio.Event()
     async with open_runtime(integration, env=env) as runtime:

@@ -23,12 +23,12 @@ from typing import Any, Literal, TypeVar
 import attrs
 import httpx
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from ._database import Database
+from ._serve import hypercorn_config
 
 __all__ = ["DevCore", "Trouble"]
 
@@ -371,12 +371,8 @@ async def _serve_http(
     port: int,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None  # quiet: its bound URLs are on the DevCore object
-    config.graceful_timeout = 0.5
-    config.read_timeout = 5  # quart-trio keeps idle keep-alives open otherwise (STACK.md 3)
+    # Quiet: its bound URLs are on the DevCore object.
+    config = hypercorn_config(f"{host}:{port}", graceful_timeout=0.5, quiet=True)
 
     async def serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         await hypercorn_serve(app, config, task_status=task_status)
