@@ -39,7 +39,9 @@ from ._errors import (
     UnknownCommand,
 )
 from ._integration import Integration, default_entity
+from ._lifecycle import ActorState
 from ._openapi import docs_page, openapi_document
+from ._outbox import OutboxStats
 from ._problem import Problem, problem_response, validation_errors
 from ._redact import redact, redact_text, secrets
 from ._registry import DeviceSlice
@@ -138,12 +140,14 @@ def build_app(integration: Integration) -> QuartTrio:
             record["delivery"] = delivery
             actors.append(record)
         actors.sort(key=lambda a: str(a["config_id"]))
+        stats = rt.outbox.stats()
+        figures = _runtime_figures(rt, stats)
         body = {
-            "status": _health(rt)["status"],
+            "status": figures["status"],
             "integration": integration.describe(),
             "diagnostics": {
-                "runtime": _runtime_figures(rt),
-                "delivery": rt.outbox.stats().to_dict(),
+                "runtime": figures,
+                "delivery": stats.to_dict(),
                 "auth": {
                     "mode": "managed" if rt.managed else "adopted",
                     "token_source": rt.token_source,
@@ -656,14 +660,19 @@ def _replay(known: Any, key: str, fingerprint: str, command: str) -> Response:
 # -- health --------------------------------------------------------------------------------
 
 
-def _runtime_figures(rt: Runtime) -> dict[str, Any]:
-    stats = rt.outbox.stats()
+def _runtime_figures(rt: Runtime, stats: OutboxStats) -> dict[str, Any]:
+    """The runtime-wide figures, with ``status``: degraded while any device has failed or
+    Core cannot be reached."""
+    failed = sum(1 for d in rt.actors if d.state is ActorState.FAILED)
+    link = stats.link.state
     return {
+        "status": "degraded" if failed or link not in ("up", "unknown") else "ok",
         "uptime_s": round(time.time() - rt.started_at, 3),
         "devices": len(rt.registry),
+        "failed_devices": failed,
         "generation": rt.sync.last_generation,
         "core_link": {
-            "state": stats.link.state,
+            "state": link,
             "since": _iso(stats.link.since),
             "last_error": stats.link.last_error,
         },
@@ -674,15 +683,10 @@ def _runtime_figures(rt: Runtime) -> dict[str, Any]:
 
 
 def _health(rt: Runtime) -> dict[str, Any]:
-    figures = _runtime_figures(rt)
-    failed = sum(1 for d in rt.actors if d.state.value == "failed")
-    figures["failed_devices"] = failed
-    link = figures["core_link"]["state"]
-    degraded = failed > 0 or link not in ("up", "unknown")
-    status = "degraded" if degraded else "ok"
+    figures = _runtime_figures(rt, rt.outbox.stats())
     figures["rehydration"] = rt.rehydration.to_dict() if rt.rehydration else None
     return {
-        "status": status,
+        "status": figures.pop("status"),
         "ok": True,
         "integration": rt.integration.describe(),
         "runtime": figures,
