@@ -17,7 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from runtime import DeviceActor, Integration, Reading, Runtime, RuntimeConfig, open_runtime
+from runtime import (
+    ActorState,
+    DeviceActor,
+    Integration,
+    Reading,
+    Runtime,
+    RuntimeConfig,
+    open_runtime,
+)
 from runtime._routes import RUNTIME_KEY, command_fingerprint
 from tests.fakecore import FakeCore
 from tests.helpers import Probe, wait_until
@@ -681,14 +689,17 @@ async def test_random_queries_never_crash(
 async def test_a_command_refused_unseen_is_not_recorded_so_a_retry_runs_it(
     served: Served, autojump_clock: trio.abc.Clock
 ) -> None:
-    await served.post("/config", {"id": "p1", "setups": ["crash"]})
-    await trio.sleep(0.1)  # setup crashed: the actor is backing off
+    # Setup keeps crashing, so the actor spends its time backing off, with no session.
+    await served.post("/config", {"id": "p1", "setups": ["crash"] * 6})
+    await trio.sleep(0.1)
     headers = {"X-PiPhi-Idempotency-Key": "retry-me"}
     body = {"command": "echo", "config_id": "p1", "args": {"n": 1}}
     status, reply = await served.post("/command", body, headers=headers)
     assert (status, reply["ok"], reply["retryable"]) == (502, False, True)
     assert reply["error"]["code"] == "actor_not_ready"
-    await trio.sleep(5)
+    probe = served.runtime.actors.get("p1")
+    assert probe is not None
+    await wait_until(lambda: probe.state is ActorState.RUNNING)
     status, reply = await served.post("/command", body, headers=headers)
     assert (status, reply["ok"], reply["replayed"]) == (200, True, False)
     again = await served.post("/command", body, headers=headers)
