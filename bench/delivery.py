@@ -68,6 +68,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.core_sink import watch_stdin  # noqa: E402
+
 SINK_SCRIPT = HERE / "core_sink.py"
 KIT_PEER_SCRIPT = HERE / "_kit_peer.py"
 KIT_VERSION = "0.10.1"
@@ -527,15 +529,6 @@ def caught_up(samples: list[tuple[float, int]], params: Params, rate: float) -> 
         if t >= t_up and backlog <= max(10, rate / 20):
             return round(t - t_up, 2)
     return None
-
-
-async def watch_stdin(scope: trio.CancelScope) -> None:
-    """Cancel everything once stdin reaches EOF: the bench that started us is gone."""
-    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    async with stream:
-        while await stream.receive_some(4096):
-            pass
-    scope.cancel()
 
 
 async def child_main(impl: str, mode: str, sink_url: str, admin_url: str, params: Params) -> None:
