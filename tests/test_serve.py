@@ -61,6 +61,19 @@ async def stop(proc: trio.Process) -> tuple[int, float]:
     return code, time.monotonic() - started
 
 
+def run_serve(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """``piphi-runtime serve`` run to its end (for the cases that never start serving)."""
+    return subprocess.run(
+        [*SERVE, *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def spooled_ids(state: Path) -> set[str]:
     con = sqlite3.connect(state / "spool.db")
     try:
@@ -76,15 +89,7 @@ def test_an_invalid_port_is_an_error() -> None:
     for bad in ("http", "-1", "70000", "80.5"):
         with pytest.raises(ValueError, match="PORT"):
             parse_port(bad)
-    result = subprocess.run(
-        SERVE,
-        env={**os.environ, "PORT": "eighty"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_serve([], PORT="eighty")
     assert result.returncode == 2
     assert "PORT must be an integer" in result.stderr
 
@@ -148,15 +153,7 @@ def _bodies(core: FakeCore) -> list[dict[str, Any]]:
 def test_a_runtime_that_cannot_start_exits_non_zero(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the state directory should be")
-    result = subprocess.run(
-        [*SERVE, "--host", "127.0.0.1", "--port", "0"],
-        env={**os.environ, "PIPHI_STATE_DIR": str(blocker)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_serve(["--host", "127.0.0.1", "--port", "0"], PIPHI_STATE_DIR=str(blocker))
     assert result.returncode == 1
     assert "serving" not in result.stdout
     assert "the runtime failed" in result.stderr
