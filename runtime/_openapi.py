@@ -94,9 +94,11 @@ def openapi_document(integration: Integration) -> dict[str, Any]:
         "/health": {"get": _op("Liveness and a summary")},
         "/diagnostics": {
             "get": _op(
-                "Every actor's health",
+                "The runtime's figures and a page of actors' health (by config id)",
                 state="only actors in this state",
                 device_id="only this device",
+                offset="skip this many matching actors (default 0)",
+                limit="at most this many actor records (1 to 1000, default 100)",
             )
         },
         "/discover": {"get": _op("Discover devices"), "post": discover},

@@ -55,6 +55,9 @@ RUNTIME_KEY = "piphi.runtime"
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 MAX_BODY = 1024 * 1024
 REFRESH_TIMEOUT = 10.0
+DIAGNOSTICS_PAGE = 100
+"""Actor records in one /diagnostics answer unless ``limit`` asks for more."""
+DIAGNOSTICS_PAGE_MAX = 1000
 OPEN_ROUTES = frozenset({"/health"})
 
 
@@ -122,15 +125,27 @@ def build_app(integration: Integration) -> QuartTrio:
         rt = runtime()
         state = request.args.get("state")
         device_id = request.args.get("device_id")
-        actors = []
+        offset = _count_arg("offset", 0, 0, None)
+        limit = _count_arg("limit", DIAGNOSTICS_PAGE, 1, DIAGNOSTICS_PAGE_MAX)
+        by_state: dict[str, int] = {}
+        chosen = []
         for supervisor in rt.actors:
+            current = supervisor.state.value
+            by_state[current] = by_state.get(current, 0) + 1
             identity = supervisor.identity
             if device_id and device_id not in (identity.device_id, identity.id):
                 continue
-            h = supervisor.health()
-            if state and h.state.value != state:
+            if state and current != state:
                 continue
-            record = h.to_dict()
+            chosen.append(supervisor)
+        # Only the page's records are built: a record costs tens of microseconds, and
+        # thousands of them in one answer would hold up every actor and delivery.
+        chosen.sort(key=lambda s: s.identity.config_id)
+        page = chosen[offset : offset + limit]
+        actors = []
+        for supervisor in page:
+            identity = supervisor.identity
+            record = supervisor.health().to_dict()
             error = record.get("last_error")
             if error:  # the one free text in a health record: it may quote a secret
                 error["message"] = redact_text(str(error.get("message", "")))
@@ -139,7 +154,7 @@ def build_app(integration: Integration) -> QuartTrio:
             delivery["last_delivered"] = _iso(delivery["last_delivered"])
             record["delivery"] = delivery
             actors.append(record)
-        actors.sort(key=lambda a: str(a["config_id"]))
+        following = offset + len(page)
         stats = rt.outbox.stats()
         figures = _runtime_figures(rt, stats)
         body = {
@@ -155,7 +170,14 @@ def build_app(integration: Integration) -> QuartTrio:
                     "token_known": rt.client.has_token,
                 },
                 "rehydration": rt.rehydration.to_dict() if rt.rehydration else None,
+                "actors_by_state": by_state,
                 "actors": actors,
+                "actors_page": {
+                    "matched": len(chosen),
+                    "offset": offset,
+                    "limit": limit,
+                    "next_offset": following if following < len(chosen) else None,
+                },
                 "filters": {"state": state, "device_id": device_id},
             },
         }
@@ -692,6 +714,26 @@ def _health(rt: Runtime) -> dict[str, Any]:
         "runtime": figures,
         "metadata": {"runtime": "piphi-runtime", "managed": rt.managed},
     }
+
+
+def _count_arg(name: str, default: int, low: int, high: int | None) -> int:
+    """A whole-number query argument within ``[low, high]``; a 400 names it otherwise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+        raise Problem(
+            400,
+            f"Query argument {name!r} must be a whole number {bounds}, got {raw!r}.",
+            code="bad_query_argument",
+            hint=f"Send {name}={default}, or leave it out.",
+        )
+    return value
 
 
 def _json(body: Any, status: int = 200) -> Response:

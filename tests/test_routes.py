@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -574,6 +575,35 @@ async def test_diagnostics_filters(served: Served, autojump_clock: trio.abc.Cloc
     assert health["status"] == "degraded" and health["ok"] is True
 
 
+async def test_diagnostics_pages_actors_by_config_id(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    ids = [f"dev{i:03d}" for i in range(250)]
+    status, _ = await served.post(
+        "/config/sync", snapshot(1, *({"id": i} for i in reversed(ids))), headers=CORE_HEADERS
+    )
+    assert status == 200
+    await trio.sleep(5)
+    seen: list[str] = []
+    offset: int | None = 0
+    while offset is not None:  # 3 pages of 100: bounded
+        _, body = await served.get(f"/diagnostics?offset={offset}")
+        diagnostics = body["diagnostics"]
+        assert diagnostics["actors_by_state"] == {"running": 250}
+        page = diagnostics["actors_page"]
+        assert (page["matched"], page["offset"], page["limit"]) == (250, offset, 100)
+        seen += [a["config_id"] for a in diagnostics["actors"]]
+        offset = page["next_offset"]
+    assert seen == ids, "every actor once, in config id order"
+    _, small = await served.get("/diagnostics?limit=7&offset=245&state=running")
+    assert [a["config_id"] for a in small["diagnostics"]["actors"]] == ids[245:]
+    assert small["diagnostics"]["actors_page"]["next_offset"] is None
+    for bad in ("limit=0", "limit=1001", "limit=ten", "offset=-1"):
+        status, problem = await served.get(f"/diagnostics?{bad}")
+        assert status == 400, bad
+        assert problem["code"] == "bad_query_argument" and problem["hint"], bad
+
+
 async def test_served_by_the_hypercorn_cli_the_app_opens_the_runtime_itself(
     core: FakeCore,
     tmp_path: Path,
@@ -648,6 +678,20 @@ routes = st.sampled_from(
 )
 
 
+@asynccontextmanager
+async def fresh_served() -> AsyncIterator[Served]:
+    """A Core and a runtime of the example's own. Hypothesis runs every example in a new
+    trio run, but pytest-trio hands each the fixture values of the first, whose nurseries
+    have closed by then (so a config that spawns an actor got a 500)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        async with trio.open_nursery() as nursery:
+            core = FakeCore()
+            await nursery.start(core.serve)
+            async with serve(core, env_for(Path(tmp), core)) as served:
+                yield served
+            nursery.cancel_scope.cancel()
+
+
 @settings(
     max_examples=120,
     deadline=None,
@@ -655,15 +699,18 @@ routes = st.sampled_from(
 )
 @given(path=routes, body=bodies, content_type=st.sampled_from(["application/json", "text/plain"]))
 async def test_random_bodies_never_crash_and_refusals_change_nothing(
-    served: Served, autojump_clock: trio.abc.Clock, path: str, body: Any, content_type: str
+    autojump_clock: trio.abc.Clock, path: str, body: Any, content_type: str
 ) -> None:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    before = served.runtime.sync.active_config_ids
-    response = await served.client.post(path, data=data, headers={"content-type": content_type})
-    assert response.status_code < 500, await response.get_data(as_text=True)
-    if response.status_code >= 400:
-        assert response.content_type == "application/problem+json"
-        assert served.runtime.sync.active_config_ids == before
+    async with fresh_served() as served:
+        await served.post("/config", {"id": "existing"})
+        before = served.runtime.sync.active_config_ids
+        headers = {"content-type": content_type}
+        response = await served.client.post(path, data=data, headers=headers)
+        assert response.status_code < 500, await response.get_data(as_text=True)
+        if response.status_code >= 400:
+            assert response.content_type == "application/problem+json"
+            assert served.runtime.sync.active_config_ids == before
 
 
 @settings(
@@ -674,16 +721,20 @@ async def test_random_bodies_never_crash_and_refusals_change_nothing(
 @given(
     path=st.sampled_from(["/state", "/diagnostics", "/events", "/entities", "/health"]),
     query=st.dictionaries(
-        st.sampled_from(["refresh", "refresh_request_id", "config_id", "state", "device_id"]),
+        st.sampled_from(
+            ["refresh", "refresh_request_id", "config_id", "state", "device_id", "offset", "limit"]
+        ),
         st.text(max_size=10),
         max_size=3,
     ),
 )
 async def test_random_queries_never_crash(
-    served: Served, autojump_clock: trio.abc.Clock, path: str, query: dict[str, str]
+    autojump_clock: trio.abc.Clock, path: str, query: dict[str, str]
 ) -> None:
-    response = await served.client.get(path, query_string=query)
-    assert response.status_code < 500, await response.get_data(as_text=True)
+    async with fresh_served() as served:
+        await served.post("/config", {"id": "existing"})
+        response = await served.client.get(path, query_string=query)
+        assert response.status_code < 500, await response.get_data(as_text=True)
 
 
 async def test_a_command_refused_unseen_is_not_recorded_so_a_retry_runs_it(
