@@ -108,9 +108,11 @@ class OutboxSettings:
     spool_max_bytes: int = attrs.field(default=512 * MiB, validator=_positive)
     spool_max_age: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive)
     retry: RestartPolicy = attrs.field(
-        factory=lambda: RestartPolicy(initial_delay=0.5, max_delay=30.0)
+        factory=lambda: RestartPolicy(initial_delay=0.5, max_delay=5.0)
     )
-    """Backoff between attempts at one item while Core fails (full jitter)."""
+    """Backoff between attempts at one item while Core fails (full jitter). The cap is
+    short because it bounds how long a Core that is back goes unnoticed; a lane probes
+    at most once per wait, and an overloaded Core slows us with ``Retry-After``."""
     slow_retry: float = attrs.field(default=300.0, validator=_positive)
     """Wait between attempts after 401/403 or 404, unless the auth changes first."""
     replay_batch: int = attrs.field(default=1000, validator=_positive)
