@@ -3,15 +3,8 @@ SIGTERM with telemetry undelivered, and a restart that delivers it. Real time, b
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import sqlite3
 import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +15,10 @@ import trio
 from runtime._serve import parse_port
 from tests.fakecore import FakeCore
 from tests.helpers import wait_until
+from tests.reliability._procs import ROOT, SERVE, runtime_process, spooled_ids, stop
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-c", "import sys; from runtime._cli import main; sys.exit(main())"]
-SERVE = [*CLI, "serve", "examples.simulated_home:integration"]
 DEVICES = 100
 TOKEN = "serve-test-token"
-
-
-@asynccontextmanager
-async def runtime_process(env: dict[str, str]) -> AsyncIterator[tuple[trio.Process, str]]:
-    args = [*SERVE, "--host", "127.0.0.1", "--port", "0"]
-    proc = await trio.lowlevel.open_process(
-        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT
-    )
-    try:
-        assert proc.stdout is not None
-        buffer = b""
-        with trio.fail_after(30):
-            while b"serving" not in buffer or not buffer.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(4096)
-                assert chunk, "the runtime exited before serving"
-                buffer += chunk
-        url = buffer.decode().split(" on ")[-1].split()[0]
-        yield proc, url
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        with trio.move_on_after(10):
-            await proc.wait()
-
-
-async def stop(proc: trio.Process) -> tuple[int, float]:
-    started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    with trio.fail_after(20):
-        code = await proc.wait()
-    return code, time.monotonic() - started
 
 
 def run_serve(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -72,15 +32,6 @@ def run_serve(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-
-
-def spooled_ids(state: Path) -> set[str]:
-    con = sqlite3.connect(state / "spool.db")
-    try:
-        rows = con.execute("SELECT payload FROM items").fetchall()
-    finally:
-        con.close()
-    return {json.loads(p).get("telemetry_id") or json.loads(p)["event_id"] for (p,) in rows}
 
 
 def test_an_invalid_port_is_an_error() -> None:
