@@ -9,6 +9,8 @@ shared/bench/peer_piphi/peer_runtime.py:
   ``validate_typed_config(s)``;
 - ``/config/sync``: ``sync_runtime_auth_from_fastapi_payload`` and
   ``starter.config_sync.apply_snapshot(...)``;
+- ``/health`` and ``/diagnostics``: ``starter.health_response()`` and
+  ``starter.diagnostics_response(...)`` with the active config ids;
 - ``runtime_lifespan`` (one shared Core ``httpx.AsyncClient``, the kit's defaults);
 - per reading, ``starter.state.publish`` and ``schedule_telemetry_delivery`` (a tracked
   task, 5 attempts with 0.5 s doubling back-off, the ``max_background_tasks`` cap of
@@ -213,6 +215,14 @@ app = FastAPI(title="bench-kit-peer", lifespan=lifespan)
 @app.get("/health")
 async def health() -> Any:
     return starter.health_response()
+
+
+@app.get("/diagnostics")
+async def diagnostics() -> Any:
+    # The kit's diagnostics as its README shows them, with the active config ids (the
+    # kit's default) and the loop count, as a runtime would report them.
+    extra = {"active_config_ids": starter.registry.ids(), "running_loops": len(_loops)}
+    return starter.diagnostics_response(diagnostics=extra)
 
 
 @app.post("/config/sync")
