@@ -103,7 +103,9 @@ def one_run(devices: int, requests: int, settle: float) -> dict[str, Any]:
                 http.post("/config/sync", json={"generation": 1, "configs": configs})
                 time.sleep(settle)
                 health = time_gets(http, "/health", requests)
-                diagnostics = time_gets(http, "/diagnostics", max(50, requests // 10))
+                # Every actor's record, as before /diagnostics was paged (default 100).
+                everything = f"/diagnostics?limit={min(1000, max(1, devices))}"
+                diagnostics = time_gets(http, everything, max(50, requests // 10))
                 delivery = http.get("/diagnostics").json()["diagnostics"]["delivery"]
     return {
         "devices": devices,
