@@ -51,6 +51,7 @@ import resource
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -504,7 +505,15 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, terminate)
     started, host_started = time.monotonic(), host_busy_seconds()
-    kit_python = ensure_kit_venv(Path(args.kit_venv)) if args.only != "ours" else None
+    kit_python = None
+    if args.only != "ours":
+        try:
+            kit_python = ensure_kit_venv(Path(args.kit_venv))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            raise SystemExit(
+                f"could not set up the kit's venv at {args.kit_venv}: {exc}\n"
+                "It needs the package index (pip install); run with --only ours to skip the kit."
+            ) from None
     log_dir = Path(tempfile.mkdtemp(prefix="compare-piphi-"))
     log(
         f"{os.cpu_count()} cores, python {platform.python_version()}; "
