@@ -127,10 +127,7 @@ def main() -> None:
                 if len(samples) % 6 == 1:
                     log(json.dumps(sample))
                 next_sample += SAMPLE_EVERY
-            wake = min(
-                [t0 + next_sample] + [t0 + s for s, _, _ in pending_outages[:1]],
-            )
-            time.sleep(max(0.0, min(1.0, wake - time.monotonic())))
+            time.sleep(0.5)  # outages start and samples are taken within half a second
         generated = int(peer.counters("pause")["generated"])
         stopped = time.monotonic()
         while True:  # bounded: 120 s
@@ -151,7 +148,7 @@ def main() -> None:
             for s in samples
             if lo <= s["t"] < hi and not s["core_down"] and s["pending"] < devices
         ]
-        return statistics.median(values) if values else None
+        return round(statistics.median(values), 2) if values else None
 
     span = 60.0 if args.quick else 300.0
     end = minutes * 60
