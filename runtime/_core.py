@@ -133,8 +133,7 @@ class CoreClient:
             transport = H11Transport(connections)
         # Telemetry and events skip httpx's client layers when the transport allows it.
         self._fast = transport if isinstance(transport, H11Transport) else None
-        url = httpx.URL(self.base_url)
-        self._host, self._port = url.host, url.port or 80
+        self._host, self._port = parsed.host, parsed.port or 80
         self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         self._http = httpx.AsyncClient(
             base_url=self.base_url,

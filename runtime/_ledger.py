@@ -52,7 +52,6 @@ class LedgerEntry:
 class CommandLedger:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self.path = db.path
 
     @classmethod
     @asynccontextmanager

@@ -643,12 +643,16 @@ class Outbox:
 
     def _dropped(self, count: int) -> None:
         self.dropped += count
-        log.warning("delivery spool full: dropped the %d oldest undelivered items", count)
         if self._progress:
             self._progress.unpark_all()
         if self._overflow_warned:
-            return
+            return  # once per episode: while the disk fails this runs for every new item
         self._overflow_warned = True
+        log.warning(
+            "delivery spool full: dropping the oldest undelivered items (%d so far; the "
+            "'dropped' figure counts the rest; warned again after the spool drains)",
+            count,
+        )
         warning = self._encode_event(
             EventRecord(
                 identity=DeviceIdentity(
@@ -717,8 +721,7 @@ async def open_outbox(
                 await outbox._flush()
             except SpoolError as err:
                 log.error("could not write undelivered items to the spool at shutdown: %s", err)
-        with trio.CancelScope(shield=True):
-            await spool.close()
+        await spool.close()  # shielded itself
         if outbox._pending:
             log.error(
                 "shutdown grace ran out with %d undelivered items not yet in the spool",

@@ -89,18 +89,33 @@ class _Totals:
 class Spool:
     """Open with ``await Spool.open(path)``; close with ``await spool.close()``.
 
-    ``depth``, ``bytes``, ``oldest_created`` and ``max_seq`` mirror the table after every
-    call, so health reads them without touching disk.
+    ``depth``, ``bytes``, ``oldest_created``, ``max_seq`` and ``rejected`` are the table's
+    totals as of the last call, so health reads them without touching disk.
     """
 
     def __init__(self, db: Database, totals: _Totals) -> None:
         self._db = db
-        self.path = db.path
-        self.depth = totals.depth
-        self.bytes = totals.bytes
-        self.oldest_created = totals.oldest
-        self.max_seq = totals.max_seq
-        self.rejected = totals.rejected
+        self._totals = totals
+
+    @property
+    def depth(self) -> int:
+        return self._totals.depth
+
+    @property
+    def bytes(self) -> int:
+        return self._totals.bytes
+
+    @property
+    def oldest_created(self) -> float | None:
+        return self._totals.oldest
+
+    @property
+    def max_seq(self) -> int:
+        return self._totals.max_seq
+
+    @property
+    def rejected(self) -> int:
+        return self._totals.rejected
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> Spool:
@@ -121,10 +136,9 @@ class Spool:
         park rejected rows, then drop the oldest rows past ``max_bytes`` or created before
         ``older_than``. Rows with ``seq <= protect_upto`` are in memory on their way to
         Core, so the cap never takes them."""
-        totals = _Totals(self.depth, self.bytes, self.oldest_created, self.max_seq, self.rejected)
         result = await self._db.run(
             _commit_sync,
-            totals,
+            self._totals,
             list(append),
             list(delete),
             list(reject),
@@ -132,8 +146,7 @@ class Spool:
             older_than,
             protect_upto,
         )
-        dropped, totals = result
-        self._mirror(totals)
+        dropped, self._totals = result
         return CommitOutcome(dropped=dropped)
 
     async def read_after(self, seq: int, limit: int) -> list[SpoolRow]:
@@ -142,13 +155,6 @@ class Spool:
 
     async def close(self) -> None:
         await self._db.close()
-
-    def _mirror(self, totals: _Totals) -> None:
-        self.depth = totals.depth
-        self.bytes = totals.bytes
-        self.oldest_created = totals.oldest
-        self.max_seq = totals.max_seq
-        self.rejected = totals.rejected
 
 
 # -- run in the worker thread -----------------------------------------------------------

@@ -98,20 +98,16 @@ class H11Transport(httpx.AsyncBaseTransport):
         if waiting.cancelled_caught:
             raise httpx.PoolTimeout("no free connection to Core in time")
         try:
-            reused = self._idle.popleft() if self._idle else None
-            try:
-                return await self._exchange(host, port, head, body, reused, timeouts)
-            except _Started as started:
-                raise started.error from None
-            except (httpx.TransportError, OSError) as first:
-                if reused is None or isinstance(first, httpx.TimeoutException):
-                    raise _as_httpx(first) from None  # a slow Core is not a stale socket
-            try:  # the reused socket had gone stale: once more, on a fresh one
-                return await self._exchange(host, port, head, body, None, timeouts)
-            except _Started as started:
-                raise started.error from None
-            except (httpx.TransportError, OSError) as second:
-                raise _as_httpx(second) from None
+            conn = self._idle.popleft() if self._idle else None
+            while True:  # at most twice: a stale reused socket earns one fresh attempt
+                try:
+                    return await self._exchange(host, port, head, body, conn, timeouts)
+                except _Started as started:
+                    raise started.error from None
+                except (httpx.TransportError, OSError) as exc:
+                    if conn is None or isinstance(exc, httpx.TimeoutException):
+                        raise _as_httpx(exc) from None  # a slow Core is not a stale socket
+                conn = None
         finally:
             self._slots.release()
 
