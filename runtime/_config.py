@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 import attrs
@@ -84,6 +85,10 @@ def validate_config(model: type[C], data: Any) -> C:
         return data
     if isinstance(data, RuntimeConfig):
         data = data.model_dump(exclude_unset=True)
+    elif isinstance(data, Mapping):
+        # Every config passes here once (a snapshot's unchanged ones are not validated
+        # again), including rehydrated ones: remember secrets named by key or in URLs.
+        secrets.collect(data)
     try:
         config = model.model_validate(data)
     except ValidationError as exc:

@@ -510,10 +510,15 @@ def _with_scope(raw: Any, scope: tuple[str | None, str | None]) -> Any:
     if not isinstance(raw, Mapping):
         return raw
     filled = dict(raw)
-    for field, value in zip(("container_id", "integration_id"), scope, strict=True):
-        if value is not None and filled.get(field) is None and filled.get(to_camel(field)) is None:
+    for (field, camel), value in zip(_SCOPE_FIELDS, scope, strict=True):
+        if value is not None and filled.get(field) is None and filled.get(camel) is None:
             filled[field] = value
     return filled
+
+
+# Spelled out: to_camel() is a regex call, and this runs for every config of every
+# snapshot and of every saved copy.
+_SCOPE_FIELDS = (("container_id", "containerId"), ("integration_id", "integrationId"))
 
 
 def _digest(actor_class: ActorClass, config: RuntimeConfig) -> str:

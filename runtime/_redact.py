@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -74,7 +75,12 @@ class SecretValues:
 
     def __init__(self) -> None:
         self._values: set[str] = set()
+        # Compiled on the next scrub, not on every add: a first snapshot can bring hundreds
+        # of secrets, and recompiling per value was quadratic. The lock keeps a scrub in a
+        # worker thread from storing a pattern built before a concurrent add.
         self._pattern: re.Pattern[str] | None = None
+        self._stale = False
+        self._lock = threading.Lock()
 
     def add(self, value: object) -> None:
         if isinstance(value, SecretStr):
@@ -85,9 +91,9 @@ class SecretValues:
             and value not in self._values
             and len(self._values) < self.MAX_VALUES
         ):
-            self._values.add(value)
-            ordered = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            with self._lock:
+                self._values.add(value)
+                self._stale = True
 
     def collect(self, value: Any) -> None:
         """Remember every secret inside a config or request body."""
@@ -108,6 +114,12 @@ class SecretValues:
                 self.add(password)
 
     def scrub(self, text: str) -> str:
+        if self._stale:
+            with self._lock:
+                if self._stale:
+                    ordered = sorted(self._values, key=len, reverse=True)
+                    self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+                    self._stale = False
         pattern = self._pattern
         return pattern.sub(MASK, text) if pattern is not None else text
 

@@ -7,7 +7,7 @@ exactly as long as its actor runs: stopping the actor removes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,11 @@ class Registry:
 
     def __iter__(self) -> Iterator[DeviceSlice]:
         return (_slice(s) for s in self._actors)
+
+    def select(self, matches: Callable[[DeviceIdentity], bool]) -> list[DeviceSlice]:
+        """The slices of the devices whose identity ``matches``; only those are built (a
+        slice reads the actor's health and state, too much to do for every device)."""
+        return [_slice(s) for s in self._actors if matches(s.identity)]
 
     def get(self, config_id: str) -> DeviceSlice | None:
         """The slice of the device whose local ``id`` or Core ``config_id`` is ``config_id``."""

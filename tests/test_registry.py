@@ -4,6 +4,7 @@ from typing import Any
 import pytest
 
 from runtime import ActorNursery, ActorState, DeviceActor, Reading, Registry, RuntimeConfig
+from runtime import _registry as registry_module
 from runtime._supervisor import RECENT_EVENTS
 
 from .helpers import wait_until
@@ -54,3 +55,22 @@ async def test_a_stopped_actor_has_no_slice(actors: ActorNursery, autojump_clock
     lamp = actors.spawn(Lamp, {"id": "lamp"})
     await lamp.stop()
     assert registry.get("lamp") is None and len(registry) == 0
+
+
+async def test_select_builds_slices_only_for_matching_devices(
+    actors: ActorNursery, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(actors)
+    for n in range(5):
+        actors.spawn(Lamp, {"id": f"lamp-{n}", "deviceId": f"dev-{n % 2}"})
+    built: list[str] = []
+    original = registry_module._slice
+
+    def counting(supervisor: Any) -> Any:
+        built.append(supervisor.identity.id)
+        return original(supervisor)
+
+    monkeypatch.setattr(registry_module, "_slice", counting)
+    chosen = registry.select(lambda identity: identity.device_id == "dev-1")
+    assert [s.identity.id for s in chosen] == built == ["lamp-1", "lamp-3"]
+    assert registry.select(lambda identity: False) == []

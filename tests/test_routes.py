@@ -475,6 +475,21 @@ async def test_secrets_never_appear_in_responses_or_logs(
     assert "**********" in caplog.text
 
 
+async def test_secrets_in_a_snapshot_are_scrubbed_from_logs_also_when_invalid(
+    served: Served, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    named, in_url, refused = "sync-pass-" + SECRET, "url-pass-" + SECRET, "bad-pass-" + SECRET
+    good = {"id": "s1", "password": named, "url": f"http://admin:{in_url}@10.0.0.5/api"}
+    bad = {"id": "s2", "api_key": refused, "poll_interval_seconds": "x"}
+    status, _ = await served.post("/config/sync", snapshot(1, good, bad), headers=CORE_HEADERS)
+    assert status == 200
+    assert served.runtime.sync.active_config_ids == ("s1",)
+    logging.getLogger("runtime.test").warning("values: %s %s %s", named, in_url, refused)
+    assert caplog.text.count("**********") == 3
+    assert SECRET not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("method", "path", "kw", "status", "code"),
     [
