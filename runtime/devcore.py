@@ -369,12 +369,8 @@ async def _serve_http(
 ) -> None:
     # Quiet: its bound URLs are on the DevCore object.
     config = hypercorn_config(f"{host}:{port}", graceful_timeout=0.5, quiet=True)
-
-    async def serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await hypercorn_serve(app, config, task_status=task_status)
-
     async with trio.open_nursery() as nursery:
-        urls = await nursery.start(serve)
+        urls = await nursery.start(partial(hypercorn_serve, app, config))
         task_status.started(urls[0])
 
 
