@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from array import array
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -17,7 +18,14 @@ import trio
 
 from ._lifecycle import ActorState
 
-__all__ = ["ActorHealth", "ErrorRecord", "PollTimings", "wall_clock"]
+__all__ = [
+    "ActorHealth",
+    "Concern",
+    "ErrorRecord",
+    "PollTimings",
+    "fleet_concerns",
+    "wall_clock",
+]
 
 _WINDOW = 64  # poll durations kept for the rolling percentiles
 
@@ -68,6 +76,34 @@ class ErrorRecord:
             "phase": self.phase,
             "at": _iso(wall_clock(self.at)),
         }
+
+
+@attrs.frozen
+class Concern:
+    """One reason the runtime is not fully healthy: ``/health`` says ``degraded`` while any
+    part (the fleet, the delivery path, the spool, the process) reports one."""
+
+    code: str
+    """Stable and machine-readable, e.g. ``core_unreachable``, ``devices_failed``."""
+    message: str
+    hint: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+def fleet_concerns(by_state: Mapping[str, int]) -> list[Concern]:
+    """What the actors' states (counted by state name) say about the fleet's health."""
+    failed = by_state.get(ActorState.FAILED.value, 0)
+    if not failed:
+        return []
+    return [
+        Concern(
+            "devices_failed",
+            f"{failed} device(s) restarted too often and are marked failed",
+            "See /diagnostics?state=failed for each one's last error and hint.",
+        )
+    ]
 
 
 class PollTimings:

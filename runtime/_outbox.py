@@ -64,6 +64,7 @@ from ._errors import (
     CoreRouteNotFound,
     SpoolError,
 )
+from ._health import Concern
 from ._policy import RestartPolicy
 from ._scheduler import Doorbell
 from ._sink import EventRecord, TelemetryRecord
@@ -379,6 +380,20 @@ class Outbox:
             durability=self.settings.durability,
             link=link,
         )
+
+    def concerns(self) -> list[Concern]:
+        """Why delivery is not healthy now; empty while it is."""
+        state = self._link.state
+        if state in ("up", "unknown"):
+            return []
+        error = self._link.last_error or {}
+        return [
+            Concern(
+                f"core_link_{state}",
+                f"Core link {state}: {error.get('message', 'no answer')}",
+                str(error.get("hint") or "Check that Core is running and reachable."),
+            )
+        ]
 
     @property
     def settled(self) -> bool:

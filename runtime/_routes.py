@@ -157,7 +157,7 @@ def build_app(integration: Integration) -> QuartTrio:
             actors.append(record)
         following = offset + len(page)
         stats = rt.outbox.stats()
-        figures = _runtime_figures(rt, stats, by_state.get(ActorState.FAILED.value, 0))
+        figures = _runtime_figures(rt, stats, by_state)
         body = {
             "status": figures["status"],
             "integration": integration.describe(),
@@ -684,15 +684,19 @@ def _replay(known: Any, key: str, fingerprint: str, command: str) -> Response:
 # -- health --------------------------------------------------------------------------------
 
 
-def _runtime_figures(rt: Runtime, stats: OutboxStats, failed: int) -> dict[str, Any]:
-    """The runtime-wide figures, with ``status``: degraded while any device has failed
-    (``failed`` counts them) or Core cannot be reached."""
+def _runtime_figures(
+    rt: Runtime, stats: OutboxStats, by_state: Mapping[str, int]
+) -> dict[str, Any]:
+    """The runtime-wide figures, with ``status``: degraded while anything reports a
+    concern (``Runtime.concerns``), listed in ``concerns``."""
     link = stats.link.state
+    concerns = rt.concerns(by_state)
     return {
-        "status": "degraded" if failed or link not in ("up", "unknown") else "ok",
+        "status": "degraded" if concerns else "ok",
+        "concerns": [c.to_dict() for c in concerns],
         "uptime_s": round(time.time() - rt.started_at, 3),
         "devices": len(rt.registry),
-        "failed_devices": failed,
+        "failed_devices": by_state.get(ActorState.FAILED.value, 0),
         "generation": rt.sync.last_generation,
         "core_link": {
             "state": link,
@@ -706,8 +710,10 @@ def _runtime_figures(rt: Runtime, stats: OutboxStats, failed: int) -> dict[str, 
 
 
 def _health(rt: Runtime) -> dict[str, Any]:
-    failed = sum(1 for d in rt.actors if d.state is ActorState.FAILED)
-    figures = _runtime_figures(rt, rt.outbox.stats(), failed)
+    by_state: dict[str, int] = {}
+    for supervisor in rt.actors:
+        by_state[supervisor.state.value] = by_state.get(supervisor.state.value, 0) + 1
+    figures = _runtime_figures(rt, rt.outbox.stats(), by_state)
     figures["rehydration"] = rt.rehydration.to_dict() if rt.rehydration else None
     return {
         "status": figures.pop("status"),

@@ -25,6 +25,7 @@ import attrs
 import httpx
 
 from ._core import CoreClient, header_value
+from ._health import Concern, fleet_concerns
 from ._ledger import CommandLedger
 from ._nursery import ActorNursery, open_actor_nursery
 from ._outbox import Outbox, OutboxSettings, open_outbox
@@ -61,6 +62,11 @@ class Runtime:
     rehydration: RehydrationReport | None = None
     failure: str | None = None
     """Set when the runtime's core has died: health then answers 503."""
+
+    def concerns(self, by_state: Mapping[str, int]) -> list[Concern]:
+        """Why the runtime is degraded now (empty: ``ok``), given its actors counted by
+        state: every part that can be unhealthy adds its own."""
+        return [*fleet_concerns(by_state), *self.outbox.concerns()]
 
     def learn_auth(
         self, container_id: str | None, token: str | None, *, from_sync: bool = False
