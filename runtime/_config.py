@@ -8,22 +8,13 @@ from typing import Annotated, Any, TypeVar
 
 import attrs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic.alias_generators import to_camel
 
+from ._contract import WIRE_MODEL
 from ._errors import InvalidConfig
 from ._redact import secrets
 
-__all__ = ["WIRE_MODEL", "DeviceIdentity", "PollInterval", "RuntimeConfig", "validate_config"]
+__all__ = ["DeviceIdentity", "PollInterval", "RuntimeConfig", "validate_config"]
 
-#: How every model that comes off the wire reads its input: snake_case or camelCase keys
-#: (CONTRACT.md, Identities), unknown keys kept, numbers accepted where ids are strings.
-WIRE_MODEL = ConfigDict(
-    extra="allow",
-    alias_generator=to_camel,
-    validate_by_name=True,
-    validate_by_alias=True,
-    coerce_numbers_to_str=True,
-)
 
 #: A poll interval in seconds: finite and positive.
 PollInterval = Annotated[float, Field(gt=0, allow_inf_nan=False)]

@@ -28,6 +28,14 @@ import h11
 import httpx
 import trio
 
+from ._contract import (
+    CONFIG_FETCH_PATH,
+    CONTAINER_HEADER,
+    DEFAULT_CORE_URL,
+    EVENTS_PATH,
+    TELEMETRY_PATH,
+    TOKEN_HEADER,
+)
 from ._errors import (
     CoreAuthRejected,
     CoreError,
@@ -42,14 +50,6 @@ from ._errors import (
 from ._transport import H11Transport
 
 __all__ = ["DEFAULT_CORE_URL", "CoreClient"]
-
-DEFAULT_CORE_URL = "http://127.0.0.1:31419"
-TELEMETRY_PATH = "/api/v2/integrations/telemetry"
-EVENTS_PATH = "/api/v2/events/ingest"
-CONFIG_FETCH_PATH = "/api/v2/integrations/config/fetch/all/by/container/internal"
-
-CONTAINER_HEADER = "X-Container-Id"
-TOKEN_HEADER = "X-PiPhi-Integration-Token"
 
 
 def _normalise_base_url(url: str) -> str:

@@ -48,13 +48,13 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import attrs
 import trio
 
 from ._config import DeviceIdentity
+from ._contract import encode_event, encode_telemetry, iso
 from ._core import CoreClient
 from ._errors import (
     CoreAuthRejected,
@@ -203,14 +203,6 @@ class _Lane:
         self.woken_early = False
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-def _encode(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), default=str).encode()
-
-
 class Outbox:
     """Takes actors' telemetry and events (it is a ``Sink``) and delivers them to Core.
 
@@ -264,17 +256,15 @@ class Outbox:
             metrics[reading.metric] = reading.value
             if reading.unit is not None:
                 units[reading.metric] = reading.unit
-        body = _encode(
-            {
-                "telemetry_id": os.urandom(16).hex(),
-                "device_id": record.device_id,
-                "config_id": identity.config_id,
-                "container_id": container_id,
-                "integration_id": identity.integration_id or self._client.integration_id,
-                "metrics": metrics,
-                "units": units,
-                "timestamp": _iso(record.observed_at),
-            }
+        body = encode_telemetry(
+            os.urandom(16).hex(),
+            record.device_id,
+            identity.config_id,
+            container_id,
+            identity.integration_id or self._client.integration_id,
+            metrics,
+            units,
+            iso(record.observed_at),
         )
         kind = TELEMETRY if container_id else TELEMETRY | NEEDS_IDENTITY
         self._accept(kind, identity.config_id, record.device_id, body)
@@ -285,21 +275,20 @@ class Outbox:
     def _encode_event(self, record: EventRecord) -> tuple[int, str, str, bytes]:
         identity = record.identity
         container_id = identity.container_id or self._client.container_id
-        body = _encode(
-            {
-                "event_id": record.event_id,
-                "type": record.event_type,
-                "ts": _iso(record.created_at),
-                "integration_id": identity.integration_id or self._client.integration_id,
-                "config_id": identity.config_id,
-                "container_id": container_id,
-                "device_id": record.device_id,
-                "severity": record.severity,
-                "transport": "rest",
-                "topic": None,
-                "data": dict(record.data),
-                "received_at": _iso(record.created_at),
-            }
+        created = iso(record.created_at)
+        body = encode_event(
+            record.event_id,
+            record.event_type,
+            created,
+            identity.integration_id or self._client.integration_id,
+            identity.config_id,
+            container_id,
+            record.device_id,
+            record.severity,
+            "rest",
+            None,
+            dict(record.data),
+            created,
         )
         kind = EVENT if container_id else EVENT | NEEDS_IDENTITY
         return kind, identity.config_id, record.device_id, body
@@ -479,7 +468,7 @@ class Outbox:
         payload = json.loads(body)
         payload["container_id"] = container_id
         payload["integration_id"] = payload.get("integration_id") or self._client.integration_id
-        return _encode(payload)
+        return json.dumps(payload, separators=(",", ":")).encode()
 
     async def _failed(self, lane: _Lane, item: _Item, err: CoreError, auth_version: int) -> None:
         # A Core without the events route (404) must not hold up the telemetry queued

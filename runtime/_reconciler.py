@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.alias_generators import to_camel
 
 from ._actor import DeviceActor
-from ._config import WIRE_MODEL, DeviceIdentity, RuntimeConfig, validate_config
+from ._config import DeviceIdentity, RuntimeConfig, validate_config
+from ._contract import WIRE_MODEL
 from ._errors import ActorCallError, InvalidConfig
 from ._nursery import ActorNursery
 from ._sink import EventRecord, Sink

@@ -9,17 +9,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Protocol
 
 import attrs
 
 from ._config import DeviceIdentity
+from ._contract import SEVERITIES, Severity
 from ._reading import Reading
 
 __all__ = ["SEVERITIES", "EventRecord", "Severity", "Sink", "TelemetryRecord"]
-
-Severity: TypeAlias = Literal["info", "warning", "error", "critical"]
-SEVERITIES: frozenset[str] = frozenset({"info", "warning", "error", "critical"})
 
 
 @attrs.frozen(slots=True)

@@ -83,3 +83,12 @@ def test_validate_config_passes_instances_through_and_converts_base_configs() ->
     assert validate_config(PlugConfig, plug) is plug
     base = RuntimeConfig.model_validate({"id": "p", "host": "h"})
     assert validate_config(PlugConfig, base) == plug
+
+
+def test_a_missing_field_is_named_in_snake_case_even_with_camel_case_input() -> None:
+    class Hub(RuntimeConfig):
+        api_key: str
+
+    with pytest.raises(InvalidConfig) as caught:
+        validate_config(Hub, {"id": "h", "pollIntervalSeconds": 5})
+    assert [e["loc"] for e in caught.value.details["errors"]] == [("api_key",)]

@@ -27,6 +27,7 @@ from runtime import (
     open_actor_nursery,
     open_outbox,
 )
+from runtime._contract import EventPayload, TelemetryPayload
 from tests.fakecore import FakeCore
 from tests.helpers import Probe, wait_until
 
@@ -90,6 +91,7 @@ async def test_delivers_telemetry_in_the_contract_shape(
         "timestamp": "2027-01-15T08:00:00+00:00",
     }
     assert len(body["telemetry_id"]) == 32
+    TelemetryPayload.model_validate(body)  # the contract's model is what Core receives
     assert (stats.accepted, stats.delivered, stats.spooled, stats.dropped) == (1, 1, 0, 0)
     assert stats.link.state == "up"
     assert core.received[0].token == TOKEN
@@ -128,6 +130,7 @@ async def test_events_keep_their_id(
     )
     assert body["data"] == {"reason": "offline"}
     assert body["transport"] == "rest"
+    EventPayload.model_validate(body)
 
 
 async def test_core_down_for_a_minute_loses_nothing_and_keeps_order(

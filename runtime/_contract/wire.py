@@ -1,0 +1,62 @@
+"""How every model of the contract reads and writes JSON.
+
+Input: snake_case or camelCase keys (CONTRACT.md, Identities), snake_case winning when
+both are sent; unknown keys kept (vendor fields); numbers accepted where ids are strings.
+Output: snake_case, always; so are the field paths of validation errors, whichever
+spelling the caller used (a validation alias with both spellings, the snake one first,
+also makes the generated JSON Schema name the snake_case field).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeAlias
+
+from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, PlainSerializer
+from pydantic.alias_generators import to_camel
+
+__all__ = ["WIRE_MODEL", "Answer", "JsonObject", "UtcTime", "WireModel", "iso", "snake_or_camel"]
+
+
+def snake_or_camel(name: str) -> AliasChoices:
+    camel = to_camel(name)
+    return AliasChoices(name, camel) if camel != name else AliasChoices(name)
+
+
+#: The model config of everything that comes off the wire.
+WIRE_MODEL = ConfigDict(
+    extra="allow",
+    alias_generator=AliasGenerator(validation_alias=snake_or_camel),
+    validate_by_name=True,
+    validate_by_alias=True,
+    loc_by_alias=False,
+    coerce_numbers_to_str=True,
+)
+
+JsonObject: TypeAlias = dict[str, Any]
+
+
+def iso(moment: datetime | float | None) -> str | None:
+    """ISO-8601 UTC for an aware datetime or a Unix time; None stays None."""
+    if moment is None:
+        return None
+    if isinstance(moment, datetime):
+        return moment.astimezone(UTC).isoformat()
+    return datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+#: A moment, answered as ISO-8601 UTC (a Unix time is accepted when building it).
+UtcTime = Annotated[datetime, PlainSerializer(iso, return_type=str)]
+
+
+class WireModel(BaseModel):
+    """A body the runtime receives: both spellings in, unknown keys kept."""
+
+    model_config = WIRE_MODEL
+
+
+class Answer(BaseModel):
+    """A body the runtime sends. Built from the runtime's own state (``model_construct``
+    where a route is hot), so validation is the fuzz tests' job, not every request's."""
+
+    model_config = ConfigDict(extra="forbid")
