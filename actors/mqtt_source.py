@@ -53,7 +53,7 @@ from moat.lib.mqtt.async_client import AsyncMQTTClient
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from runtime import DeviceActor, DeviceUnavailable, Reading, RuntimeConfig
-from runtime._config import WIRE_MODEL
+from runtime._contract import WIRE_MODEL
 from runtime._redact import MASK
 
 __all__ = [
