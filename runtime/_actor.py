@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import attrs
 
+from ._capability import Capability
 from ._config import RuntimeConfig
 from ._errors import ActorNotAttached, InvalidActor, InvalidEvent, InvalidReading
 from ._policy import RestartPolicy
@@ -116,6 +117,8 @@ class DeviceActor(Generic[ConfigT]):
     #: Grace period of teardown() when the actor is stopped or restarted.
     stop_timeout: ClassVar[float] = 5.0
     restart_policy: ClassVar[RestartPolicy] = RestartPolicy()
+    #: What the device can do beyond its commands, for the manifest and its entities.
+    capabilities: ClassVar[Mapping[str, Capability]] = MappingProxyType({})
 
     #: Filled in per subclass: the declared commands, by name.
     commands: ClassVar[Mapping[str, CommandSpec]] = MappingProxyType({})

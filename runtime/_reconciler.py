@@ -26,12 +26,12 @@ from typing import Any, Literal
 
 import attrs
 import trio
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic.alias_generators import to_camel
 
 from ._actor import DeviceActor
 from ._config import DeviceIdentity, RuntimeConfig, validate_config
-from ._contract import WIRE_MODEL
+from ._contract import ConfigSnapshot
 from ._errors import ActorCallError, InvalidConfig
 from ._nursery import ActorNursery
 from ._sink import EventRecord, Sink
@@ -77,24 +77,6 @@ def _collector_held() -> Iterator[None]:
 ActorClass = type[DeviceActor[Any]]
 Selector = Callable[[Mapping[str, Any]], ActorClass]
 Change = Literal["restarted", "reconfigured"]
-
-
-class ConfigSnapshot(BaseModel):
-    """The body of ``/config/sync`` and of the mounted snapshot file (CONTRACT.md)."""
-
-    model_config = ConfigDict(**WIRE_MODEL)
-
-    schema_version: int | str | None = None
-    container_id: str | None = None
-    integration_id: str | None = None
-    driver_pid: int | str | None = None
-    reason: str | None = None
-    generation: int | None = Field(default=None, ge=0)
-    updated_at: str | None = None
-    configs: list[Any] = Field(default_factory=list)  # each one is validated on its own
-    deleted_config_ids: list[str] = Field(default_factory=list)
-    config_hash: str | None = None
-    internal_token: SecretStr | None = None
 
 
 @attrs.frozen

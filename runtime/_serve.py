@@ -22,8 +22,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from ._integration import Integration
-from ._routes import RUNTIME_KEY
 from ._runtime import open_runtime
+from ._web import RUNTIME_KEY
 
 __all__ = ["hypercorn_config", "parse_port", "serve"]
 

@@ -12,10 +12,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeAlias
 
-from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, PlainSerializer
+from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
-__all__ = ["WIRE_MODEL", "Answer", "JsonObject", "UtcTime", "WireModel", "iso", "snake_or_camel"]
+__all__ = [
+    "WIRE_MODEL",
+    "Answer",
+    "JsonObject",
+    "UtcTime",
+    "WireModel",
+    "from_unix",
+    "iso",
+    "omitted_when_none",
+    "snake_or_camel",
+]
 
 
 def snake_or_camel(name: str) -> AliasChoices:
@@ -45,6 +55,10 @@ def iso(moment: datetime | float | None) -> str | None:
     return datetime.fromtimestamp(moment, UTC).isoformat()
 
 
+def from_unix(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
 #: A moment, answered as ISO-8601 UTC (a Unix time is accepted when building it).
 UtcTime = Annotated[datetime, PlainSerializer(iso, return_type=str)]
 
@@ -60,3 +74,13 @@ class Answer(BaseModel):
     where a route is hot), so validation is the fuzz tests' job, not every request's."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def omitted_when_none(default: Any = None, **field: Any) -> Any:
+    """A field left out of the body rather than sent as ``null`` (a receipt only a
+    refresh carries, a flag only a timeout sets)."""
+    return Field(default=default, exclude_if=_is_none, **field)

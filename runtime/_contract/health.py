@@ -1,0 +1,224 @@
+"""Watching the runtime: ``/health`` and ``/diagnostics``. Every moment is ISO-8601 UTC."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from .wire import Answer, JsonObject, UtcTime, WireModel
+
+__all__ = [
+    "DIAGNOSTICS_PAGE",
+    "DIAGNOSTICS_PAGE_MAX",
+    "ActorRecord",
+    "AuthInfo",
+    "CoreLink",
+    "DeliveryStats",
+    "DeviceDelivery",
+    "Diagnostics",
+    "DiagnosticsAnswer",
+    "DiagnosticsFilters",
+    "DiagnosticsQuery",
+    "ErrorView",
+    "HealthAnswer",
+    "HealthConcern",
+    "HealthFigures",
+    "IntegrationInfo",
+    "LinkError",
+    "Page",
+    "Rehydration",
+    "RehydrationSource",
+    "RuntimeFigures",
+    "StartingFigures",
+]
+
+#: Actor records in one ``/diagnostics`` answer unless ``limit`` asks for more.
+DIAGNOSTICS_PAGE = 100
+DIAGNOSTICS_PAGE_MAX = 1000
+
+Status = Literal["ok", "degraded"]
+LinkState = Literal["unknown", "up", "down", "auth_rejected", "no_identity", "misrouted"]
+
+
+class IntegrationInfo(Answer):
+    id: str
+    name: str
+    version: str
+
+
+class HealthConcern(Answer):
+    """One reason the status is ``degraded``."""
+
+    code: str
+    message: str
+    hint: str
+
+
+class LinkError(Answer):
+    """The last delivery error: a stable code, what happened, what to do."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+    hint: str
+    at: UtcTime
+
+
+class CoreLink(Answer):
+    state: LinkState
+    since: UtcTime
+    last_error: LinkError | None
+
+
+class RehydrationSource(Answer):
+    source: str
+    status: str
+    configs: int
+    detail: str | None
+
+
+class Rehydration(Answer):
+    """Where the devices running at start-up came from."""
+
+    ok: bool
+    sources: list[RehydrationSource]
+
+
+class RuntimeFigures(Answer):
+    uptime_s: float
+    devices: int
+    failed_devices: int
+    generation: int | None
+    core_link: CoreLink
+    queue_depth: int
+    spool_depth: int
+    dropped: int
+    concerns: list[HealthConcern]
+
+
+class HealthFigures(RuntimeFigures):
+    rehydration: Rehydration | None
+
+
+class StartingFigures(Answer):
+    error: str
+
+
+class HealthAnswer(Answer):
+    """Conformance checkers read ``status`` or ``ok``: both are given."""
+
+    status: Literal["ok", "degraded", "starting", "failed"]
+    ok: bool
+    integration: IntegrationInfo
+    runtime: HealthFigures | StartingFigures
+    metadata: JsonObject
+
+
+class DeliveryStats(Answer):
+    accepted: int
+    delivered: int
+    retried: int
+    spooled: int
+    replayed: int
+    dropped: int
+    rejected: int
+    in_flight: int
+    queue_depth: int
+    spool_depth: int
+    spool_bytes: int
+    spool_oldest_age: float | None
+    durability: Literal["memory", "write_ahead"]
+    link: CoreLink
+
+
+class AuthInfo(Answer):
+    mode: Literal["managed", "adopted"]
+    token_source: Literal["environment", "adopted", "none"]
+    container_id: str | None
+    token_known: bool
+
+
+class ErrorView(Answer):
+    type: str
+    message: str
+    code: str
+    hint: str
+    phase: str
+    at: UtcTime
+
+
+class DeviceDelivery(Answer):
+    accepted: int
+    delivered: int
+    last_delivered: UtcTime | None
+
+
+class ActorRecord(Answer):
+    """One actor's health; durations in seconds."""
+
+    config_id: str
+    device_id: str
+    actor: str
+    state: str
+    state_since: UtcTime
+    available: bool
+    restarts_total: int
+    restarts_in_window: int
+    consecutive_failures: int
+    last_error: ErrorView | None
+    last_poll_started: UtcTime | None
+    last_poll_ended: UtcTime | None
+    next_poll_due: UtcTime | None
+    poll_duration_last: float | None
+    poll_duration_p50: float | None
+    poll_duration_p95: float | None
+    polls: int
+    overruns: int
+    readings: int
+    latest_readings_at: UtcTime | None
+    delivery: DeviceDelivery
+
+
+class Page(Answer):
+    matched: int
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class DiagnosticsFilters(Answer):
+    state: str | None
+    device_id: str | None
+
+
+class Diagnostics(Answer):
+    runtime: RuntimeFigures
+    delivery: DeliveryStats
+    auth: AuthInfo
+    rehydration: Rehydration | None
+    actors_by_state: dict[str, int]
+    actors: list[ActorRecord]
+    actors_page: Page
+    filters: DiagnosticsFilters
+
+
+class DiagnosticsAnswer(Answer):
+    status: Status
+    integration: IntegrationInfo
+    diagnostics: Diagnostics
+
+
+class DiagnosticsQuery(WireModel):
+    """Filters and the page of actor records (ordered by config id)."""
+
+    state: str | None = Field(default=None, description="Only actors in this state.")
+    device_id: str | None = Field(default=None, description="Only this device (or local id).")
+    offset: int = Field(default=0, ge=0, description="Skip this many matching actors.")
+    limit: int = Field(
+        default=DIAGNOSTICS_PAGE,
+        ge=1,
+        le=DIAGNOSTICS_PAGE_MAX,
+        description="At most this many actor records.",
+    )

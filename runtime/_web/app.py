@@ -1,0 +1,271 @@
+"""The PiPhi route contract as a Quart-Trio app: ``build_app(integration)``.
+
+Blueprints by concern (``health``, ``config``, ``commands``, ``devices``, ``describe``)
+validate with quart-schema from the contract's models, so ``/openapi.json`` is generated
+from what the routes really accept and answer. One set of error handlers turns every
+refusal (a ``Problem``, a validation error, an HTTP error) into RFC 9457 problem+json
+with snake_case field paths.
+
+``piphi-runtime serve`` opens the runtime in its own root nursery and serves the app
+beside it, so a runtime failure ends the process (STACK.md section 2). Under
+``hypercorn --worker-class trio module:app`` the app opens the runtime itself in
+``before_serving``; a failure is then recorded, ``/health`` answers 503, and the process
+is sent SIGTERM rather than left answering 200s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from pydantic import ValidationError
+from quart import Response, request
+from quart_schema import (
+    APIKeySecurityScheme,
+    Info,
+    PydanticDumpOptions,
+    QuartSchema,
+    RequestSchemaValidationError,
+)
+from quart_schema.validation import QuerystringValidationError
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
+from werkzeug.exceptions import HTTPException
+
+from .._contract import TOKEN_HEADER
+from .._integration import Integration
+from .._runtime import Runtime, open_runtime
+from . import commands, config, describe, devices, health
+from .context import INTEGRATION_KEY, RUNTIME_KEY
+from .problem import Problem, field_errors, problem_response
+
+__all__ = ["MAX_BODY", "build_app"]
+
+log = logging.getLogger("runtime.web")
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+MAX_BODY = 1024 * 1024
+#: Routes that neither need nor teach credentials.
+OPEN_ROUTES = frozenset({"/health"})
+#: The code of a body that does not match its route's model, by blueprint.
+_INVALID = {"config": "invalid_config", "commands": "invalid_command"}
+
+
+def build_app(integration: Integration) -> QuartTrio:
+    """The Quart-Trio app serving ``integration``: ``hypercorn --worker-class trio m:app``."""
+    app = QuartTrio(integration.id)
+    app.request_class = JsonRequest
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0.5
+    app.extensions[INTEGRATION_KEY] = integration
+    QuartSchema(
+        app,
+        info=Info(
+            title=integration.name,
+            version=integration.version,
+            description=integration.description or f"The PiPhi routes of {integration.name}.",
+        ),
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        security_schemes={
+            "piphiToken": APIKeySecurityScheme(name=TOKEN_HEADER, in_="header"),
+        },
+        security=[{"piphiToken": []}],
+        conversion_preference="pydantic",
+        # mode="json": moments leave as ISO-8601 strings, not Quart's HTTP dates.
+        pydantic_dump_options=PydanticDumpOptions(mode="json", by_alias=True),  # type: ignore[typeddict-unknown-key]
+        openapi_provider_class=describe.ContractOpenAPI,
+    )
+    for module in (health, config, commands, devices, describe):
+        app.register_blueprint(module.blueprint)
+    app.before_request(_authenticate)
+    _install_errors(app)
+    _install_lifecycle(app, integration)
+    app.asgi_app = _health_first(app, app.asgi_app)  # type: ignore[method-assign, assignment]
+    return app
+
+
+class JsonRequest(TrioRequest):
+    """Bodies are JSON: a body without a content type is read as JSON (as older kits and
+    curl send it); another type is a 415, malformed or empty JSON a 400, all problems."""
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        mimetype = self.mimetype
+        if not (force or not mimetype or mimetype == "application/json") and not (
+            mimetype.endswith("+json")
+        ):
+            raise Problem(
+                415,
+                f"Send the body as application/json, not {mimetype}.",
+                code="unsupported_media_type",
+            )
+        try:
+            return await super().get_json(force=True, silent=silent, cache=cache)
+        except RecursionError:
+            raise Problem(400, "The body is nested too deeply.", code="too_deep") from None
+        except UnicodeDecodeError as exc:
+            raise Problem(400, f"The body is not UTF-8: {exc}", code="malformed_json") from None
+
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        if isinstance(error, json.JSONDecodeError) and not error.doc.strip():
+            raise Problem(400, "This route needs a JSON object body.", code="body_required")
+        raise Problem(400, f"The body is not valid JSON: {error}", code="malformed_json")
+
+
+async def _authenticate() -> None:
+    """Managed mode: every route but ``/health`` needs Core's token (compared in
+    constant time). Adopted mode: Core's headers teach the runtime its auth."""
+    from quart import current_app
+
+    rt = current_app.extensions.get(RUNTIME_KEY)
+    if not isinstance(rt, Runtime) or request.path in OPEN_ROUTES:
+        return
+    headers = request.headers
+    token = headers.get(TOKEN_HEADER)
+    if rt.managed and not rt.client.token_matches(token):
+        raise Problem(
+            401,
+            "This runtime requires Core's integration token.",
+            code="auth_required",
+            hint=f"Send the {TOKEN_HEADER} header Core gave this runtime.",
+            headers={"WWW-Authenticate": "PiPhi-Token"},
+        )
+    rt.learn_auth(headers.get("X-Container-Id"), token)
+
+
+def _install_errors(app: QuartTrio) -> None:
+    @app.errorhandler(Problem)
+    async def on_problem(problem: Problem) -> Response:
+        return problem_response(problem)
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def on_invalid(exc: RequestSchemaValidationError) -> Response:
+        error = exc.validation_error
+        if isinstance(exc, QuerystringValidationError):
+            status, code, what = 400, "bad_query_argument", "query"
+            hint = "Fix or leave out the query arguments named in errors."
+        else:
+            body = await request.get_json()
+            status, what = 422, "body"
+            hint = "Fix the fields named in errors; /openapi.json has the schema."
+            code = (
+                _INVALID.get(request.blueprint or "", "invalid_request")
+                if isinstance(body, dict)
+                else "body_not_an_object"
+            )
+        errors = field_errors(error) if isinstance(error, ValidationError) else None
+        return problem_response(
+            Problem(
+                status, f"The request's {what} is invalid.", code=code, hint=hint, errors=errors
+            )
+        )
+
+    @app.errorhandler(ValidationError)
+    async def on_model(exc: ValidationError) -> Response:
+        return problem_response(
+            Problem(
+                422,
+                "The request's body is invalid.",
+                code="invalid_request",
+                hint="Fix the fields named in errors; /openapi.json has the schema.",
+                errors=field_errors(exc),
+            )
+        )
+
+    @app.errorhandler(HTTPException)
+    async def on_http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        problem = Problem(status, exc.description or exc.name)
+        if status == 413:
+            problem.detail = f"The body is larger than {MAX_BODY} bytes."
+        allow = dict(exc.get_headers()).get("Allow")
+        if allow:
+            problem.headers["Allow"] = allow
+        return problem_response(problem)
+
+    @app.errorhandler(Exception)
+    async def on_crash(exc: Exception) -> Response:
+        log.error("unexpected error answering %s %s", request.method, request.path, exc_info=exc)
+        return problem_response(
+            Problem(500, "The runtime failed to answer; see its log.", code="internal_error")
+        )
+
+
+def _health_first(app: QuartTrio, asgi_app: ASGIApp) -> ASGIApp:
+    """Answer ``GET /health`` before Quart builds a request context (about 2 ms of CPU per
+    request): liveness checks are the most frequent request and must stay fast while the
+    event loop is busy with devices. Anything else, or a runtime not up, goes to Quart."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and scope.get("path") == "/health":
+            rt = app.extensions.get(RUNTIME_KEY)
+            if scope.get("method") == "GET" and isinstance(rt, Runtime) and not rt.failure:
+                body = health.health_answer(rt).model_dump_json(by_alias=True).encode()
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await asgi_app(scope, receive, send)
+
+    return asgi
+
+
+def _install_lifecycle(app: QuartTrio, integration: Integration) -> None:
+    """Open the runtime when served by the hypercorn CLI (``serve`` opens it itself)."""
+    owned: dict[str, Any] = {}
+
+    @app.before_serving
+    async def start_runtime() -> None:
+        if RUNTIME_KEY in app.extensions:
+            return
+        scope = trio.CancelScope()
+        ready, done = trio.Event(), trio.Event()
+        failed: list[BaseException] = []
+        owned.update(scope=scope, done=done)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    async with open_runtime(integration) as rt:
+                        app.extensions[RUNTIME_KEY] = rt
+                        ready.set()
+                        await trio.sleep_forever()
+            except Exception as exc:
+                if not ready.is_set():
+                    failed.append(exc)  # start-up failed: before_serving raises it below
+                    return
+                # The runtime died while serving: never keep answering 200s.
+                log.critical("the runtime failed: %r; stopping the process", exc, exc_info=True)
+                rt_ = app.extensions.get(RUNTIME_KEY)
+                if isinstance(rt_, Runtime):
+                    rt_.failure = repr(exc)
+                os.kill(os.getpid(), signal.SIGTERM)
+            finally:
+                ready.set()
+                done.set()
+
+        # start_soon, not start(): the runtime opens nurseries of its own before it is
+        # ready, and a task cannot be moved into app.nursery with those open.
+        app.nursery.start_soon(run)
+        await ready.wait()
+        if failed:
+            raise failed[0]
+
+    @app.after_serving
+    async def stop_runtime() -> None:
+        scope, done = owned.get("scope"), owned.get("done")
+        if scope is None or done is None:
+            return
+        scope.cancel()
+        with trio.move_on_after(30):
+            await done.wait()
+        app.extensions.pop(RUNTIME_KEY, None)

@@ -1,0 +1,214 @@
+"""``POST /command``: find the target device, check what it declares, run the command
+through the actor's mailbox, and keep the outcome under its idempotency key.
+
+A capability is something a device declares: its entities' ``capabilities``, the
+manifest's ``capabilities``, and each command itself, also namespaced
+(``device.<command>``, ``<domain>.<command>``). A request naming capabilities is refused
+only when the target declares some and not the ones asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+from pydantic import ValidationError
+from quart import Blueprint, request
+from quart_schema import validate_request, validate_response
+
+from .._contract import IDEMPOTENCY_HEADER, CommandReply, CommandRequest, iso
+from .._errors import ActorBusy, ActorCallError, ActorNotReady, CallTimeout, UnknownCommand
+from .._ledger import LedgerEntry
+from .._redact import redact, secrets
+from .._registry import DeviceSlice
+from .._runtime import Runtime
+from .context import current_integration, current_runtime
+from .devices import device_entities
+from .problem import Problem
+
+__all__ = ["blueprint", "command_fingerprint", "declared_capabilities"]
+
+blueprint = Blueprint("commands", __name__)
+
+
+@blueprint.post("/command")
+@validate_request(CommandRequest)
+@validate_response(CommandReply, 200)
+@validate_response(CommandReply, 502)
+async def command(data: CommandRequest) -> tuple[CommandReply, int]:
+    """Run a device command. A repeated ``X-PiPhi-Idempotency-Key`` replays the stored
+    outcome and never runs the command twice."""
+    rt = current_runtime()
+    secrets.collect(data.arguments)
+    device = _target(rt, data)
+    _check_capabilities(device, data)
+    key = request.headers.get(IDEMPOTENCY_HEADER) or data.idempotency_key
+    if key:
+        fingerprint = command_fingerprint(data.command, device.identity.id, data.arguments)
+        known = await rt.ledger.begin(key, fingerprint)
+        if known is not None:
+            return _replay(known, fingerprint, data.command)
+    status, reply, never_ran = await _run(device, data)
+    if key:
+        with trio.CancelScope(shield=True):
+            if never_ran:  # busy or restarting: a retry with this key must run it
+                await rt.ledger.forget(key)
+            else:
+                await rt.ledger.finish(key, status, reply.model_dump(mode="json"))
+    return reply, status
+
+
+def command_fingerprint(command: str, config_id: str, arguments: Mapping[str, Any]) -> str:
+    """What an idempotency key promises to mean: this command, this device, these args."""
+    canonical = json.dumps([command, config_id, arguments], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def declared_capabilities(device: DeviceSlice) -> frozenset[str]:
+    """Everything ``device`` says it can do (see the module docstring)."""
+    integration = current_integration()
+    declared: set[str] = set()
+    namespaces = {"device", integration.domain}
+    for entity in device_entities(device):
+        declared.update(entity.capabilities)
+        namespaces.update(n for n in (entity.device_type, entity.device_class) if n)
+    manifest = integration.manifest or {}
+    declared.update(manifest.get("capabilities") or ())
+    for name in type(device.supervisor.actor).commands:
+        declared.add(name)
+        declared.update(f"{space}.{name}" for space in namespaces)
+    return frozenset(declared)
+
+
+def _check_capabilities(device: DeviceSlice, data: CommandRequest) -> None:
+    wanted = data.wanted_capabilities
+    if not wanted:
+        return
+    declared = declared_capabilities(device)
+    missing = [c for c in wanted if c not in declared]
+    if declared and missing:
+        raise Problem(
+            400,
+            f"{device.identity.config_id} does not declare capability {missing[0]!r}.",
+            code="unsupported_capability",
+            hint="Ask for one of the device's capabilities (GET /entities lists them).",
+            extra={
+                "ok": False,
+                "error": "unsupported_capability",
+                "message": f"not declared: {missing}",
+            },
+        )
+
+
+def _target(rt: Runtime, data: CommandRequest) -> DeviceSlice:
+    config_id, device_id = data.target_config_id, data.target_device_id
+    entity_id = data.target_entity_id
+    if entity_id and not (config_id or device_id):
+        config_id, _, entity_device = entity_id.partition(":")
+        device_id = device_id or entity_device or None
+    if config_id:
+        found = rt.registry.select(lambda i: config_id in (i.config_id, i.id))
+    elif device_id:
+        found = rt.registry.select(lambda i: i.device_id == device_id)
+    else:
+        found = list(rt.registry)
+    if device_id and config_id:
+        found = [d for d in found if d.identity.device_id == device_id] or found
+    if not found:
+        raise Problem(
+            404,
+            f"No configured device matches {config_id or device_id!r}.",
+            code="unknown_device",
+            extra={"ok": False, "error": "unknown_device"},
+        )
+    if len(found) > 1:
+        raise Problem(
+            409,
+            "The command's target matches several devices; name a config_id.",
+            code="ambiguous_target",
+            extra={
+                "ok": False,
+                "error": "ambiguous_target",
+                "candidates": sorted(d.identity.config_id for d in found),
+            },
+        )
+    device = found[0]
+    cls = type(device.supervisor.actor)
+    if data.command not in cls.commands:
+        raise Problem(
+            400,
+            f"{cls.__name__} has no command {data.command!r}.",
+            code="unsupported_command",
+            extra={
+                "ok": False,
+                "error": "unsupported_command",
+                "message": f"supported: {sorted(cls.commands)}",
+            },
+        )
+    return device
+
+
+async def _run(device: DeviceSlice, data: CommandRequest) -> tuple[int, CommandReply, bool]:
+    """``(status, reply, never_ran)``: never_ran when the actor refused it unseen."""
+    try:
+        result = await device.supervisor.command(data.command, data.arguments)
+    except UnknownCommand as exc:
+        return 400, _reply(data.command, None, exc, retryable=False), True
+    except (ActorBusy, ActorNotReady) as exc:
+        return 502, _reply(data.command, None, exc, retryable=True), True
+    except ActorCallError as exc:
+        return 502, _reply(data.command, None, exc, retryable=exc.retryable), False
+    return 200, _reply(data.command, result, None, retryable=False), False
+
+
+def _reply(
+    command: str, result: Any, error: ActorCallError | None, *, retryable: bool
+) -> CommandReply:
+    outcome = result if isinstance(result, Mapping) else {"value": result}
+    return CommandReply(
+        ok=error is None,
+        status="success" if error is None else "failed",
+        command=command,
+        result=redact(json.loads(json.dumps(outcome, default=str))) if error is None else {},
+        error=None if error is None else redact(error.to_dict()),
+        retryable=retryable,
+        replayed=False,
+        may_have_run=bool(error.details.get("started")) if isinstance(error, CallTimeout) else None,
+    )
+
+
+def _replay(known: LedgerEntry, fingerprint: str, command: str) -> tuple[CommandReply, int]:
+    if known.fingerprint != fingerprint:
+        raise Problem(
+            422,
+            "This idempotency key was used for a different command.",
+            code="idempotency_key_reused",
+            hint=f"Use a new {IDEMPOTENCY_HEADER} for a new command.",
+        )
+    if known.state == "done" and known.reply is not None:
+        stored = {**known.reply, "replayed": True}
+        try:
+            reply = CommandReply.model_validate(stored)
+        except ValidationError:  # recorded by an older version: answer it as it was
+            reply = CommandReply.model_construct(**stored)
+        return reply, known.status or 200
+    raise Problem(
+        409,
+        "An earlier attempt with this idempotency key has no recorded outcome: it may have "
+        "reached the device before the runtime stopped. It is not run again.",
+        code="outcome_unknown",
+        hint="Check the device's state (GET /state?refresh=true) before sending a new command "
+        "with a new key.",
+        extra={
+            "ok": False,
+            "status": "failed",
+            "command": command,
+            "error": "outcome_unknown",
+            "retryable": False,
+            "replayed": True,
+            "started_at": iso(known.started),
+        },
+    )

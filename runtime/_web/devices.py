@@ -1,0 +1,294 @@
+"""What the devices know: ``/state`` (with refresh receipts), ``/events``, ``/entities``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Literal
+
+import trio
+from pydantic import ValidationError
+from quart import Blueprint
+from quart_schema import validate_querystring, validate_response
+
+from .._contract import (
+    CapabilityInfo,
+    CommandInfo,
+    CommandOption,
+    Dashboard,
+    EntitiesAnswer,
+    Entity,
+    EventsAnswer,
+    EventView,
+    RefreshOutcome,
+    RefreshReceipt,
+    StateAnswer,
+    StateEntry,
+    StateQuery,
+    from_unix,
+)
+from .._errors import ActorCallError, RefreshUnsupported
+from .._redact import redact, redact_text
+from .._registry import DeviceSlice
+from .._sink import EventRecord
+from .context import current_runtime
+from .problem import Problem
+
+__all__ = ["REFRESH_TIMEOUT", "blueprint", "device_entities"]
+
+log = logging.getLogger("runtime.web")
+
+blueprint = Blueprint("devices", __name__)
+
+#: How long ``/state?refresh=true`` waits for the devices' reads.
+REFRESH_TIMEOUT = 30.0
+#: Events ``/events`` answers (the most recent ones, oldest first).
+EVENTS_SHOWN = 200
+
+_WIDGETS_BY_TYPE = {
+    bool: ("toggle", ["toggle", "status"]),
+    int: ("gauge", ["gauge", "value", "chart"]),
+    float: ("gauge", ["gauge", "value", "chart"]),
+    str: ("value", ["value", "status"]),
+}
+
+
+@blueprint.get("/state")
+@validate_querystring(StateQuery)
+@validate_response(StateAnswer)
+async def state(query_args: StateQuery) -> StateAnswer:
+    """Latest state per device; with ``refresh=true`` every device is read upstream first
+    and the answer carries a receipt for ``refresh_request_id``."""
+    rt = current_runtime()
+    wanted = query_args.config_id
+    if query_args.refresh and not query_args.refresh_request_id:
+        raise Problem(
+            400,
+            "refresh=true needs a refresh_request_id.",
+            code="refresh_request_id_required",
+            hint="Add refresh_request_id=<id> to correlate the receipt.",
+        )
+    devices = rt.registry.select(lambda i: not wanted or wanted in (i.id, i.config_id, i.device_id))
+    if wanted and not devices:
+        raise Problem(404, f"No configured device {wanted!r}.", code="unknown_device")
+    receipt = None
+    if query_args.refresh:
+        assert query_args.refresh_request_id is not None
+        receipt = await _refresh(devices, query_args.refresh_request_id)
+        devices = [rt.registry.get(d.identity.id) or d for d in devices]
+    entries = {d.identity.config_id: _state_entry(d) for d in devices}
+    return StateAnswer.model_construct(entries=entries, refresh=receipt)
+
+
+@blueprint.get("/events")
+@validate_response(EventsAnswer)
+async def events() -> EventsAnswer:
+    """The runtime's recent local events (config changes, availability, the actors' own)."""
+    rt = current_runtime()
+    records = list(rt.sync.recent_events)
+    for device in rt.registry:
+        records.extend(device.recent_events)
+    records.sort(key=lambda r: r.created_at)
+    container_id = rt.client.container_id
+    return EventsAnswer.model_construct(
+        events=[_event_view(r, container_id) for r in records[-EVENTS_SHOWN:]]
+    )
+
+
+@blueprint.get("/entities")
+@validate_response(EntitiesAnswer)
+async def entities() -> EntitiesAnswer:
+    """Every device's entities (declared by its actor, else one default entity), and the
+    capabilities and commands they offer."""
+    rt = current_runtime()
+    out: list[Entity] = []
+    capabilities: dict[str, CapabilityInfo] = {}
+    commands: dict[str, CommandInfo] = {}
+    for device in rt.registry:
+        out += device_entities(device)
+        for reading in device.readings:
+            capabilities.setdefault(
+                reading.metric, CapabilityInfo(kind="sensor", unit=reading.unit)
+            )
+        cls = type(device.supervisor.actor)
+        for spec in cls.commands.values():
+            timeout = spec.timeout if spec.timeout is not None else cls.command_timeout
+            commands.setdefault(
+                spec.name,
+                CommandInfo(description=_describe(spec), timeout_ms=int(timeout * 1000)),
+            )
+            capabilities.setdefault(spec.name, CapabilityInfo(kind="action"))
+    return EntitiesAnswer.model_construct(
+        entities=out, capabilities=capabilities, commands=commands
+    )
+
+
+def device_entities(device: DeviceSlice) -> list[Entity]:
+    """A device's entities as Core sees them: those its actor declares, each completed
+    from the device (ids, type) and the defaults, or else one default entity. A declared
+    entity that cannot be read as one is logged and replaced by the default."""
+    identity = device.identity
+    filled = {
+        "config_id": identity.config_id,
+        "device_id": identity.device_id,
+        "device_type": _device_type(device),
+    }
+    declared = []
+    for raw in device.entities:
+        try:
+            declared.append(Entity.model_validate({**filled, **redact(dict(raw))}))
+        except (ValidationError, TypeError, ValueError) as exc:
+            log.warning("%s: an entity from entities() is malformed: %s", identity.id, exc)
+            return [_default_entity(device)]
+    return declared or [_default_entity(device)]
+
+
+def _default_entity(device: DeviceSlice) -> Entity:
+    """One entity per device: the metrics it reports, its commands as capabilities."""
+    identity = device.identity
+    actor = device.supervisor.actor
+    metrics = {r.metric: r for r in device.readings}
+    commands = list(type(actor).commands.values())
+    widgets: list[str] = []
+    for reading in metrics.values():
+        for widget in _WIDGETS_BY_TYPE.get(type(reading.value), ("value", ["value"]))[1]:
+            if widget not in widgets:
+                widgets.append(widget)
+    first = next(iter(metrics.values()), None)
+    default_widget = (
+        _WIDGETS_BY_TYPE.get(type(first.value), ("value", []))[0] if first else "status"
+    )
+    name = getattr(actor.config, "name", None) or identity.device_id
+    return Entity.model_construct(
+        id=f"{identity.config_id}:{identity.device_id}",
+        name=redact_text(str(name)),
+        capabilities=[*metrics, *(spec.name for spec in commands)],
+        config_id=identity.config_id,
+        device_id=identity.device_id,
+        device_type=_device_type(device),
+        device_class="actuator" if commands else "sensor",
+        entity_type="device",
+        available_commands=[
+            CommandOption.model_construct(
+                id=spec.name,
+                label=spec.description or spec.name.replace("_", " ").capitalize(),
+                kind="action",
+                args_schema={"type": "object"},
+            )
+            for spec in commands
+        ],
+        dashboard=Dashboard.model_construct(
+            allowed_widgets=widgets or ["status"],
+            default_widget=default_widget,
+            recommended_widgets=(widgets or ["status"])[:2],
+        ),
+        metadata={
+            "actor": type(actor).__name__,
+            "units": {m: r.unit for m, r in metrics.items() if r.unit},
+            "available": device.health.available,
+        },
+    )
+
+
+def _device_type(device: DeviceSlice) -> str:
+    actor = device.supervisor.actor
+    return str(getattr(actor.config, "device_type", None) or type(actor).__name__)
+
+
+def _describe(spec: Any) -> str:
+    return str(spec.description or spec.name.replace("_", " "))
+
+
+def _state_entry(device: DeviceSlice) -> StateEntry:
+    state: dict[str, Any] = {r.metric: r.value for r in device.readings}
+    state.update(device.latest_state)
+    times = [t for t in (device.readings_at, device.state_updated) if t is not None]
+    return StateEntry.model_construct(
+        config_id=device.identity.config_id,
+        device_id=device.identity.device_id,
+        latest_state=redact(state),
+        last_updated=max(times) if times else None,
+    )
+
+
+def _event_view(record: EventRecord, container_id: str | None) -> EventView:
+    identity = record.identity
+    return EventView.model_construct(
+        event_type=record.event_type,
+        source=record.source,
+        payload=redact(dict(record.data)),
+        device_id=record.device_id,
+        container_id=identity.container_id or container_id,
+        integration_id=identity.integration_id,
+        config_id=identity.config_id,
+        severity=record.severity,
+        event_id=record.event_id,
+        ts=from_unix(record.created_at),
+        topic=None,
+        received_at=from_unix(record.created_at),
+    )
+
+
+async def _refresh(devices: list[DeviceSlice], request_id: str) -> RefreshReceipt:
+    """Read every listed device now, through its mailbox; one receipt for the request."""
+    outcomes: list[RefreshOutcome] = []
+
+    async def one(device: DeviceSlice) -> None:
+        config_id = device.identity.config_id
+        if device.supervisor.actor.mode != "poll":
+            outcomes.append(_outcome(config_id, "not_applicable", "a push actor: it reports"))
+            return
+        try:
+            result = await device.supervisor.refresh(timeout=REFRESH_TIMEOUT)
+        except RefreshUnsupported as exc:
+            outcomes.append(_outcome(config_id, "unsupported", exc.message))
+        except ActorCallError as exc:
+            outcomes.append(_outcome(config_id, "failed", exc.message))
+        else:
+            outcomes.append(_outcome(config_id, "refreshed", None, result.observed_at))
+
+    async with trio.open_nursery() as nursery:
+        for device in devices:
+            nursery.start_soon(one, device)
+    outcomes.sort(key=lambda o: o.config_id)
+    return _receipt(request_id, outcomes)
+
+
+def _outcome(
+    config_id: str,
+    status: Literal["refreshed", "not_applicable", "unsupported", "failed"],
+    message: str | None,
+    observed_at: datetime | None = None,
+) -> RefreshOutcome:
+    return RefreshOutcome.model_construct(
+        config_id=config_id, status=status, message=message, observed_at=observed_at
+    )
+
+
+def _receipt(request_id: str, outcomes: Iterable[RefreshOutcome]) -> RefreshReceipt:
+    """``performed`` exactly when some device was read; push actors are not failures."""
+    outcomes = list(outcomes)
+    observed = [o.observed_at for o in outcomes if o.observed_at is not None]
+    failed = [o for o in outcomes if o.status == "failed"]
+    status: Literal["refreshed", "unsupported", "failed"]
+    if observed:
+        status = "refreshed"
+    elif failed:
+        status = "failed"
+    else:
+        status = "unsupported"
+    problems = [f"{o.config_id}: {o.message}" for o in outcomes if o.status != "refreshed"]
+    message = "; ".join(problems) or None
+    if not outcomes:
+        message = "no configured device"
+    return RefreshReceipt.model_construct(
+        request_id=request_id,
+        performed=bool(observed),
+        status=status,
+        observed_at=max(observed) if observed else None,
+        source="device",
+        message=message,
+        error=None if observed else status,
+        devices=outcomes,
+    )
