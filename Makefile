@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	  echo "python3 -m venv failed; installing Debian's python3-venv"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# The PiPhi testkit's conformance assertions; its own pins cannot be met here (certifi).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  piphi-runtime-testkit-python==0.2.0
 	@touch $@
 
 lint: $(STAMP)

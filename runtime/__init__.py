@@ -6,6 +6,7 @@ reports offline devices once, and serializes commands with polls.
 """
 
 from ._actor import CommandSpec, DeviceActor, command
+from ._capability import Capability
 from ._config import DeviceIdentity, PollInterval, RuntimeConfig
 from ._core import CoreClient
 from ._errors import (
@@ -77,6 +78,7 @@ __all__ = [
     "ApplyResult",
     "CallFailed",
     "CallTimeout",
+    "Capability",
     "CommandSpec",
     "ConfigSnapshot",
     "ConfigSync",

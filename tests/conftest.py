@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -12,6 +13,7 @@ import runtime._offload
 from runtime import ActorNursery, open_actor_nursery
 from runtime.testing import RecordingSink
 from tests.fakecore import FakeCore
+from tests.served import Served, env_for, serve
 
 T = TypeVar("T")
 
@@ -56,3 +58,12 @@ def inline_sqlite_under_virtual_time(
         return fn(*args)
 
     monkeypatch.setattr(runtime._offload, "offload", inline)
+
+
+@pytest.fixture
+async def served(core: FakeCore, tmp_path: Path) -> AsyncIterator[Served]:
+    # pytest-trio takes the clock from the test's own arguments only.
+    if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        pytest.fail("tests using `served` must take the `autojump_clock` argument")
+    async with serve(core, env_for(tmp_path, core)) as s:
+        yield s

@@ -4,115 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
 
-from runtime import (
-    ActorState,
-    DeviceActor,
-    Integration,
-    Reading,
-    Runtime,
-    RuntimeConfig,
-    open_runtime,
-)
+from runtime import ActorState
 from runtime._web import RUNTIME_KEY
 from runtime._web.commands import command_fingerprint
 from tests.fakecore import FakeCore
-from tests.helpers import Probe, wait_until
-
-SECRET = "hunter2-very-secret"
-CORE_TOKEN = "core-token-abc123"
-
-
-class PushConfig(RuntimeConfig):
-    api_key: SecretStr | None = None
-
-
-class Push(DeviceActor[PushConfig]):
-    async def run(self) -> None:
-        n = 0
-        while True:
-            n += 1
-            self.report([Reading("count", n)])
-            await trio.sleep(1)
-
-
-async def discover(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [{"id": "found-1", "host": inputs.get("host"), "password": inputs.get("password")}]
-
-
-INTEGRATION = Integration(
-    id="test-int",
-    name="Test Integration",
-    version="1.2.3",
-    actors={"probe": Probe, "push": Push},
-    select_field="device_type",
-    actor=Probe,
-    discover=discover,
+from tests.helpers import wait_until
+from tests.served import (
+    CORE_HEADERS,
+    CORE_TOKEN,
+    INTEGRATION,
+    SECRET,
+    Served,
+    env_for,
+    fresh_served,
+    serve,
+    snapshot,
 )
-
-
-@attrs.define
-class Served:
-    client: Any
-    runtime: Runtime
-    core: FakeCore
-
-    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
-        response = await self.client.get(path, **kw)
-        return response.status_code, await response.get_json()
-
-    async def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        response = await self.client.post(path, json=body, **kw)
-        return response.status_code, await response.get_json()
-
-
-def env_for(tmp_path: Path, core: FakeCore, **extra: str) -> dict[str, str]:
-    return {
-        "PIPHI_CORE_BASE_URL": core.url,
-        "PIPHI_STATE_DIR": str(tmp_path / "state"),
-        "PIPHI_CONFIG_SNAPSHOT_PATH": str(tmp_path / "no-mount.json"),
-        **extra,
-    }
-
-
-@asynccontextmanager
-async def serve(
-    core: FakeCore, env: dict[str, str], integration: Integration = INTEGRATION
-) -> AsyncIterator[Served]:
-    app = integration.app()
-    async with open_runtime(integration, env=env) as rt:
-        app.extensions[RUNTIME_KEY] = rt
-        async with app.test_app() as test_app:
-            yield Served(test_app.test_client(), rt, core)
-
-
-@pytest.fixture
-async def served(core: FakeCore, tmp_path: Path) -> AsyncIterator[Served]:
-    # pytest-trio takes the clock from the test's own arguments only.
-    if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
-        pytest.fail("tests using `served` must take the `autojump_clock` argument")
-    async with serve(core, env_for(tmp_path, core)) as s:
-        yield s
-
-
-CORE_HEADERS = {"X-Container-Id": "ctr-1", "X-PiPhi-Integration-Token": CORE_TOKEN}
-
-
-def snapshot(generation: int, *configs: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"generation": generation, "configs": list(configs), **extra}
 
 
 async def test_a_snapshot_becomes_actors_and_telemetry_reaches_core(
@@ -331,10 +247,11 @@ async def test_commands_new_and_old_bodies(served: Served, autojump_clock: trio.
     assert status == 409 and problem["candidates"] == ["u2", "u3"]
     status, problem = await served.post("/command", {"command": "launch", "config_id": "u1"})
     assert (status, problem["ok"], problem["error"]) == (400, False, "unsupported_command")
-    status, problem = await served.post(
+    # Probe declares no capabilities, so none is refused (tests/web/test_commands.py).
+    status, reply = await served.post(
         "/command", {"command": "echo", "config_id": "u1", "capability": "warp"}
     )
-    assert (status, problem["error"]) == (400, "unsupported_capability")
+    assert (status, reply["ok"]) == (200, True)
     status, reply = await served.post(
         "/command", {"command": "echo", "config_id": "u1", "args": {"fail": True}}
     )
@@ -692,20 +609,6 @@ routes = st.sampled_from(
         "/discovery",
     ]
 )
-
-
-@asynccontextmanager
-async def fresh_served() -> AsyncIterator[Served]:
-    """A Core and a runtime of the example's own. Hypothesis runs every example in a new
-    trio run, but pytest-trio hands each the fixture values of the first, whose nurseries
-    have closed by then (so a config that spawns an actor got a 500)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        async with trio.open_nursery() as nursery:
-            core = FakeCore()
-            await nursery.start(core.serve)
-            async with serve(core, env_for(Path(tmp), core)) as served:
-                yield served
-            nursery.cancel_scope.cancel()
 
 
 @settings(

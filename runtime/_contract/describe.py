@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from .wire import Answer, JsonObject
+from .wire import Answer, JsonObject, omitted_when_none
 
 __all__ = [
     "REQUIRED_ROUTES",
@@ -55,7 +55,7 @@ class ManifestCapability(Answer):
     model_config = ConfigDict(extra="allow")
 
     kind: Literal["sensor", "actuator", "action"]
-    unit: str | None = None
+    unit: str | None = omitted_when_none()
 
 
 class ManifestCommand(Answer):

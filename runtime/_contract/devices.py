@@ -129,7 +129,7 @@ class CapabilityInfo(Answer):
     model_config = ConfigDict(extra="allow")
 
     kind: Literal["sensor", "actuator", "action"]
-    unit: str | None = None
+    unit: str | None = omitted_when_none()
 
 
 class CommandInfo(Answer):

@@ -1,10 +1,11 @@
 """``POST /command``: find the target device, check what it declares, run the command
 through the actor's mailbox, and keep the outcome under its idempotency key.
 
-A capability is something a device declares: its entities' ``capabilities``, the
-manifest's ``capabilities``, and each command itself, also namespaced
+A capability is something a device declares: its actor's entities' ``capabilities``, its
+class's ``capabilities``, the manifest's, and each command itself, also namespaced
 (``device.<command>``, ``<domain>.<command>``). A request naming capabilities is refused
-only when the target declares some and not the ones asked for.
+only when the author declared some for the target and the ones asked for are not among
+them (or its commands); an integration that declares none is never refused on them.
 """
 
 from __future__ import annotations
@@ -67,28 +68,33 @@ def command_fingerprint(command: str, config_id: str, arguments: Mapping[str, An
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def declared_capabilities(device: DeviceSlice) -> frozenset[str]:
-    """Everything ``device`` says it can do (see the module docstring)."""
+def declared_capabilities(device: DeviceSlice) -> tuple[frozenset[str], frozenset[str]]:
+    """``(declared, accepted)``: what the author declared for ``device`` (its actor's own
+    entities, its class's ``capabilities``, the manifest's), and every name a command may
+    ask for: those plus each command in its plain and namespaced forms."""
     integration = current_integration()
-    declared: set[str] = set()
+    actor = device.supervisor.actor
+    cls = type(actor)
+    declared: set[str] = set(cls.capabilities)
+    declared.update((integration.manifest or {}).get("capabilities") or ())
     namespaces = {"device", integration.domain}
     for entity in device_entities(device):
-        declared.update(entity.capabilities)
+        if device.entities:  # the actor's own entities, not the runtime's default one
+            declared.update(entity.capabilities)
         namespaces.update(n for n in (entity.device_type, entity.device_class) if n)
-    manifest = integration.manifest or {}
-    declared.update(manifest.get("capabilities") or ())
-    for name in type(device.supervisor.actor).commands:
-        declared.add(name)
-        declared.update(f"{space}.{name}" for space in namespaces)
-    return frozenset(declared)
+    accepted = set(declared)
+    for name in cls.commands:
+        accepted.add(name)
+        accepted.update(f"{space}.{name}" for space in namespaces)
+    return frozenset(declared), frozenset(accepted)
 
 
 def _check_capabilities(device: DeviceSlice, data: CommandRequest) -> None:
     wanted = data.wanted_capabilities
     if not wanted:
         return
-    declared = declared_capabilities(device)
-    missing = [c for c in wanted if c not in declared]
+    declared, accepted = declared_capabilities(device)
+    missing = [c for c in wanted if c not in accepted]
     if declared and missing:
         raise Problem(
             400,

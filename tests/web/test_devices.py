@@ -1,0 +1,69 @@
+"""``/state`` refresh receipts: a fleet with push actors gives one consistent receipt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from runtime import Integration
+from tests.fakecore import FakeCore
+from tests.helpers import Probe
+from tests.served import Push, env_for, serve
+
+testkit = pytest.importorskip("piphi_runtime_testkit_python")
+
+MIXED = Integration(
+    id="mixed", name="Mixed", version="1.0.0", actors={"probe": Probe, "push": Push}
+)
+
+
+async def test_push_actors_are_not_applicable_not_failures(
+    core: FakeCore, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async with serve(core, env_for(tmp_path, core), MIXED) as served:
+        await served.post("/config", {"id": "poll-1", "device_type": "probe"})
+        await served.post("/config", {"id": "push-1", "device_type": "push"})
+        await trio.sleep(2)
+        status, body = await served.get(
+            "/state", query_string={"refresh": "true", "refresh_request_id": "r-1"}
+        )
+        assert status == 200
+        testkit.assert_state_refresh_response(body, request_id="r-1")
+        receipt = body["refresh"]
+        assert (receipt["performed"], receipt["status"], receipt["error"]) == (
+            True,
+            "refreshed",
+            None,
+        )
+        outcomes = {o["config_id"]: o["status"] for o in receipt["devices"]}
+        assert outcomes == {"poll-1": "refreshed", "push-1": "not_applicable"}
+
+
+async def test_a_refresh_that_read_nothing_says_so(
+    core: FakeCore, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async with serve(core, env_for(tmp_path, core), MIXED) as served:
+        await served.post("/config", {"id": "push-1", "device_type": "push"})
+        await served.post("/config", {"id": "down-1", "device_type": "probe", "then": "down"})
+        await trio.sleep(2)
+        _, body = await served.get(
+            "/state",
+            query_string={"refresh": "true", "refresh_request_id": "r-2", "config_id": "push-1"},
+        )
+        receipt = body["refresh"]
+        assert (receipt["performed"], receipt["status"]) == (False, "unsupported")
+        _, body = await served.get(
+            "/state", query_string={"refresh": "true", "refresh_request_id": "r-3"}
+        )
+        receipt = body["refresh"]
+        assert (receipt["performed"], receipt["status"], receipt["error"]) == (
+            False,
+            "failed",
+            "failed",
+        )
+        assert {o["config_id"]: o["status"] for o in receipt["devices"]} == {
+            "down-1": "failed",
+            "push-1": "not_applicable",
+        }
