@@ -50,8 +50,9 @@ log = logging.getLogger("runtime.web")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 MAX_BODY = 1024 * 1024
-#: Routes that neither need nor teach credentials.
-OPEN_ROUTES = frozenset({"/health"})
+#: Routes that neither need nor teach credentials: liveness, and the API's own
+#: description (it carries no data).
+OPEN_ROUTES = frozenset({"/health", "/openapi.json", "/docs"})
 #: The code of a body that does not match its route's model, by blueprint.
 _INVALID = {"config": "invalid_config", "commands": "invalid_command"}
 

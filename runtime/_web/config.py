@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 from quart import Blueprint, request
-from quart_schema import validate_request, validate_response
+from quart_schema import document_request, validate_request, validate_response
 
 from .._contract import (
     CONTAINER_HEADER,
@@ -89,6 +89,7 @@ async def config_sync(data: ConfigSnapshot) -> SyncAnswer:
 
 @blueprint.post("/deconfigure")
 @blueprint.post("/deconfigure/<path:config_id>")
+@document_request(DeconfigureRequest)
 @validate_response(DeconfigureAnswer)
 async def deconfigure(config_id: str | None = None) -> DeconfigureAnswer:
     """Remove one config, named by Core's config id or the local id."""
@@ -119,6 +120,7 @@ async def deconfigure(config_id: str | None = None) -> DeconfigureAnswer:
 
 @blueprint.route("/discover", methods=["GET", "POST"])
 @blueprint.route("/discovery", methods=["GET", "POST"])
+@document_request(DiscoverRequest)
 @validate_response(DiscoverAnswer)
 async def discover() -> DiscoverAnswer:
     """Find devices with the integration's ``discover(inputs)``; secrets never echoed."""

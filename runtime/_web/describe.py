@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quart import Blueprint, Response, current_app
-from quart_schema import OpenAPIProvider, validate_response
+from quart_schema import OpenAPIProvider, hide, validate_response
 from werkzeug.routing.rules import Rule
 
 from .._actor import DeviceActor
@@ -80,6 +80,7 @@ async def manifest() -> Manifest:
 
 
 @blueprint.get("/docs")
+@hide
 async def docs() -> Response:
     """This API, readable offline."""
     document = current_app.extensions["QUART_SCHEMA"].openapi_provider.schema()
@@ -236,7 +237,7 @@ class ContractOpenAPI(OpenAPIProvider):
             for operation in operations.values():
                 responses = {str(k): v for k, v in operation["responses"].items()}
                 operation["responses"] = {**responses, "default": problem}
-                if rule.rule == ROUTES["health"]:
+                if rule.rule == ROUTES["health"]:  # open, like /openapi.json and /docs
                     operation["security"] = []
         return paths, components
 
