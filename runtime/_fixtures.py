@@ -14,11 +14,22 @@ import pytest
 import trio
 
 if TYPE_CHECKING:
+    from ._fakecore import FakeCore
     from ._integration import Integration
     from .devcore import DevCore
     from .testing import RunningIntegration
 
-__all__ = ["devcore", "run_integration"]
+__all__ = ["devcore", "fake_core", "run_integration"]
+
+
+@pytest.fixture
+async def fake_core(nursery: trio.Nursery) -> FakeCore:
+    """A ``FakeCore`` serving on 127.0.0.1 (a free port) until the test ends."""
+    from ._fakecore import FakeCore
+
+    core = FakeCore()
+    await nursery.start(core.serve)
+    return core
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The route contract, driven in process against a real local Core (tests/fakecore.py)."""
+"""The route contract, driven in process against a real local Core (runtime.testing.FakeCore)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from runtime import (
     open_runtime,
 )
 from runtime._routes import RUNTIME_KEY, command_fingerprint
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.helpers import Probe, wait_until
 
 SECRET = "hunter2-very-secret"
