@@ -429,8 +429,9 @@ class FakeCore(H11Server):
                 self.bad_requests += 1
                 return _problem(400, "the body is not a JSON object")
             payload = parsed
-            self.attempts.append((target, payload))
             self.attempt_count += 1
+            if self.attempts.maxlen != 0:
+                self.attempts.append((target, payload))
         trouble = self.trouble
         if trouble.mode == "drop":
             return None

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import httpx
 
-from ._fakecore import Answer, FakeCore, H11Server, Received, Rejected, Trouble
+from ._fakecore import Answer, FakeCore, H11Server, Kind, Received, Rejected, Trouble
 from ._sink import EventRecord, TelemetryRecord
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ __all__ = [
     "Answer",
     "FakeCore",
     "H11Server",
+    "Kind",
     "Received",
     "RecordingSink",
     "Rejected",
