@@ -133,15 +133,6 @@ class DevCore:
     def trouble(self) -> Trouble:
         return self.data.trouble
 
-    @property
-    def duplicates(self) -> int:
-        return self.data.duplicates
-
-    @property
-    def refused(self) -> int:
-        """Requests answered 503/429 by a trouble."""
-        return self.data.overloaded
-
     # -- storage ---------------------------------------------------------------------------
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -160,12 +151,14 @@ class DevCore:
         return await self._db(_select, "events", device_id, None, event_type, limit)
 
     async def stats(self) -> dict[str, Any]:
+        """What SQLite holds, and the data port's counters (``refused``: answered 503/429)."""
         counts = await self._db(_counts)
+        data = self.data
         return {
             **counts,
-            "duplicates": self.duplicates,
-            "refused": self.refused,
-            "trouble": attrs.asdict(self.trouble),
+            "duplicates": data.duplicates,
+            "refused": data.overloaded,
+            "trouble": attrs.asdict(data.trouble),
         }
 
     async def configs(self) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ Installed with the package, the plugin gives every test suite (registered throug
 - ``fake_core``: a ``FakeCore`` on 127.0.0.1 in the test's nursery: Core's endpoints with
   faults to script (refused connections, 503/429 with ``Retry-After``, slow answers, a
   fixed status, dropped connections, a per-request ``answer`` hook) and what it accepted
-  kept in memory, for tests of delivery without SQLite;
+  kept in memory, for tests of delivery without SQLite (override ``fake_core_class`` to
+  serve a subclass);
 - ``devcore``: a real local Core (``runtime.devcore.DevCore``, a ``FakeCore`` storing in
   SQLite, with an admin API) on 127.0.0.1, in the test's nursery, with a fresh database;
 - ``run_integration``: ``async with run_integration(integration) as rt:`` serves an
@@ -205,9 +206,9 @@ class RunningIntegration:
 
 
 try:  # the pytest plugin's fixtures; without pytest, the rest of this module still works
-    from ._fixtures import devcore, fake_core, run_integration
+    from ._fixtures import devcore, fake_core, fake_core_class, run_integration
 except ModuleNotFoundError as exc:  # pragma: no cover - installed without the dev extra
     if exc.name != "pytest":
         raise
 else:
-    __all__ += ["devcore", "fake_core", "run_integration"]
+    __all__ += ["devcore", "fake_core", "fake_core_class", "run_integration"]
