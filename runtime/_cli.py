@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "argument",
         nargs="?",
         help="add: config JSON; remove: id; push: "
-        "runtime URL; telemetry/events: device id; trouble: none|refuse|503|slow",
+        "runtime URL; telemetry/events: device id; trouble: none|refuse|503|429|slow|drop",
     )
     admin.add_argument("--seconds", type=float, default=None, help="trouble: how long")
     args = parser.parse_args(argv)

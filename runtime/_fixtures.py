@@ -14,11 +14,28 @@ import pytest
 import trio
 
 if TYPE_CHECKING:
+    from ._fakecore import FakeCore
     from ._integration import Integration
     from .devcore import DevCore
     from .testing import RunningIntegration
 
-__all__ = ["devcore", "run_integration"]
+__all__ = ["devcore", "fake_core", "fake_core_class", "run_integration"]
+
+
+@pytest.fixture
+def fake_core_class() -> type[FakeCore]:
+    """The class ``fake_core`` serves: override this fixture to serve a subclass."""
+    from ._fakecore import FakeCore
+
+    return FakeCore
+
+
+@pytest.fixture
+async def fake_core(nursery: trio.Nursery, fake_core_class: type[FakeCore]) -> FakeCore:
+    """A ``FakeCore`` serving on 127.0.0.1 (a free port) until the test ends."""
+    core = fake_core_class()
+    await nursery.start(core.serve)
+    return core
 
 
 @pytest.fixture

@@ -1,11 +1,21 @@
 """A real local PiPhi Core for developing and testing integrations.
 
-``DevCore`` serves the Core endpoints a runtime calls (CONTRACT.md): it checks the
-runtime's auth headers, stores telemetry and events in SQLite, de-duplicated by their
-ids, and serves config rows. An admin API, on a port of its own that never goes down,
+``DevCore`` is ``FakeCore`` (``runtime._fakecore``: Core's endpoints, auth checks,
+de-duplication, simulated trouble) with what a developer needs on top: the telemetry and
+events it accepts are stored in SQLite (through ``FakeCore.store()``), so they survive a
+restart and can be queried, and an admin API, on a port of its own that never goes down,
 manages device configs, pushes snapshots (with the next generation) to a runtime's
-``/config/sync``, answers queries about what arrived, and simulates trouble: refused
-connections, 503 with ``Retry-After``, slow answers.
+``/config/sync``, answers queries about what arrived, and starts and ends trouble:
+
+- ``GET /admin/stats``: counts (telemetry, events, devices reporting, duplicates,
+  refused) and the trouble now;
+- ``GET /admin/telemetry?device_id=&config_id=&limit=``, ``GET /admin/events?type=&device_id=``:
+  what was stored, oldest first;
+- ``GET /admin/configs``, ``POST /admin/configs`` (add or replace; ``id`` required),
+  ``DELETE /admin/configs/<id>``: the device configs Core holds;
+- ``POST /admin/push?runtime=URL``: the next-generation snapshot to a runtime's ``/config/sync``;
+- ``POST /admin/trouble`` ``{mode, seconds, retry_after, delay}``: start trouble (modes as
+  ``Trouble``), ``none`` ends it.
 
 Run it with ``piphi-runtime devcore`` or, in tests, ``await nursery.start(core.serve)``.
 """
@@ -18,35 +28,26 @@ import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import httpx
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Response, request
+from quart.typing import RouteCallable
 from quart_trio import QuartTrio
 
+from ._contract.core import CONTAINER_HEADER, TOKEN_HEADER
 from ._database import Database
+from ._fakecore import TROUBLE_MODES, FakeCore, Kind, Rejected, Trouble
 from ._serve import hypercorn_config
 
 __all__ = ["DevCore", "Trouble"]
 
-TroubleMode = Literal["none", "refuse", "503", "slow"]
 T = TypeVar("T")
-
-
-@attrs.frozen
-class Trouble:
-    """What the data port does now: answer normally, refuse connections, answer 503 with
-    ``Retry-After``, or answer after ``delay`` seconds."""
-
-    mode: TroubleMode = "none"
-    retry_after: float = 1.0
-    delay: float = 2.0
-    until: float | None = None
-    """trio time when the trouble ends by itself (None: until cleared)."""
-
+_RECENT = 1000
+"""Payloads the data port also keeps in memory (SQLite has them all)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS telemetry (
@@ -65,8 +66,43 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+class _StoringCore(FakeCore):
+    """DevCore's data port: FakeCore's endpoints, auth and trouble, payloads in SQLite."""
+
+    def __init__(self, owner: DevCore, token: str | None) -> None:
+        super().__init__(token=token, require_container=True, limit=_RECENT)
+        self._owner = owner
+
+    async def store(self, kind: Kind, payload: dict[str, Any], headers: Mapping[str, str]) -> bool:
+        """Insert, unless SQLite already has its id; a payload too thin to query is refused."""
+        now = time.time()
+        if kind == "event":
+            if not payload.get("event_id") or not payload.get("type"):
+                raise Rejected("an event needs event_id and type")
+            return await self._owner._db(_store_event, payload, now)
+        if not payload.get("device_id"):
+            raise Rejected("telemetry needs a JSON object with device_id")
+        key = payload.get("telemetry_id") or f"{payload['device_id']}@{payload.get('timestamp')}"
+        return await self._owner._db(_store_telemetry, str(key), payload, now)
+
+    async def config_rows(self, container_id: str | None) -> list[Any]:
+        owner = self._owner
+        return [
+            {
+                "id": c["id"],
+                "container_id": owner.container_id,
+                "integration_id": owner.integration_id,
+                "config_data": c,
+            }
+            for c in await owner.configs()
+        ]
+
+
 class DevCore:
-    """A local Core. ``token``: when set, runtime calls without it get 401."""
+    """A local Core. ``token``: when set, runtime calls without it get 401.
+
+    ``data`` is the data port (a ``FakeCore``): its faults (``status``, ``delay``,
+    ``answer``, ...) can be scripted too."""
 
     def __init__(
         self,
@@ -79,18 +115,23 @@ class DevCore:
         self.db_path = str(db_path)
         self.container_id = container_id
         self.integration_id = integration_id
-        self.token = token
-        self.trouble = Trouble()
-        self.duplicates = 0
-        self.refused = 0
+        self.data: FakeCore = _StoringCore(self, token or None)
         self.data_url = ""
         self.admin_url = ""
         self._database: Database | None = None
-        self._data_scope: trio.CancelScope | None = None
-        self._data_port = 0
-        self._nursery: trio.Nursery | None = None
-        self._back = trio.Event()
         self.app = self._build_app()
+
+    @property
+    def token(self) -> str | None:
+        return self.data.token
+
+    @token.setter
+    def token(self, token: str | None) -> None:
+        self.data.token = token or None
+
+    @property
+    def trouble(self) -> Trouble:
+        return self.data.trouble
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -110,12 +151,14 @@ class DevCore:
         return await self._db(_select, "events", device_id, None, event_type, limit)
 
     async def stats(self) -> dict[str, Any]:
+        """What SQLite holds, and the data port's counters (``refused``: answered 503/429)."""
         counts = await self._db(_counts)
+        data = self.data
         return {
             **counts,
-            "duplicates": self.duplicates,
-            "refused": self.refused,
-            "trouble": attrs.asdict(self.trouble),
+            "duplicates": data.duplicates,
+            "refused": data.overloaded,
+            "trouble": attrs.asdict(data.trouble),
         }
 
     async def configs(self) -> list[dict[str, Any]]:
@@ -162,20 +205,14 @@ class DevCore:
 
     def runtime_headers(self) -> dict[str, str]:
         """The headers Core sends on every request to a runtime."""
-        headers = {"X-Container-Id": self.container_id}
+        headers = {CONTAINER_HEADER: self.container_id}
         if self.token:
-            headers["X-PiPhi-Integration-Token"] = self.token
+            headers[TOKEN_HEADER] = self.token
         return headers
 
     def set_trouble(self, trouble: Trouble) -> None:
         """Change what the data port does; ``refuse`` closes it until the trouble ends."""
-        self.trouble = trouble
-        if trouble.mode == "refuse" and self._data_scope is not None:
-            if self._back.is_set():
-                self._back = trio.Event()  # before the port closes, so "none" can end it
-            self._data_scope.cancel()
-        if trouble.mode != "refuse":
-            self._back.set()
+        self.data.set_trouble(trouble)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -191,174 +228,96 @@ class DevCore:
         self._database = database = await Database.open(Path(self.db_path), "dev Core", _SCHEMA)
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                admin = await nursery.start(partial(_serve_http, self.app, host, admin_port))
-                self.admin_url = admin
-                data = await nursery.start(self._run_data_port, host, port)
-                self.data_url = data
+                self.admin_url = await nursery.start(
+                    partial(_serve_http, self.app, host, admin_port)
+                )
+                self.data.host, self.data.port = host, port
+                await nursery.start(self.data.serve)
+                self.data_url = self.data.url
                 task_status.started(self)
         finally:
             await database.close()
             self._database = None
 
-    async def _run_data_port(
-        self, host: str, port: int, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        started = False
-        while True:
-            self._data_scope = scope = trio.CancelScope()
-            with scope:
-                async with trio.open_nursery() as inner:
-                    url = await inner.start(
-                        partial(_serve_http, self.app, host, port or self._data_port)
-                    )
-                    self._data_port = int(url.rsplit(":", 1)[1])
-                    if not started:
-                        started = True
-                        task_status.started(url)
-            # Refusing: the listener is closed until the trouble ends (or is cleared).
-            until = self.trouble.until
-            with trio.move_on_at(until if until is not None else float("inf")):
-                await self._back.wait()
-            if self.trouble.mode == "refuse":
-                self.trouble = Trouble()
-            self._back = trio.Event()
-
-    # -- the app ---------------------------------------------------------------------------
+    # -- the admin API ---------------------------------------------------------------------
 
     def _build_app(self) -> QuartTrio:
         app = QuartTrio("piphi-devcore")
         app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
-
-        @app.before_request
-        async def gate() -> Response | None:
-            """What runtimes call passes through the trouble being simulated and the auth
-            check; the admin routes do not."""
-            if not request.path.startswith("/api/"):
-                return None
-            trouble = self.trouble
-            if trouble.until is not None and trio.current_time() >= trouble.until:
-                self.trouble = trouble = Trouble()
-            if trouble.mode == "503":
-                self.refused += 1
-                return Response(
-                    json.dumps({"detail": "devcore is simulating an overload"}),
-                    status=503,
-                    headers={"Retry-After": f"{trouble.retry_after:g}"},
-                    content_type="application/json",
-                )
-            if trouble.mode == "slow":
-                await trio.sleep(trouble.delay)
-            if not request.headers.get("X-Container-Id"):
-                return _problem(401, "X-Container-Id is missing")
-            if self.token and request.headers.get("X-PiPhi-Integration-Token") != self.token:
-                return _problem(401, "the integration token is missing or wrong")
-            return None
-
-        @app.post("/api/v2/integrations/telemetry")
-        async def telemetry() -> Response:
-            body = await request.get_json(force=True, silent=True)
-            if not isinstance(body, dict) or not body.get("device_id"):
-                return _problem(422, "telemetry needs a JSON object with device_id")
-            key = body.get("telemetry_id") or f"{body.get('device_id')}@{body.get('timestamp')}"
-            if not await self._db(_store_telemetry, str(key), body, time.time()):
-                self.duplicates += 1
-            return _json({"ok": True})
-
-        @app.post("/api/v2/events/ingest")
-        async def ingest() -> Response:
-            body = await request.get_json(force=True, silent=True)
-            if not isinstance(body, dict) or not body.get("event_id") or not body.get("type"):
-                return _problem(422, "an event needs event_id and type")
-            if not await self._db(_store_event, body, time.time()):
-                self.duplicates += 1
-            return _json({"ok": True})
-
-        @app.get("/api/v2/integrations/config/fetch/all/by/container/internal")
-        async def fetch() -> Response:
-            rows = [
-                {
-                    "id": c["id"],
-                    "container_id": self.container_id,
-                    "integration_id": self.integration_id,
-                    "config_data": c,
-                }
-                for c in await self.configs()
-            ]
-            return _json(rows)
-
-        @app.get("/admin/stats")
-        async def admin_stats() -> Response:
-            return _json(await self.stats())
-
-        @app.get("/admin/telemetry")
-        async def admin_telemetry() -> Response:
-            args = request.args
-            limit = args.get("limit", "1000")
-            if not limit.isdigit():
-                return _problem(422, "limit is a whole number")
-            return _json(
-                await self.telemetry(
-                    device_id=args.get("device_id"),
-                    config_id=args.get("config_id"),
-                    limit=int(limit),
-                )
-            )
-
-        @app.get("/admin/events")
-        async def admin_events() -> Response:
-            args = request.args
-            return _json(
-                await self.events(event_type=args.get("type"), device_id=args.get("device_id"))
-            )
-
-        @app.get("/admin/configs")
-        async def admin_configs() -> Response:
-            return _json(await self.configs())
-
-        @app.post("/admin/configs")
-        async def admin_put_config() -> Response:
-            body = await request.get_json(force=True, silent=True)
-            try:
-                return _json(await self.put_config(body if isinstance(body, dict) else {}))
-            except ValueError as exc:
-                return _problem(422, str(exc))
-
-        @app.delete("/admin/configs/<config_id>")
-        async def admin_remove_config(config_id: str) -> Response:
-            return _json({"removed": await self.remove_config(config_id)})
-
-        @app.post("/admin/push")
-        async def admin_push() -> Response:
-            runtime = request.args.get("runtime")
-            if not runtime:
-                return _problem(422, "name the runtime: /admin/push?runtime=http://host:port")
-            try:
-                return _json(await self.push(runtime))
-            except httpx.HTTPError as exc:
-                return _problem(502, f"the runtime did not take the snapshot: {exc}")
-
-        @app.post("/admin/trouble")
-        async def admin_trouble() -> Response:
-            body = await request.get_json(force=True, silent=True)
-            body = body if isinstance(body, dict) else {}
-            mode = body.get("mode", "none")
-            if mode not in ("none", "refuse", "503", "slow"):
-                return _problem(422, "mode is one of none, refuse, 503, slow")
-            try:
-                seconds = float(body.get("seconds") or 0)
-                trouble = Trouble(
-                    mode=mode,
-                    retry_after=float(body.get("retry_after", 1.0)),
-                    delay=float(body.get("delay", 2.0)),
-                    until=trio.current_time() + seconds if seconds > 0 else None,
-                )
-            except (TypeError, ValueError):
-                return _problem(422, "seconds, retry_after and delay are numbers")
-            self.set_trouble(trouble)
-            return _json(attrs.asdict(self.trouble))
-
+        routes: list[tuple[str, str, RouteCallable]] = [
+            ("GET", "/admin/stats", self._admin_stats),
+            ("GET", "/admin/telemetry", self._admin_telemetry),
+            ("GET", "/admin/events", self._admin_events),
+            ("GET", "/admin/configs", self._admin_configs),
+            ("POST", "/admin/configs", self._admin_put_config),
+            ("DELETE", "/admin/configs/<config_id>", self._admin_remove_config),
+            ("POST", "/admin/push", self._admin_push),
+            ("POST", "/admin/trouble", self._admin_trouble),
+        ]
+        for method, rule, view in routes:
+            app.add_url_rule(rule, f"{method} {rule}", view, methods=[method])
         return app
+
+    async def _admin_stats(self) -> Response:
+        return _json(await self.stats())
+
+    async def _admin_telemetry(self) -> Response:
+        args = request.args
+        limit = args.get("limit", "1000")
+        if not limit.isdigit():
+            return _problem(422, "limit is a whole number")
+        return _json(
+            await self.telemetry(
+                device_id=args.get("device_id"), config_id=args.get("config_id"), limit=int(limit)
+            )
+        )
+
+    async def _admin_events(self) -> Response:
+        args = request.args
+        return _json(
+            await self.events(event_type=args.get("type"), device_id=args.get("device_id"))
+        )
+
+    async def _admin_configs(self) -> Response:
+        return _json(await self.configs())
+
+    async def _admin_put_config(self) -> Response:
+        body = await request.get_json(force=True, silent=True)
+        try:
+            return _json(await self.put_config(body if isinstance(body, dict) else {}))
+        except ValueError as exc:
+            return _problem(422, str(exc))
+
+    async def _admin_remove_config(self, config_id: str) -> Response:
+        return _json({"removed": await self.remove_config(config_id)})
+
+    async def _admin_push(self) -> Response:
+        runtime = request.args.get("runtime")
+        if not runtime:
+            return _problem(422, "name the runtime: /admin/push?runtime=http://host:port")
+        try:
+            return _json(await self.push(runtime))
+        except httpx.HTTPError as exc:
+            return _problem(502, f"the runtime did not take the snapshot: {exc}")
+
+    async def _admin_trouble(self) -> Response:
+        body = await request.get_json(force=True, silent=True)
+        body = body if isinstance(body, dict) else {}
+        mode = body.get("mode", "none")
+        if mode not in TROUBLE_MODES:
+            return _problem(422, f"mode is one of {', '.join(TROUBLE_MODES)}")
+        try:
+            seconds = float(body.get("seconds") or 0)
+            trouble = Trouble(
+                mode=mode,
+                retry_after=float(body.get("retry_after", 1.0)),
+                delay=float(body.get("delay", 2.0)),
+                until=trio.current_time() + seconds if seconds > 0 else None,
+            )
+        except (TypeError, ValueError):
+            return _problem(422, "seconds, retry_after and delay are numbers")
+        self.set_trouble(trouble)
+        return _json(attrs.asdict(self.trouble))
 
 
 async def _serve_http(
@@ -367,7 +326,7 @@ async def _serve_http(
     port: int,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    # Quiet: its bound URLs are on the DevCore object.
+    # Quiet: its bound URL is on the DevCore object.
     config = hypercorn_config(f"{host}:{port}", graceful_timeout=0.5, quiet=True)
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(partial(hypercorn_serve, app, config))

@@ -3,8 +3,13 @@
 Installed with the package, the plugin gives every test suite (registered through the
 ``pytest11`` entry point, so nothing to import or configure):
 
-- ``devcore``: a real local Core (``runtime.devcore.DevCore``) on 127.0.0.1, in the test's
-  nursery, with a fresh SQLite database;
+- ``fake_core``: a ``FakeCore`` on 127.0.0.1 in the test's nursery: Core's endpoints with
+  faults to script (refused connections, 503/429 with ``Retry-After``, slow answers, a
+  fixed status, dropped connections, a per-request ``answer`` hook) and what it accepted
+  kept in memory, for tests of delivery without SQLite (override ``fake_core_class`` to
+  serve a subclass);
+- ``devcore``: a real local Core (``runtime.devcore.DevCore``, a ``FakeCore`` storing in
+  SQLite, with an admin API) on 127.0.0.1, in the test's nursery, with a fresh database;
 - ``run_integration``: ``async with run_integration(integration) as rt:`` serves an
   integration in process against that Core (hypercorn on 127.0.0.1, managed mode) and
   gives ``rt.url``, ``rt.http`` (an httpx client sending Core's headers) and
@@ -13,7 +18,8 @@ Installed with the package, the plugin gives every test suite (registered throug
 Builders (``config_payload``, ``snapshot_payload``) and assertions
 (``assert_telemetry_sent``, ``assert_event_sent``, ``assert_entity_shape``,
 ``assert_refresh_receipt``) work with any of them. ``RecordingSink`` keeps what actors
-emit in memory, for tests of one actor without HTTP.
+emit in memory, for tests of one actor without HTTP. ``H11Server`` is the small trio + h11
+server under ``FakeCore``, for fakes of devices an actor talks to.
 """
 
 from __future__ import annotations
@@ -25,14 +31,22 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import httpx
 
+from ._fakecore import Answer, FakeCore, H11Server, Kind, Received, Rejected, Trouble
 from ._sink import EventRecord, TelemetryRecord
 
 if TYPE_CHECKING:
     from .devcore import DevCore
 
 __all__ = [
+    "Answer",
+    "FakeCore",
+    "H11Server",
+    "Kind",
+    "Received",
     "RecordingSink",
+    "Rejected",
     "RunningIntegration",
+    "Trouble",
     "assert_entity_shape",
     "assert_event_sent",
     "assert_refresh_receipt",
@@ -192,9 +206,9 @@ class RunningIntegration:
 
 
 try:  # the pytest plugin's fixtures; without pytest, the rest of this module still works
-    from ._fixtures import devcore, run_integration
+    from ._fixtures import devcore, fake_core, fake_core_class, run_integration
 except ModuleNotFoundError as exc:  # pragma: no cover - installed without the dev extra
     if exc.name != "pytest":
         raise
 else:
-    __all__ += ["devcore", "run_integration"]
+    __all__ += ["devcore", "fake_core", "fake_core_class", "run_integration"]

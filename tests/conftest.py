@@ -11,19 +11,17 @@ import trio.testing
 
 import runtime._offload
 from runtime import ActorNursery, open_actor_nursery
-from runtime.testing import RecordingSink
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore, RecordingSink
 from tests.served import Served, env_for, serve
 
 T = TypeVar("T")
 
 
 @pytest.fixture
-async def core(nursery: trio.Nursery) -> FakeCore:
-    """A real HTTP server on 127.0.0.1 standing in for Core (tests/fakecore.py)."""
-    fake = FakeCore()
-    await nursery.start(fake.serve)
-    return fake
+def core(fake_core: FakeCore) -> FakeCore:
+    """A real HTTP server on 127.0.0.1 standing in for Core (``runtime.testing``'s
+    ``fake_core``), under the short name these tests use."""
+    return fake_core
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from runtime import (
     open_runtime,
 )
 from runtime._web import RUNTIME_KEY
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.helpers import Probe
 
 SECRET = "hunter2-very-secret"

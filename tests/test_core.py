@@ -20,7 +20,7 @@ from runtime import (
     CoreUnexpectedResponse,
 )
 from runtime._core import parse_retry_after
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 
 SECRET = "s3cr3t-token-value"
 

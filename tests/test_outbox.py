@@ -1,4 +1,5 @@
-"""The outbox against a real HTTP server on 127.0.0.1 (tests/fakecore.py), in virtual time."""
+"""The outbox against a real HTTP server on 127.0.0.1 (``runtime.testing.FakeCore``),
+in virtual time."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from runtime import (
     open_outbox,
 )
 from runtime._contract import EventPayload, TelemetryPayload
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.helpers import Probe, wait_until
 
 TOKEN = "outbox-test-token"

@@ -18,9 +18,8 @@ from runtime import (
     open_actor_nursery,
     rehydrate,
 )
-from runtime.testing import RecordingSink
+from runtime.testing import FakeCore, RecordingSink
 
-from .fakecore import FakeCore
 from .helpers import Probe
 
 

@@ -1,4 +1,4 @@
-"""The route contract, driven in process against a real local Core (tests/fakecore.py)."""
+"""The route contract, driven in process against a real local Core (runtime.testing.FakeCore)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from runtime import ActorState
 from runtime._web import RUNTIME_KEY
 from runtime._web.commands import command_fingerprint
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.helpers import wait_until
 from tests.served import (
     CORE_HEADERS,

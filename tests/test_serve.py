@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from runtime._serve import parse_port
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.helpers import wait_until
 from tests.reliability._procs import ROOT, SERVE, runtime_process, spooled_ids, stop
 

@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from runtime._transport import H11Transport
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 
 PATH = "/api/v2/integrations/telemetry"
 

@@ -1,6 +1,6 @@
 """A fake LAN device for the HTTP JSON actor's tests: a real HTTP server on 127.0.0.1.
 
-Plain trio + h11 (tests/h11server.py), like tests/fakecore.py, so every misbehaviour is
+Plain trio + h11 (runtime.testing.H11Server, under FakeCore too), so every misbehaviour is
 the test's choice: answer a status, send a body that is not JSON, take the request and
 never answer, close the connection without answering, demand an auth header, or go away
 altogether (its listener closed, its port kept for ``up()``). Payloads are served in
@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import trio
 
-from tests.h11server import Answer, H11Server
+from runtime.testing import Answer, H11Server
 
 #: Shaped like Ambient Weather's /v1/devices answer: a list of stations, US units.
 AMBIENT_PAYLOAD: list[dict[str, Any]] = [

@@ -33,9 +33,7 @@ import httpx
 import trio
 
 from runtime import CoreClient, OutboxSettings
-from runtime.testing import snapshot_payload
-from tests.fakecore import FakeCore
-from tests.h11server import Answer
+from runtime.testing import Answer, FakeCore, snapshot_payload
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent

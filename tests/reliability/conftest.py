@@ -7,17 +7,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trio
 
 from tests.reliability._procs import LiveCore, LiveRuntime, live_runtime, runtime_env
 
 
 @pytest.fixture
-async def core(nursery: trio.Nursery) -> LiveCore:
-    """Core for a runtime process: a FakeCore that also times what it stores."""
-    fake = LiveCore()
-    await nursery.start(fake.serve)
-    return fake
+def fake_core_class() -> type[LiveCore]:
+    """Core for a runtime process (``core``, through ``fake_core``): a FakeCore that also
+    times what it stores."""
+    return LiveCore
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import trio
 
 from runtime import Capability, DeviceActor, Integration, Reading, RuntimeConfig, command
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.served import env_for, serve
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import trio
 
 from runtime import DeviceActor, Integration, Reading, RuntimeConfig
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.served import env_for, serve
 
 

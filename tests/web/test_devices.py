@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from runtime import Integration
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.helpers import Probe
 from tests.served import Push, env_for, serve
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from tests.fakecore import FakeCore
+from runtime.testing import FakeCore
 from tests.served import env_for, serve
 
 
