@@ -9,11 +9,16 @@ import pytest
 from pydantic import ValidationError
 
 from runtime._contract import (
+    CoreLink,
+    Dashboard,
+    Entity,
     EventPayload,
     TelemetryPayload,
     WireModel,
+    build,
     encode_event,
     encode_telemetry,
+    from_unix,
     iso,
 )
 
@@ -64,3 +69,25 @@ def test_field_paths_are_snake_case_whichever_spelling_was_sent() -> None:
         Body.model_validate({"apiKey": "k", "portNumber": "x"})
     assert [e["loc"] for e in missing.value.errors()] == [("api_key",)]
     assert [e["loc"] for e in invalid.value.errors()] == [("port_number",)]
+
+
+def test_build_serializes_as_model_construct_does() -> None:
+    dashboard = {"allowed_widgets": ["gauge"], "default_widget": "gauge"}
+    values = {
+        "id": "c:d",
+        "name": "Plug",
+        "capabilities": ["on"],
+        "config_id": "c",
+        "device_id": "d",
+        "device_type": "plug",
+        "device_class": "sensor",
+        "entity_type": "device",
+        "available_commands": [],
+        "dashboard": build(Dashboard, **dashboard, recommended_widgets=["gauge"]),
+        "metadata": {"actor": "Plug"},
+    }
+    built, constructed = build(Entity, **values), Entity.model_construct(**values)
+    assert built.model_dump_json() == constructed.model_dump_json()
+    assert built.model_dump(mode="json") == Entity.model_validate(values).model_dump(mode="json")
+    link = build(CoreLink, state="up", since=from_unix(0.0), last_error=None)
+    assert link.model_dump(mode="json")["since"] == "1970-01-01T00:00:00+00:00"

@@ -37,7 +37,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from .._contract import TOKEN_HEADER
+from .._contract import TOKEN_HEADER, Answer
 from .._integration import Integration
 from .._runtime import Runtime, open_runtime
 from . import commands, config, describe, devices, health
@@ -49,6 +49,7 @@ __all__ = ["MAX_BODY", "build_app"]
 log = logging.getLogger("runtime.web")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+MakeResponse = Callable[[Any], Awaitable[Any]]
 MAX_BODY = 1024 * 1024
 #: Routes that neither need nor teach credentials: liveness, and the API's own
 #: description (it carries no data).
@@ -83,6 +84,7 @@ def build_app(integration: Integration) -> QuartTrio:
         pydantic_dump_options=PydanticDumpOptions(mode="json", by_alias=True),  # type: ignore[typeddict-unknown-key]
         openapi_provider_class=describe.ContractOpenAPI,
     )
+    app.make_response = _answers_as_json(app.make_response)  # type: ignore[method-assign, assignment]
     for module in (health, config, commands, devices, describe):
         app.register_blueprint(module.blueprint)
     app.before_request(_authenticate)
@@ -90,6 +92,26 @@ def build_app(integration: Integration) -> QuartTrio:
     _install_lifecycle(app, integration)
     app.asgi_app = _health_first(app, app.asgi_app)  # type: ignore[method-assign, assignment]
     return app
+
+
+def _answers_as_json(make_response: MakeResponse) -> MakeResponse:
+    """Encode the contract's answers with pydantic's own JSON encoder, in one step.
+
+    quart-schema would turn a model into a dict and hand that to Quart's JSON provider
+    (sorted keys, ASCII escapes): about 20 us per record against 3 us, which at a
+    thousand records (``/diagnostics``, ``/entities``) is most of the answer's cost."""
+
+    async def make(result: Any) -> Any:
+        value, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+        if not isinstance(value, Answer):
+            return await make_response(result)
+        status = rest[0] if rest and isinstance(rest[0], int) else 200
+        response = Response(
+            value.model_dump_json(by_alias=True), status=status, content_type="application/json"
+        )
+        return await make_response((response, *rest[1:]))
+
+    return make
 
 
 class JsonRequest(TrioRequest):

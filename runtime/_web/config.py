@@ -28,6 +28,7 @@ from .._contract import (
     SyncAnswer,
     SyncMetadata,
     SyncRejection,
+    build,
 )
 from .._contract.config import DeconfigureMetadata
 from .._errors import InvalidConfig, PiPhiError
@@ -57,13 +58,12 @@ async def config(data: DeviceConfig) -> ConfigAnswer:
     except InvalidConfig as exc:
         raise Problem.from_error(422, exc) from None
     _learn_body_container(rt, data.container_id)
-    return ConfigAnswer.model_construct(
+    return build(
+        ConfigAnswer,
         status="configured",
         config_id=result.config_id,
         container_id=rt.client.container_id,
-        metadata=ConfigMetadata.model_construct(
-            action=result.action, generation=rt.sync.last_generation
-        ),
+        metadata=build(ConfigMetadata, action=result.action, generation=rt.sync.last_generation),
     )
 
 
@@ -108,13 +108,12 @@ async def deconfigure(config_id: str | None = None) -> DeconfigureAnswer:
         device = rt.registry.get(config_id)  # maybe named by Core's config id
         if device is not None:
             result = await rt.sync.remove(device.identity.id)
-    return DeconfigureAnswer.model_construct(
+    return build(
+        DeconfigureAnswer,
         status="deconfigured",
         config_id=config_id,
         removed=result.removed,
-        metadata=DeconfigureMetadata.model_construct(
-            active_config_ids=list(rt.sync.active_config_ids)
-        ),
+        metadata=build(DeconfigureMetadata, active_config_ids=list(rt.sync.active_config_ids)),
     )
 
 
@@ -141,9 +140,7 @@ async def discover() -> DiscoverAnswer:
             ) from None
         except PiPhiError as exc:
             raise Problem.from_error(502, exc) from None
-    return DiscoverAnswer.model_construct(
-        devices=redact(json.loads(json.dumps(devices, default=str)))
-    )
+    return build(DiscoverAnswer, devices=redact(json.loads(json.dumps(devices, default=str))))
 
 
 async def _optional_body() -> dict[str, Any]:
@@ -168,7 +165,8 @@ def _learn_body_container(rt: Runtime, container_id: str | None) -> None:
 
 
 def _sync_answer(result: SyncResult, container_id: str | None) -> SyncAnswer:
-    return SyncAnswer.model_construct(
+    return build(
+        SyncAnswer,
         status=result.status,
         generation=result.generation,
         reason=result.reason,
@@ -181,7 +179,8 @@ def _sync_answer(result: SyncResult, container_id: str | None) -> SyncAnswer:
         unchanged=result.unchanged,
         skipped=[r.config_id for r in result.rejected],
         rejected=[
-            SyncRejection.model_construct(
+            build(
+                SyncRejection,
                 config_id=r.config_id,
                 code=r.code,
                 message=r.message,
@@ -190,7 +189,5 @@ def _sync_answer(result: SyncResult, container_id: str | None) -> SyncAnswer:
             for r in result.rejected
         ],
         active_config_ids=list(result.active_config_ids),
-        metadata=SyncMetadata.model_construct(
-            duration_ms=round(result.duration_ms, 3), note=result.note
-        ),
+        metadata=build(SyncMetadata, duration_ms=round(result.duration_ms, 3), note=result.note),
     )

@@ -29,6 +29,7 @@ from .._contract import (
     Manifest,
     ProblemDocument,
     UiConfigAnswer,
+    build,
 )
 from .._integration import Integration
 from .._redact import is_secret_key
@@ -58,8 +59,10 @@ async def ui_config() -> UiConfigAnswer:
     integration = current_integration()
     if integration.ui_schema is not None:
         declared = dict(integration.ui_schema)
-        return UiConfigAnswer.model_construct(
-            form=dict(declared.get("schema") or {}), ui_schema=dict(declared.get("uiSchema") or {})
+        return build(
+            UiConfigAnswer,
+            form=dict(declared.get("schema") or {}),
+            ui_schema=dict(declared.get("uiSchema") or {}),
         )
     return config_form(integration)
 
@@ -195,7 +198,7 @@ def config_form(integration: Integration) -> UiConfigAnswer:
             form["oneOf"].append(branch)
     if definitions:
         form["$defs"] = definitions
-    return UiConfigAnswer.model_construct(form=form, ui_schema=ui)
+    return build(UiConfigAnswer, form=form, ui_schema=ui)
 
 
 def _class_form(cls: ActorClass, ui: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:

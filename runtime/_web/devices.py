@@ -26,6 +26,7 @@ from .._contract import (
     StateAnswer,
     StateEntry,
     StateQuery,
+    build,
     from_unix,
 )
 from .._errors import ActorCallError, RefreshUnsupported
@@ -78,7 +79,7 @@ async def state(query_args: StateQuery) -> StateAnswer:
         receipt = await _refresh(devices, query_args.refresh_request_id)
         devices = [rt.registry.get(d.identity.id) or d for d in devices]
     entries = {d.identity.config_id: _state_entry(d) for d in devices}
-    return StateAnswer.model_construct(entries=entries, refresh=receipt)
+    return build(StateAnswer, entries=entries, refresh=receipt)
 
 
 @blueprint.get("/events")
@@ -91,8 +92,8 @@ async def events() -> EventsAnswer:
         records.extend(device.recent_events)
     records.sort(key=lambda r: r.created_at)
     container_id = rt.client.container_id
-    return EventsAnswer.model_construct(
-        events=[_event_view(r, container_id) for r in records[-EVENTS_SHOWN:]]
+    return build(
+        EventsAnswer, events=[_event_view(r, container_id) for r in records[-EVENTS_SHOWN:]]
     )
 
 
@@ -119,9 +120,7 @@ async def entities() -> EntitiesAnswer:
                 CommandInfo(description=_describe(spec), timeout_ms=int(timeout * 1000)),
             )
             capabilities.setdefault(spec.name, CapabilityInfo(kind="action"))
-    return EntitiesAnswer.model_construct(
-        entities=out, capabilities=capabilities, commands=commands
-    )
+    return build(EntitiesAnswer, entities=out, capabilities=capabilities, commands=commands)
 
 
 def device_entities(device: DeviceSlice) -> list[Entity]:
@@ -160,7 +159,8 @@ def _default_entity(device: DeviceSlice) -> Entity:
         _WIDGETS_BY_TYPE.get(type(first.value), ("value", []))[0] if first else "status"
     )
     name = getattr(actor.config, "name", None) or identity.device_id
-    return Entity.model_construct(
+    return build(
+        Entity,
         id=f"{identity.config_id}:{identity.device_id}",
         name=redact_text(str(name)),
         capabilities=[*metrics, *(spec.name for spec in commands)],
@@ -170,7 +170,8 @@ def _default_entity(device: DeviceSlice) -> Entity:
         device_class="actuator" if commands else "sensor",
         entity_type="device",
         available_commands=[
-            CommandOption.model_construct(
+            build(
+                CommandOption,
                 id=spec.name,
                 label=spec.description or spec.name.replace("_", " ").capitalize(),
                 kind="action",
@@ -178,7 +179,8 @@ def _default_entity(device: DeviceSlice) -> Entity:
             )
             for spec in commands
         ],
-        dashboard=Dashboard.model_construct(
+        dashboard=build(
+            Dashboard,
             allowed_widgets=widgets or ["status"],
             default_widget=default_widget,
             recommended_widgets=(widgets or ["status"])[:2],
@@ -204,7 +206,8 @@ def _state_entry(device: DeviceSlice) -> StateEntry:
     state: dict[str, Any] = {r.metric: r.value for r in device.readings}
     state.update(device.latest_state)
     times = [t for t in (device.readings_at, device.state_updated) if t is not None]
-    return StateEntry.model_construct(
+    return build(
+        StateEntry,
         config_id=device.identity.config_id,
         device_id=device.identity.device_id,
         latest_state=redact(state),
@@ -214,7 +217,8 @@ def _state_entry(device: DeviceSlice) -> StateEntry:
 
 def _event_view(record: EventRecord, container_id: str | None) -> EventView:
     identity = record.identity
-    return EventView.model_construct(
+    return build(
+        EventView,
         event_type=record.event_type,
         source=record.source,
         payload=redact(dict(record.data)),
@@ -261,8 +265,8 @@ def _outcome(
     message: str | None,
     observed_at: datetime | None = None,
 ) -> RefreshOutcome:
-    return RefreshOutcome.model_construct(
-        config_id=config_id, status=status, message=message, observed_at=observed_at
+    return build(
+        RefreshOutcome, config_id=config_id, status=status, message=message, observed_at=observed_at
     )
 
 
@@ -282,7 +286,8 @@ def _receipt(request_id: str, outcomes: Iterable[RefreshOutcome]) -> RefreshRece
     message = "; ".join(problems) or None
     if not outcomes:
         message = "no configured device"
-    return RefreshReceipt.model_construct(
+    return build(
+        RefreshReceipt,
         request_id=request_id,
         performed=bool(observed),
         status=status,

@@ -35,6 +35,7 @@ from .._contract import (
     RehydrationSource,
     RuntimeFigures,
     StartingFigures,
+    build,
     from_unix,
 )
 from .._health import ErrorRecord, wall_clock
@@ -74,13 +75,16 @@ async def diagnostics(query_args: DiagnosticsQuery) -> DiagnosticsAnswer:
     page = chosen[offset : offset + limit]
     following = offset + len(page)
     stats = rt.outbox.stats()
-    return DiagnosticsAnswer.model_construct(
+    return build(
+        DiagnosticsAnswer,
         status="degraded" if rt.concerns(by_state) else "ok",
         integration=integration_info(rt),
-        diagnostics=Diagnostics.model_construct(
+        diagnostics=build(
+            Diagnostics,
             runtime=_figures(RuntimeFigures, rt, stats, by_state),
             delivery=_delivery(stats),
-            auth=AuthInfo.model_construct(
+            auth=build(
+                AuthInfo,
                 mode="managed" if rt.managed else "adopted",
                 token_source=rt.token_source,
                 container_id=rt.client.container_id,
@@ -89,14 +93,15 @@ async def diagnostics(query_args: DiagnosticsQuery) -> DiagnosticsAnswer:
             rehydration=_rehydration(rt.rehydration),
             actors_by_state=by_state,
             actors=[_actor_record(rt, s) for s in page],
-            actors_page=Page.model_construct(
+            actors_page=build(
+                Page,
                 matched=len(chosen),
                 offset=offset,
                 limit=limit,
                 next_offset=following if following < len(chosen) else None,
             ),
-            filters=DiagnosticsFilters.model_construct(
-                state=query_args.state, device_id=query_args.device_id
+            filters=build(
+                DiagnosticsFilters, state=query_args.state, device_id=query_args.device_id
             ),
         ),
     )
@@ -105,9 +110,11 @@ async def diagnostics(query_args: DiagnosticsQuery) -> DiagnosticsAnswer:
 def health_answer(rt: Runtime) -> HealthAnswer:
     """``/health`` of a running runtime."""
     by_state = count_by_state(rt)
-    figures = _figures(HealthFigures, rt, rt.outbox.stats(), by_state)
-    figures.rehydration = _rehydration(rt.rehydration)
-    return HealthAnswer.model_construct(
+    figures = _figures(
+        HealthFigures, rt, rt.outbox.stats(), by_state, rehydration=_rehydration(rt.rehydration)
+    )
+    return build(
+        HealthAnswer,
         status="degraded" if figures.concerns else "ok",
         ok=True,
         integration=integration_info(rt),
@@ -120,11 +127,12 @@ def unavailable_health() -> HealthAnswer:
     """``/health`` while the runtime is not up: starting, or failed (with why)."""
     rt = current_app.extensions.get(RUNTIME_KEY)
     failure = rt.failure if isinstance(rt, Runtime) else None
-    return HealthAnswer.model_construct(
+    return build(
+        HealthAnswer,
         status="failed" if failure else "starting",
         ok=False,
         integration=_info(current_integration().describe()),
-        runtime=StartingFigures.model_construct(error=failure or "starting"),
+        runtime=build(StartingFigures, error=failure or "starting"),
         metadata={},
     )
 
@@ -142,8 +150,8 @@ def integration_info(rt: Runtime) -> IntegrationInfo:
 
 
 def _info(described: Mapping[str, str]) -> IntegrationInfo:
-    return IntegrationInfo.model_construct(
-        id=described["id"], name=described["name"], version=described["version"]
+    return build(
+        IntegrationInfo, id=described["id"], name=described["name"], version=described["version"]
     )
 
 
@@ -167,10 +175,15 @@ def _select(
 
 
 def _figures(
-    kind: type[RuntimeFigures], rt: Runtime, stats: OutboxStats, by_state: Mapping[str, int]
+    kind: type[RuntimeFigures],
+    rt: Runtime,
+    stats: OutboxStats,
+    by_state: Mapping[str, int],
+    **extra: Any,
 ) -> Any:
     concerns = rt.concerns(by_state)
-    return kind.model_construct(
+    return build(
+        kind,
         uptime_s=round(time.time() - rt.started_at, 3),
         devices=len(rt.actors),
         failed_devices=by_state.get(ActorState.FAILED.value, 0),
@@ -180,15 +193,16 @@ def _figures(
         spool_depth=stats.spool_depth,
         dropped=stats.dropped,
         concerns=[
-            HealthConcern.model_construct(code=c.code, message=c.message, hint=c.hint)
-            for c in concerns
+            build(HealthConcern, code=c.code, message=c.message, hint=c.hint) for c in concerns
         ],
+        **extra,
     )
 
 
 def _link(link: LinkStatus) -> CoreLink:
     error = link.last_error
-    return CoreLink.model_construct(
+    return build(
+        CoreLink,
         state=link.state,
         since=from_unix(link.since),
         last_error=None if error is None else LinkError.model_validate(error),
@@ -198,27 +212,35 @@ def _link(link: LinkStatus) -> CoreLink:
 def _delivery(stats: OutboxStats) -> DeliveryStats:
     fields = {name: getattr(stats, name) for name in DeliveryStats.model_fields}
     fields["link"] = _link(stats.link)
-    return DeliveryStats.model_construct(**fields)
+    return build(DeliveryStats, **fields)
 
 
 def _rehydration(report: RehydrationReport | None) -> Rehydration | None:
     if report is None:
         return None
-    return Rehydration.model_construct(
+    return build(
+        Rehydration,
         ok=report.ok,
-        sources=[RehydrationSource.model_construct(**s.to_dict()) for s in report.sources],
+        sources=[build(RehydrationSource, **s.to_dict()) for s in report.sources],
     )
 
 
 def _actor_record(rt: Runtime, supervisor: Supervisor) -> ActorRecord:
     health = supervisor.health()
-    figures = rt.outbox.device_figures(health.config_id)
-    return ActorRecord.model_construct(
+    delivery = rt.outbox.device_figures(health.config_id)
+    last = delivery["last_delivered"]
+    return build(
+        ActorRecord,
         **{name: getattr(health, name) for name in _HEALTH_FIELDS},
         state=health.state.value,
         last_error=_error_view(health.last_error),
         latest_readings_at=supervisor.latest_readings()[1],
-        delivery=DeviceDelivery.model_construct(**figures),
+        delivery=build(
+            DeviceDelivery,
+            accepted=delivery["accepted"],
+            delivered=delivery["delivered"],
+            last_delivered=None if last is None else from_unix(last),
+        ),
     )
 
 
@@ -232,7 +254,8 @@ _HEALTH_FIELDS = tuple(
 def _error_view(error: ErrorRecord | None) -> ErrorView | None:
     if error is None:
         return None
-    return ErrorView.model_construct(
+    return build(
+        ErrorView,
         type=error.type,
         # The one free text in a health record: it may quote a secret.
         message=redact_text(error.message),
