@@ -1,7 +1,7 @@
 """One device fed by a PiPhi MQTT source stream, such as rtl_433 radio packets.
 
 A source bridge publishes every packet it hears to ``piphi/sources/<source>/packets`` as
-one JSON envelope (CONTRACT.md, MQTT source topics)::
+one JSON envelope (docs/contract.md; the PiPhi MQTT source topics)::
 
     {"source": "rtl433", "received_at": "2026-11-22T10:00:00.250+00:00",
      "model": "Acurite-Tower", "device_hint": {"model": "Acurite-Tower", "id": 1234,
@@ -21,7 +21,7 @@ backoff: the broker refusing or losing the connection, or no packet from this de
 
 Each actor holds its own connection and subscription. rtl_433 sends a few packets a
 second, so N devices parse each packet N times, which is cheap. The client is
-moat-lib-mqtt on AnyIO (docs: STACK.md section 7). It does not reconnect by itself; the
+moat-lib-mqtt on AnyIO (docs/design.md, MQTT). It does not reconnect by itself; the
 supervisor's retry is the reconnect.
 """
 
@@ -199,8 +199,8 @@ class MqttSourceActor(DeviceActor[MqttSourceConfig]):
 
     async def run(self) -> None:
         # Stopping means cancelling run(). Cancelled at once, the client spends 2 s
-        # waiting for an UNSUBACK that its cancelled reader can no longer deliver (STACK.md
-        # section 7). So the session runs shielded, and a sibling task that does see the
+        # waiting for an UNSUBACK that its cancelled reader can no longer deliver
+        # (docs/design.md, MQTT). So the session runs shielded, and a sibling task that does see the
         # cancellation ends only the receive loop. The session then unsubscribes and
         # disconnects politely, within stop_grace.
         receiving = trio.CancelScope()

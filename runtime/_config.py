@@ -25,7 +25,7 @@ class DeviceIdentity:
     """The PiPhi identities of one configured device, resolved once per actor.
 
     ``config_id`` and ``device_id`` fall back to the local ``id`` only when Core sent
-    none (CONTRACT.md, Identities).
+    none (docs/contract.md, Identities).
     """
 
     id: str

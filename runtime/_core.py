@@ -3,7 +3,7 @@
 One pooled ``httpx.AsyncClient`` per process with few connections. Its transport is
 ``H11Transport`` (h11 on trio streams, about a quarter of httpcore's CPU per request;
 see its module); httpcore also rescans every queued request against every connection on
-each pool event (STACK.md section 4). Callers keep at most ``connections`` requests in
+each pool event (docs/design.md, httpx). Callers keep at most ``connections`` requests in
 flight; the outbox's fixed pool of senders does.
 
 Every failure comes out as one ``CoreError`` subclass that says whether a retry can
@@ -146,7 +146,7 @@ class CoreClient:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> CoreClient:
         """A client configured from ``PIPHI_CORE_BASE_URL``, ``PIPHI_CONTAINER_ID`` and
-        ``PIPHI_INTEGRATION_INTERNAL_TOKEN`` (CONTRACT.md, Environment)."""
+        ``PIPHI_INTEGRATION_INTERNAL_TOKEN`` (docs/contract.md, Environment)."""
         env = os.environ if env is None else env
         return cls(
             env.get("PIPHI_CORE_BASE_URL") or DEFAULT_CORE_URL,

@@ -1,5 +1,5 @@
 """One SQLite file driven from trio: the shape shared by the spool, the command ledger
-and the dev Core (STACK.md section 6).
+and the dev Core (docs/design.md, SQLite).
 
 One connection per file, WAL with ``synchronous=NORMAL``, every call in a worker thread
 behind a ``CapacityLimiter(1)`` (``_offload``), so the trio thread never blocks on disk

@@ -12,7 +12,7 @@ from ._errors import InvalidReading
 
 __all__ = ["Reading", "Value", "validate_readings"]
 
-#: What Core accepts as a metric value (CONTRACT.md, telemetry ``metrics``).
+#: What Core accepts as a metric value (docs/contract.md, telemetry ``metrics``).
 Value: TypeAlias = bool | int | float | str
 
 _EXACT = frozenset({bool, int, str})

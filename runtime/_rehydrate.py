@@ -40,7 +40,7 @@ Source = Literal["mounted_file", "local_copy", "core"]
 def mounted_snapshot_path(
     env: Mapping[str, str] | None = None, root: Path = Path("/.piphinetwork")
 ) -> Path:
-    """Where Core mounts the snapshot (CONTRACT.md, Environment)."""
+    """Where Core mounts the snapshot (docs/contract.md, Environment)."""
     env = os.environ if env is None else env
     explicit = env.get("PIPHI_CONFIG_SNAPSHOT_PATH")
     if explicit:

@@ -4,7 +4,7 @@ A ``trio.sleep`` (or any deadline-bearing cancel scope) per actor costs a cancel
 and a deadline-heap entry per wait, and trio drops stale heap entries lazily, so each
 scope lives until its deadline would have passed: at 10k actors polling at 1 Hz that is
 10k reference cycles a second surviving into the old GC generations, which then pause
-the process for 100+ ms (measured; see docs/benchmarks.md). STACK.md section 8 has the
+the process for 100+ ms (measured; see docs/benchmarks.md). docs/design.md (Timers) has the
 CPU side: a shared sleeper is about 4x cheaper.
 
 Here anything with a ``ring()`` method is put in the slot of its due time; one task

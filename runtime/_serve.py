@@ -1,6 +1,6 @@
 """``piphi-runtime serve``: the runtime owns the root nursery and hypercorn is one child.
 
-This is the shape that makes failures visible (STACK.md section 2, pattern v5): an error
+This is the shape that makes failures visible (docs/design.md, Lifetimes): an error
 in the runtime's core leaves the root nursery and ends the process non-zero, instead of
 being logged by a lifespan handler while the server keeps answering 200s.
 
@@ -33,7 +33,7 @@ log = logging.getLogger("runtime.serve")
 def hypercorn_config(bind: str, *, graceful_timeout: float, quiet: bool = False) -> Config:
     """Hypercorn settings for a Quart-Trio app: no access log, and a read timeout, because
     quart-trio + hypercorn never close an idle keep-alive connection by its own timer and
-    graceful shutdown would wait for it (STACK.md section 3)."""
+    graceful shutdown would wait for it (docs/design.md, hypercorn)."""
     config = Config()
     config.bind = [bind]
     config.accesslog = None

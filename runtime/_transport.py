@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 transport for the Core client: h11 over trio streams, few connections.
 
 httpx's default transport (httpcore) costs about 0.9 ms of CPU per small POST here, and
-its pool rescans every queued request on each event (STACK.md section 4); the same
+its pool rescans every queued request on each event (docs/design.md, httpx); the same
 requests written with h11 straight onto a trio stream cost about 0.2 ms. Telemetry is one
 POST per reading by contract, so that difference is the runtime's delivery capacity.
 This transport keeps httpx's client API (and its errors: ``httpx.ConnectError``,

@@ -168,7 +168,7 @@ _ENTITY_FIELDS = (
 
 
 def assert_entity_shape(entity: Mapping[str, Any]) -> None:
-    """An entity has every field Core reads (CONTRACT.md, ``/entities``)."""
+    """An entity has every field Core reads (docs/contract.md, ``/entities``)."""
     missing = [f for f in _ENTITY_FIELDS if f not in entity]
     assert not missing, f"entity {entity.get('id')!r} lacks {missing}"
     assert isinstance(entity["capabilities"], list)

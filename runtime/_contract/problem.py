@@ -23,7 +23,7 @@ class FieldError(Answer):
 
 class ProblemDocument(Answer):
     """``type`` is ``PROBLEM_TYPE_BASE + code``. Some routes add fields of their own (a
-    refused command carries ``ok: false`` and ``error``, as CONTRACT.md asks)."""
+    refused command carries ``ok: false`` and ``error``, as the contract asks)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -1,6 +1,6 @@
 """How every model of the contract reads and writes JSON.
 
-Input: snake_case or camelCase keys (CONTRACT.md, Identities), snake_case winning when
+Input: snake_case or camelCase keys (docs/contract.md, Identities), snake_case winning when
 both are sent; unknown keys kept (vendor fields); numbers accepted where ids are strings.
 Output: snake_case, always; so are the field paths of validation errors, whichever
 spelling the caller used (a validation alias with both spellings, the snake one first,

@@ -7,7 +7,7 @@ refusal (a ``Problem``, a validation error, an HTTP error) into RFC 9457 problem
 with snake_case field paths.
 
 ``piphi-runtime serve`` opens the runtime in its own root nursery and serves the app
-beside it, so a runtime failure ends the process (STACK.md section 2). Under
+beside it, so a runtime failure ends the process (docs/design.md, Lifetimes). Under
 ``hypercorn --worker-class trio module:app`` the app opens the runtime itself in
 ``before_serving``; a failure is then recorded, ``/health`` answers 503, and the process
 is sent SIGTERM rather than left answering 200s.

@@ -159,7 +159,7 @@ async def _optional_body() -> dict[str, Any]:
 
 
 def _learn_body_container(rt: Runtime, container_id: str | None) -> None:
-    """A body's container id counts only when the header is absent (CONTRACT.md)."""
+    """A body's container id counts only when the header is absent (docs/contract.md)."""
     if container_id and not request.headers.get(CONTAINER_HEADER):
         rt.learn_auth(container_id, None)
 

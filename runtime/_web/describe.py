@@ -1,7 +1,7 @@
 """What an integration tells Core about itself, and the API's own documentation:
 ``/ui-config`` (also ``/ui``), ``/contract``, ``/manifest.json``, ``/openapi.json`` (made
 by quart-schema from the routes' models) and ``/docs`` (a page that works offline:
-quart-schema's own pages load their scripts from a CDN, STACK.md section 5).
+quart-schema's own pages load their scripts from a CDN, docs/design.md, quart-schema).
 
 Everything an author does not declare is derived from the actor classes and their config
 models; what they declare (``Integration(manifest=..., ui_schema=...)``) wins.
