@@ -10,6 +10,14 @@ them.
 One reconciliation runs at a time, shielded from its caller's cancellation so it never
 stops halfway. Snapshots that arrive while one runs coalesce: only the newest (highest
 generation, latest on ties) is applied next, and the others answer ``stale_ignored``.
+
+Which snapshot is stale: one whose generation is lower than the last applied one's,
+unless it comes from another Core process (a different ``driver_pid``: Core restarted and
+its counter started over) or Core made it later (a newer ``updated_at``: Core restored
+from a backup). Either of those is applied and its generation becomes the one to beat,
+so no generation, however large, can shut Core out for ever. The last applied generation,
+``driver_pid`` and ``updated_at`` are kept in the local copy, so the rule holds across
+restarts. Snapshots without a generation (Core's config rows) are never stale.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import attrs
@@ -154,6 +163,35 @@ class RemoveResult:
     removed: bool
 
 
+@attrs.frozen
+class _Origin:
+    """Where a snapshot stands in Core's history: its generation, the Core process that
+    sent it (``driver_pid``) and when Core made it (``updated_at``)."""
+
+    generation: int | None = None
+    driver_pid: str | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def of(cls, snapshot: ConfigSnapshot) -> _Origin:
+        pid = snapshot.driver_pid
+        return cls(
+            snapshot.generation, None if pid is None else str(pid), _moment(snapshot.updated_at)
+        )
+
+    def older_than(self, applied: _Origin) -> bool:
+        """Whether a snapshot from here is stale against the one applied (module docstring):
+        a lower generation is stale unless another Core process sent it (its counter
+        started over) or Core made it later (restored from a backup)."""
+        if self.generation is None or applied.generation is None:
+            return False
+        if self.generation >= applied.generation:
+            return False
+        if self.driver_pid and applied.driver_pid and self.driver_pid != applied.driver_pid:
+            return False
+        return not (self.updated_at and applied.updated_at and self.updated_at > applied.updated_at)
+
+
 def select_by_field(
     field: str, actors: Mapping[str, ActorClass], *, default: ActorClass | None = None
 ) -> Selector:
@@ -208,8 +246,8 @@ class ConfigSync:
         self._running: dict[str, _Desired] = {}  # config id -> what its actor runs
         self._lock = trio.Lock()
         self._submitted = 0
-        self._newest: tuple[int, int | None] = (0, None)  # (ticket, generation) to apply next
-        self.last_generation: int | None = None
+        self._newest: tuple[int, _Origin] = (0, _Origin())  # (ticket, origin) to apply next
+        self._applied = _Origin()
         self._last_hash: str | None = None
         self.recent_events: deque[EventRecord] = deque(maxlen=history)
         self._on_applied = on_applied
@@ -218,20 +256,26 @@ class ConfigSync:
     def active_config_ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._running))
 
+    @property
+    def last_generation(self) -> int | None:
+        """The generation of the last snapshot applied (None before any with one)."""
+        return self._applied.generation
+
     # -- the three operations -------------------------------------------------------------
 
     async def apply_snapshot(self, data: ConfigSnapshot | Mapping[str, Any]) -> SyncResult:
         """Converge to ``data``. Raises InvalidConfig if the envelope itself is malformed;
         invalid configs inside it are reported in the result and skipped."""
         snapshot = parse_snapshot(data)
+        origin = _Origin.of(snapshot)
         self._submitted += 1
         ticket = self._submitted
-        if _supersedes(snapshot.generation, self._newest[1]) or self._newest[0] == 0:
-            self._newest = (ticket, snapshot.generation)
+        if self._newest[0] == 0 or not origin.older_than(self._newest[1]):
+            self._newest = (ticket, origin)
         async with self._lock:
             if self._newest[0] != ticket:
                 return self._stale(snapshot, "superseded by a newer snapshot")
-            self._newest = (0, None)
+            self._newest = (0, _Origin())
             with trio.CancelScope(shield=True), _collector_held():
                 result = await self._reconcile(snapshot)
                 if result.status == "synced" and result.note is None:
@@ -274,14 +318,13 @@ class ConfigSync:
 
     async def _reconcile(self, snapshot: ConfigSnapshot) -> SyncResult:
         started = time.perf_counter()
-        generation = snapshot.generation
-        last = self.last_generation
-        if generation is not None and last is not None:
-            if generation < last:
-                return self._stale(snapshot, f"generation {generation} is older than {last}")
-            same_hash = snapshot.config_hash is not None and snapshot.config_hash == self._last_hash
-            if generation == last and same_hash:
-                return self._result(snapshot, started, note="same generation and config_hash")
+        origin, applied = _Origin.of(snapshot), self._applied
+        if origin.older_than(applied):
+            why = f"generation {origin.generation} is older than {applied.generation}"
+            return self._stale(snapshot, why)
+        same_hash = snapshot.config_hash is not None and snapshot.config_hash == self._last_hash
+        if same_hash and origin.generation is not None and origin.generation == applied.generation:
+            return self._result(snapshot, started, note="same generation and config_hash")
 
         desired: dict[str, _Desired | None] = {}  # None: identical to what runs
         scope = (snapshot.container_id, snapshot.integration_id)
@@ -331,7 +374,8 @@ class ConfigSync:
         # Unchanged in content but received in another form: remember the new form, so
         # the next identical snapshot takes the cheap path.
         running.update(fresh)
-        self.last_generation = generation if generation is not None else self.last_generation
+        if origin.generation is not None:  # Core's rows carry none: what was applied stands
+            self._applied = origin
         self._last_hash = snapshot.config_hash
         return self._result(
             snapshot,
@@ -422,7 +466,13 @@ class ConfigSync:
         if self._on_applied is None:
             return
         configs = [_with_scope(*d.raw) for d in self._running.values()]
-        current = {"generation": self.last_generation, "configs": configs}
+        applied = self._applied
+        current = {
+            "generation": applied.generation,
+            "driver_pid": applied.driver_pid,
+            "updated_at": None if applied.updated_at is None else applied.updated_at.isoformat(),
+            "configs": configs,
+        }
         try:
             await self._on_applied(current)
         except Exception:  # the change is made; failing to record it must not undo it
@@ -482,10 +532,19 @@ def parse_snapshot(data: ConfigSnapshot | Mapping[str, Any]) -> ConfigSnapshot:
         ) from exc
 
 
-def _supersedes(generation: int | None, newest: int | None) -> bool:
-    """Whether a snapshot of ``generation`` replaces the one of ``newest`` waiting to apply.
-    Snapshots without a generation (Core's rows) always do."""
-    return generation is None or newest is None or generation >= newest
+def _moment(value: str | None) -> datetime | None:
+    """``updated_at`` as Core sends it (ISO-8601, or Unix seconds), or None if unreadable."""
+    if not value:
+        return None
+    try:
+        return datetime.fromtimestamp(float(value), UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _with_scope(raw: Any, scope: tuple[str | None, str | None]) -> Any:

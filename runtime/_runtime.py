@@ -69,18 +69,22 @@ class Runtime:
         return [*fleet_concerns(by_state), *self.outbox.concerns()]
 
     def learn_auth(
-        self, container_id: str | None, token: str | None, *, from_sync: bool = False
+        self, container_id: str | None, token: str | None, *, from_snapshot: bool
     ) -> None:
-        """Adopt what Core's requests say, as the kit does.
+        """What Core's requests teach the runtime about its own auth toward Core.
 
-        The environment's token (managed mode) is never replaced. Otherwise the first
-        token seen is adopted, and only a config sync (Core's own statement of the
-        runtime's configuration) may replace it later, so a rotated token reaches
-        delivery without a restart. The first container id known is kept.
+        Managed mode: the token is the environment's and nothing replaces it; the
+        container id is learnt from an authenticated request if none is known yet.
+        Adopted mode: anyone who reaches the port could send headers, so only an applied
+        snapshot (``from_snapshot``: Core's own statement of the runtime's configuration)
+        teaches the token and the container id, and a later one may rotate the token.
+        A refused or stale request teaches nothing. The first container id is kept.
         """
         token = header_value(token)
-        if self.managed or (self.client.has_token and not from_sync):
+        if self.managed:
             token = None
+        elif not from_snapshot:
+            return
         if self.client.container_id:
             container_id = None
         if self.client.set_auth(container_id=container_id, token=token) and token:

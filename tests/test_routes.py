@@ -340,26 +340,38 @@ async def test_managed_mode_refuses_requests_without_the_token(
         assert diag["diagnostics"]["auth"]["token_source"] == "environment"
 
 
-async def test_without_an_environment_token_the_first_one_is_adopted(
+async def test_without_an_environment_token_only_an_applied_snapshot_teaches_auth(
     served: Served, autojump_clock: trio.abc.Clock
 ) -> None:
-    # /health is open: it neither needs nor teaches credentials.
+    client = served.runtime.client
+    # /health is open: it neither needs nor teaches credentials; nor does any other
+    # request in adopted mode, since anyone who reaches the port could send headers.
     await served.get("/health", headers={"X-Container-Id": "x", "X-PiPhi-Integration-Token": "y"})
-    assert served.runtime.client.container_id is None and not served.runtime.client.has_token
-    await served.get(
-        "/state", headers={**CORE_HEADERS, "X-PiPhi-Integration-Token": f" {CORE_TOKEN} "}
-    )
-    await served.get("/state", headers={"X-PiPhi-Integration-Token": "later-token"})
-    assert served.runtime.client.token_matches(CORE_TOKEN), "stripped, then kept"
-    assert served.runtime.client.container_id == "ctr-1"
+    await served.get("/state", headers={"X-Container-Id": "x", "X-PiPhi-Integration-Token": "y"})
+    await served.post("/config", {"id": "p1", "container_id": "x"}, headers={"X-Foo": "1"})
+    assert client.container_id is None and not client.has_token
+    # A refused snapshot (no generation) teaches nothing either.
+    status, _ = await served.post("/config/sync", {"configs": []}, headers=CORE_HEADERS)
+    assert status == 422
+    assert client.container_id is None and not client.has_token
+    # An applied one is Core speaking: its token (stripped) and container id are adopted.
+    headers = {**CORE_HEADERS, "X-PiPhi-Integration-Token": f" {CORE_TOKEN} "}
+    status, _ = await served.post("/config/sync", snapshot(2), headers=headers)
+    assert status == 200
+    assert client.token_matches(CORE_TOKEN), "stripped, then kept"
+    assert client.container_id == "ctr-1"
     _, diag = await served.get("/diagnostics")
     auth = diag["diagnostics"]["auth"]
     assert (auth["mode"], auth["token_source"], auth["token_known"]) == ("adopted", "adopted", True)
     assert CORE_TOKEN not in json.dumps(diag)
-    # A config sync is Core speaking: a rotated token takes over.
-    status, _ = await served.post("/config/sync", snapshot(1, internal_token="rotated-token"))
+    # A stale snapshot changes nothing; a newer one may rotate the token.
+    status, body = await served.post("/config/sync", snapshot(1, internal_token="stale-token"))
+    assert (status, body["status"]) == (200, "stale_ignored")
+    assert client.token_matches(CORE_TOKEN)
+    status, _ = await served.post("/config/sync", snapshot(3, internal_token="rotated-token"))
     assert status == 200
-    assert served.runtime.client.token_matches("rotated-token")
+    assert client.token_matches("rotated-token")
+    assert client.container_id == "ctr-1", "the first container id is kept"
 
 
 async def test_secrets_never_appear_in_responses_or_logs(
@@ -488,8 +500,8 @@ async def test_events_are_the_recent_local_events(
 
 
 async def test_diagnostics_filters(served: Served, autojump_clock: trio.abc.Clock) -> None:
-    await served.post("/config", {"id": "good"}, headers=CORE_HEADERS)
-    await served.post("/config", {"id": "bad", "polls": ["crash"] * 20})
+    configs = ({"id": "good"}, {"id": "bad", "polls": ["crash"] * 20})
+    await served.post("/config/sync", snapshot(1, *configs), headers=CORE_HEADERS)
     await trio.sleep(120)
     _, everything = await served.get("/diagnostics")
     assert {a["config_id"] for a in everything["diagnostics"]["actors"]} == {"good", "bad"}
@@ -549,7 +561,9 @@ async def test_served_by_the_hypercorn_cli_the_app_opens_the_runtime_itself(
     async with app.test_app() as test_app:
         client = test_app.test_client()
         assert (await client.get("/health")).status_code == 200
-        reply = await client.post("/config", json={"id": "p1"}, headers=CORE_HEADERS)
+        reply = await client.post(
+            "/config/sync", json=snapshot(1, {"id": "p1"}), headers=CORE_HEADERS
+        )
         assert reply.status_code == 200
         rt = app.extensions[RUNTIME_KEY]
         await trio.sleep(2)

@@ -13,6 +13,7 @@ from .commands import (
     CommandTarget,
 )
 from .config import (
+    MAX_GENERATION,
     ConfigAnswer,
     ConfigMetadata,
     ConfigSnapshot,
@@ -22,6 +23,7 @@ from .config import (
     DeviceConfig,
     DiscoverAnswer,
     DiscoverRequest,
+    SnapshotRequest,
     SyncAnswer,
     SyncMetadata,
     SyncRejection,
@@ -118,6 +120,7 @@ __all__ = [
     "DIAGNOSTICS_PAGE_MAX",
     "EVENTS_PATH",
     "IDEMPOTENCY_HEADER",
+    "MAX_GENERATION",
     "PROBLEM_JSON",
     "PROBLEM_TYPE_BASE",
     "REQUIRED_ROUTES",
@@ -180,6 +183,7 @@ __all__ = [
     "RehydrationSource",
     "RuntimeFigures",
     "Severity",
+    "SnapshotRequest",
     "StartingFigures",
     "StateAnswer",
     "StateEntry",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, WithJsonSchema
+from pydantic import BeforeValidator, Field, SecretStr, WithJsonSchema
 
 from .wire import Answer, JsonObject, WireModel
 
 __all__ = [
+    "MAX_GENERATION",
     "ConfigAnswer",
     "ConfigMetadata",
     "ConfigSnapshot",
@@ -18,6 +19,7 @@ __all__ = [
     "DeviceConfig",
     "DiscoverAnswer",
     "DiscoverRequest",
+    "SnapshotRequest",
     "SyncAnswer",
     "SyncMetadata",
     "SyncRejection",
@@ -50,20 +52,46 @@ class DeviceConfig(WireModel):
     poll_interval_seconds: float | None = None
 
 
+#: Generations are whole numbers within JSON's exact range (what JavaScript can count to).
+MAX_GENERATION = 2**53 - 1
+
+
+def _generation_or_none(value: Any) -> Any:
+    """A saved or mounted snapshot's generation that is a number but cannot be one (a
+    boolean, out of range) is left out: a bad number must not shut Core's snapshots out
+    (anything else that is not a whole number is malformed, as before)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not 0 <= value <= MAX_GENERATION:
+        return None
+    return value
+
+
 class ConfigSnapshot(WireModel):
-    """The body of ``/config/sync`` and of the mounted snapshot file."""
+    """A snapshot as the runtime reads it from a file (the mounted one, its own copy):
+    what it cannot use is left out. ``/config/sync`` takes the stricter ``SnapshotRequest``."""
 
     schema_version: int | str | None = None
     container_id: str | None = None
     integration_id: str | None = None
     driver_pid: int | str | None = None
     reason: str | None = None
-    generation: int | None = Field(default=None, ge=0)
+    generation: Annotated[int | None, BeforeValidator(_generation_or_none)] = None
     updated_at: str | None = None
     configs: list[_SnapshotConfig] = Field(default_factory=list)
     deleted_config_ids: list[str] = Field(default_factory=list)
     config_hash: str | None = None
     internal_token: SecretStr | None = None
+
+
+class SnapshotRequest(ConfigSnapshot):
+    """The body of ``/config/sync``: it must say which generation it is (a whole number
+    from 0 to 2^53 - 1; not a boolean, not a string) and which configs should run (an
+    explicit empty list removes every device). A snapshot lacking either is refused
+    with 422 and changes nothing."""
+
+    generation: Annotated[int, Field(strict=True, ge=0, le=MAX_GENERATION)]
+    configs: list[_SnapshotConfig]
 
 
 class ConfigMetadata(Answer):

@@ -37,7 +37,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from .._contract import TOKEN_HEADER, Answer
+from .._contract import CONTAINER_HEADER, TOKEN_HEADER, Answer
 from .._integration import Integration
 from .._runtime import Runtime, open_runtime
 from . import commands, config, describe, devices, health
@@ -142,8 +142,8 @@ class JsonRequest(TrioRequest):
 
 
 async def _authenticate() -> None:
-    """Managed mode: every route but ``/health`` needs Core's token (compared in
-    constant time). Adopted mode: Core's headers teach the runtime its auth."""
+    """Managed mode: every route but the open ones needs Core's token (compared in
+    constant time). Adopted mode: only an applied snapshot teaches auth (``config.py``)."""
     from quart import current_app
 
     rt = current_app.extensions.get(RUNTIME_KEY)
@@ -159,7 +159,7 @@ async def _authenticate() -> None:
             hint=f"Send the {TOKEN_HEADER} header Core gave this runtime.",
             headers={"WWW-Authenticate": "PiPhi-Token"},
         )
-    rt.learn_auth(headers.get("X-Container-Id"), token)
+    rt.learn_auth(headers.get(CONTAINER_HEADER), token, from_snapshot=False)
 
 
 def _install_errors(app: QuartTrio) -> None:

@@ -19,12 +19,12 @@ from .._contract import (
     TOKEN_HEADER,
     ConfigAnswer,
     ConfigMetadata,
-    ConfigSnapshot,
     DeconfigureAnswer,
     DeconfigureRequest,
     DeviceConfig,
     DiscoverAnswer,
     DiscoverRequest,
+    SnapshotRequest,
     SyncAnswer,
     SyncMetadata,
     SyncRejection,
@@ -69,9 +69,9 @@ async def config(data: DeviceConfig) -> ConfigAnswer:
 
 @blueprint.post("/config/sync")
 @blueprint.post("/configs/sync")
-@validate_request(ConfigSnapshot)
+@validate_request(SnapshotRequest)
 @validate_response(SyncAnswer)
-async def config_sync(data: ConfigSnapshot) -> SyncAnswer:
+async def config_sync(data: SnapshotRequest) -> SyncAnswer:
     """Converge to Core's snapshot: start, change and stop only what differs."""
     rt = current_runtime()
     # The configs' secrets are remembered as each config is validated; walking all of
@@ -81,9 +81,13 @@ async def config_sync(data: ConfigSnapshot) -> SyncAnswer:
         result = await rt.sync.apply_snapshot(data)
     except InvalidConfig as exc:
         raise Problem.from_error(422, exc) from None
-    _learn_body_container(rt, data.container_id)
-    token = data.internal_token.get_secret_value() if data.internal_token else None
-    rt.learn_auth(None, token or request.headers.get(TOKEN_HEADER), from_sync=True)
+    if result.status == "synced":  # only an applied snapshot speaks for Core
+        token = data.internal_token.get_secret_value() if data.internal_token else None
+        rt.learn_auth(
+            request.headers.get(CONTAINER_HEADER) or data.container_id,
+            token or request.headers.get(TOKEN_HEADER),
+            from_snapshot=True,
+        )
     return _sync_answer(result, rt.client.container_id)
 
 
@@ -161,7 +165,7 @@ async def _optional_body() -> dict[str, Any]:
 def _learn_body_container(rt: Runtime, container_id: str | None) -> None:
     """A body's container id counts only when the header is absent (docs/contract.md)."""
     if container_id and not request.headers.get(CONTAINER_HEADER):
-        rt.learn_auth(container_id, None)
+        rt.learn_auth(container_id, None, from_snapshot=False)
 
 
 def _sync_answer(result: SyncResult, container_id: str | None) -> SyncAnswer:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from runtime import DeviceActor, Integration, Reading, RuntimeConfig
 from runtime.testing import FakeCore
-from tests.served import env_for, serve
+from tests.served import Served, env_for, serve
 
 
 class HubConfig(RuntimeConfig):
@@ -35,3 +37,77 @@ async def test_missing_and_invalid_fields_are_named_in_snake_case(
         assert status == 200
         (rejected,) = problem["rejected"]
         assert [e["loc"] for e in rejected["errors"]] == [["api_key"]]
+
+
+async def test_a_snapshot_must_say_its_generation_and_configs(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await served.post("/config/sync", {"generation": 1, "configs": [{"id": "a"}, {"id": "b"}]})
+    for body in (
+        {},
+        {"configs": []},
+        {"generation": 2},
+        {"generation": True, "configs": []},
+        {"generation": 2.0, "configs": []},
+        {"generation": "2", "configs": []},
+        {"generation": -1, "configs": []},
+        {"generation": 99999999999999999999, "configs": []},
+        {"generation": 2**63, "configs": []},
+        {"generation": 2**53, "configs": []},
+    ):
+        status, problem = await served.post("/config/sync", body)
+        assert (status, problem["code"]) == (422, "invalid_config"), body
+        assert served.runtime.sync.active_config_ids == ("a", "b"), body
+        assert served.runtime.sync.last_generation == 1
+    status, answer = await served.post("/config/sync", {"generation": 2**53 - 1, "configs": []})
+    assert (status, answer["removed"]) == (200, ["a", "b"]), "an explicit empty list removes all"
+
+
+async def test_a_lower_generation_applies_from_another_core_or_a_later_one(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    def snap(generation: int, *ids: str, **extra: Any) -> dict[str, Any]:
+        return {"generation": generation, "configs": [{"id": i} for i in ids], **extra}
+
+    at = "2026-12-01T10:00:00+00:00"
+    await served.post("/config/sync", snap(900, "a", driver_pid=11, updated_at=at))
+    _, stale = await served.post("/config/sync", snap(5, "b", driver_pid=11))
+    assert stale["status"] == "stale_ignored"
+    earlier = "2026-11-30T10:00:00Z"
+    _, stale = await served.post("/config/sync", snap(5, "b", driver_pid=11, updated_at=earlier))
+    assert stale["status"] == "stale_ignored"
+    # The same Core, restored from a backup: an older counter, a newer state.
+    later = "2026-12-02T10:00:00Z"
+    _, applied = await served.post("/config/sync", snap(5, "b", driver_pid=11, updated_at=later))
+    assert (applied["status"], applied["active_config_ids"]) == ("synced", ["b"])
+    # Another Core process: its counter started over.
+    _, applied = await served.post("/config/sync", snap(1, "c", driver_pid=12))
+    assert (applied["status"], applied["active_config_ids"]) == ("synced", ["c"])
+    assert served.runtime.sync.last_generation == 1
+
+
+async def test_the_rule_holds_across_a_restart_and_an_old_huge_generation_is_dropped(
+    core: FakeCore, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    env = env_for(tmp_path, core)
+    async with serve(core, env) as served:
+        body = {"generation": 40, "driver_pid": 7, "configs": [{"id": "a"}]}
+        await served.post("/config/sync", body)
+    async with serve(core, env) as served:
+        assert served.runtime.sync.active_config_ids == ("a",)
+        _, stale = await served.post(
+            "/config/sync", {"generation": 3, "driver_pid": 7, "configs": []}
+        )
+        assert stale["status"] == "stale_ignored"
+        _, applied = await served.post(
+            "/config/sync", {"generation": 3, "driver_pid": 8, "configs": []}
+        )
+        assert applied["status"] == "synced"
+    # A copy saved by an older version with an impossible generation: the configs are
+    # kept, the number is not, and Core's next snapshot applies.
+    copy = Path(env["PIPHI_STATE_DIR"]) / "snapshot.json"
+    copy.write_text(json.dumps({"generation": 99999999999999999999, "configs": [{"id": "z"}]}))
+    async with serve(core, env) as served:
+        assert served.runtime.sync.active_config_ids == ("z",)
+        _, applied = await served.post("/config/sync", {"generation": 1, "configs": [{"id": "y"}]})
+        assert (applied["status"], applied["active_config_ids"]) == ("synced", ["y"])
