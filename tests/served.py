@@ -71,6 +71,11 @@ class Served:
         response = await self.client.post(path, json=body, **kw)
         return response.status_code, await response.get_json()
 
+    async def post_raw(self, path: str, data: bytes) -> tuple[int, Any]:
+        headers = {"content-type": "application/json"}
+        response = await self.client.post(path, data=data, headers=headers)
+        return response.status_code, await response.get_json()
+
 
 def env_for(tmp_path: Path, core: FakeCore, **extra: str) -> dict[str, str]:
     return {

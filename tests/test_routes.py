@@ -440,10 +440,10 @@ async def test_secrets_in_a_snapshot_are_scrubbed_from_logs_also_when_invalid(
         ),
         (
             "post",
-            "/config/sync",
+            "/config",
             {"data": b"{}" + b" " * (1024 * 1024), "headers": {"content-type": "application/json"}},
             413,
-            None,
+            "body_too_large",
         ),
         ("get", "/no/such/route", {}, 404, None),
         ("get", "/config", {}, 405, None),

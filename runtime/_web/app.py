@@ -15,7 +15,6 @@ is sent SIGTERM rather than left answering 200s.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -34,23 +33,22 @@ from quart_schema import (
 )
 from quart_schema.validation import QuerystringValidationError
 from quart_trio import QuartTrio
-from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
 from .._contract import CONTAINER_HEADER, TOKEN_HEADER, Answer
 from .._integration import Integration
 from .._runtime import Runtime, open_runtime
 from . import commands, config, describe, devices, health
+from .bodies import MAX_SNAPSHOT_BODY, JsonRequest, body_limit
 from .context import INTEGRATION_KEY, RUNTIME_KEY
 from .problem import Problem, field_errors, problem_response
 
-__all__ = ["MAX_BODY", "build_app"]
+__all__ = ["build_app"]
 
 log = logging.getLogger("runtime.web")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 MakeResponse = Callable[[Any], Awaitable[Any]]
-MAX_BODY = 1024 * 1024
 #: Routes that neither need nor teach credentials: liveness, and the API's own
 #: description (it carries no data).
 OPEN_ROUTES = frozenset({"/health", "/openapi.json", "/docs"})
@@ -62,7 +60,7 @@ def build_app(integration: Integration) -> QuartTrio:
     """The Quart-Trio app serving ``integration``: ``hypercorn --worker-class trio m:app``."""
     app = QuartTrio(integration.id)
     app.request_class = JsonRequest
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["MAX_CONTENT_LENGTH"] = MAX_SNAPSHOT_BODY  # the largest; per route in bodies.py
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0.5
     app.extensions[INTEGRATION_KEY] = integration
     QuartSchema(
@@ -87,6 +85,7 @@ def build_app(integration: Integration) -> QuartTrio:
     app.make_response = _answers_as_json(app.make_response)  # type: ignore[method-assign, assignment]
     for module in (health, config, commands, devices, describe):
         app.register_blueprint(module.blueprint)
+    app.before_request(_refuse_oversized)
     app.before_request(_authenticate)
     _install_errors(app)
     _install_lifecycle(app, integration)
@@ -114,31 +113,11 @@ def _answers_as_json(make_response: MakeResponse) -> MakeResponse:
     return make
 
 
-class JsonRequest(TrioRequest):
-    """Bodies are JSON: a body without a content type is read as JSON (as older kits and
-    curl send it); another type is a 415, malformed or empty JSON a 400, all problems."""
-
-    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
-        mimetype = self.mimetype
-        if not (force or not mimetype or mimetype == "application/json") and not (
-            mimetype.endswith("+json")
-        ):
-            raise Problem(
-                415,
-                f"Send the body as application/json, not {mimetype}.",
-                code="unsupported_media_type",
-            )
-        try:
-            return await super().get_json(force=True, silent=silent, cache=cache)
-        except RecursionError:
-            raise Problem(400, "The body is nested too deeply.", code="too_deep") from None
-        except UnicodeDecodeError as exc:
-            raise Problem(400, f"The body is not UTF-8: {exc}", code="malformed_json") from None
-
-    def on_json_loading_failed(self, error: Exception) -> Any:
-        if isinstance(error, json.JSONDecodeError) and not error.doc.strip():
-            raise Problem(400, "This route needs a JSON object body.", code="body_required")
-        raise Problem(400, f"The body is not valid JSON: {error}", code="malformed_json")
+async def _refuse_oversized() -> None:
+    """A declared body larger than its route takes is refused before it is read."""
+    limit = body_limit(request.path)
+    if (request.content_length or 0) > limit:
+        raise Problem(413, f"The body is larger than {limit} bytes.", code="body_too_large")
 
 
 async def _authenticate() -> None:
@@ -206,7 +185,8 @@ def _install_errors(app: QuartTrio) -> None:
         status = exc.code or 500
         problem = Problem(status, exc.description or exc.name)
         if status == 413:
-            problem.detail = f"The body is larger than {MAX_BODY} bytes."
+            problem.detail = f"The body is larger than {body_limit(request.path)} bytes."
+            problem.code = "body_too_large"
         allow = dict(exc.get_headers()).get("Allow")
         if allow:
             problem.headers["Allow"] = allow

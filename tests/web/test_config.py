@@ -111,3 +111,43 @@ async def test_the_rule_holds_across_a_restart_and_an_old_huge_generation_is_dro
         assert served.runtime.sync.active_config_ids == ("z",)
         _, applied = await served.post("/config/sync", {"generation": 1, "configs": [{"id": "y"}]})
         assert (applied["status"], applied["active_config_ids"]) == ("synced", ["y"])
+
+
+async def test_a_snapshot_of_ten_thousand_devices_fits_and_more_than_the_cap_does_not(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    # Shaped like the dev Core's push: about 1.5 MB.
+    configs = [
+        {"id": f"dev-{n:05d}", "config_id": f"uuid-{n:05d}-aaaa-bbbb-cccc", "device_type": "probe",
+         "container_id": "dev-container", "integration_id": "dev-integration",
+         "poll_interval_seconds": 60, "polls": []}
+        for n in range(10_000)
+    ]  # fmt: skip
+    body = json.dumps({"generation": 1, "configs": configs}).encode()
+    assert len(body) > 1024 * 1024
+    status, answer = await served.post_raw("/config/sync", body)
+    assert (status, len(answer["added"])) == (200, 10_000)
+    status, problem = await served.post_raw("/config/sync", b" " * (17 * 1024 * 1024))
+    assert (status, problem["code"]) == (413, "body_too_large")
+    status, problem = await served.post_raw("/command", b" " * (1024 * 1024 + 1))
+    assert (status, problem["code"]) == (413, "body_too_large")
+
+
+async def test_bodies_nested_too_deeply_are_refused_before_parsing(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    for depth in (33, 1_000, 100_000):
+        nested = "[" * depth + "]" * depth
+        status, problem = await served.post_raw("/config", f'{{"id": "x", "v": {nested}}}'.encode())
+        assert (status, problem["code"]) == (400, "too_deep"), depth
+    # Brackets inside strings are text, not nesting.
+    status, _ = await served.post("/config", {"id": "brackets", "label": "[[[[" * 50})
+    assert status == 200
+    # What is accepted persists: 30 levels, saved in the local copy.
+    nested_value: Any = 1
+    for _ in range(29):
+        nested_value = {"k": nested_value}
+    status, _ = await served.post("/config", {"id": "deep", "extra": nested_value})
+    assert status == 200
+    copy = json.loads((served.runtime.state_dir / "snapshot.json").read_text())
+    assert {c["id"] for c in copy["configs"]} == {"brackets", "deep"}
