@@ -58,6 +58,17 @@ class Registry:
         slice reads the actor's health and state, too much to do for every device)."""
         return [_slice(s) for s in self._actors if matches(s.identity)]
 
+    def page(self, offset: int, limit: int | None) -> tuple[int, list[Supervisor]]:
+        """How many devices run, and the supervisors of one page of them by config id;
+        ``slice()`` each when needed (a slice is too much to build for every device)."""
+        ordered = sorted(self._actors, key=lambda s: (s.identity.config_id, s.identity.id))
+        end = None if limit is None else offset + limit
+        return len(ordered), ordered[offset:end]
+
+    @staticmethod
+    def slice(supervisor: Supervisor) -> DeviceSlice:
+        return _slice(supervisor)
+
     def get(self, config_id: str) -> DeviceSlice | None:
         """The slice of the device whose local ``id`` or Core ``config_id`` is ``config_id``."""
         supervisor = self._actors.get(config_id)

@@ -9,12 +9,18 @@ from pydantic import ConfigDict, Field
 from .core import Severity
 from .wire import Answer, JsonObject, UtcTime, WireModel, omitted_when_none
 
+#: The most devices one paged ``/entities`` answer covers.
+ENTITIES_PAGE_MAX = 5000
+
 __all__ = [
+    "ENTITIES_PAGE_MAX",
     "CapabilityInfo",
     "CommandInfo",
     "CommandOption",
     "Dashboard",
     "EntitiesAnswer",
+    "EntitiesPage",
+    "EntitiesQuery",
     "Entity",
     "EventView",
     "EventsAnswer",
@@ -137,7 +143,24 @@ class CommandInfo(Answer):
     timeout_ms: int
 
 
+class EntitiesQuery(WireModel):
+    """Every device's entities by default; ``limit`` pages them, by config id."""
+
+    offset: int = Field(default=0, ge=0, description="Skip this many devices.")
+    limit: int | None = Field(
+        default=None, ge=1, le=ENTITIES_PAGE_MAX, description="At most this many devices."
+    )
+
+
+class EntitiesPage(Answer):
+    devices: int
+    offset: int
+    limit: int | None
+    next_offset: int | None
+
+
 class EntitiesAnswer(Answer):
     entities: list[Entity]
     capabilities: dict[str, CapabilityInfo]
     commands: dict[str, CommandInfo]
+    page: EntitiesPage

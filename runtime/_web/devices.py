@@ -18,6 +18,8 @@ from .._contract import (
     CommandOption,
     Dashboard,
     EntitiesAnswer,
+    EntitiesPage,
+    EntitiesQuery,
     Entity,
     EventsAnswer,
     EventView,
@@ -30,6 +32,7 @@ from .._contract import (
     from_unix,
 )
 from .._errors import ActorCallError, RefreshUnsupported
+from .._lifecycle import ActorState
 from .._redact import redact, redact_text
 from .._registry import DeviceSlice
 from .._sink import EventRecord
@@ -46,6 +49,8 @@ blueprint = Blueprint("devices", __name__)
 REFRESH_TIMEOUT = 30.0
 #: Events ``/events`` answers (the most recent ones, oldest first).
 EVENTS_SHOWN = 200
+#: Devices handled between two yields to the scheduler while one answer is built.
+_YIELD_EVERY = 256
 
 _WIDGETS_BY_TYPE = {
     bool: ("toggle", ["toggle", "status"]),
@@ -98,29 +103,60 @@ async def events() -> EventsAnswer:
 
 
 @blueprint.get("/entities")
+@validate_querystring(EntitiesQuery)
 @validate_response(EntitiesAnswer)
-async def entities() -> EntitiesAnswer:
+async def entities(query_args: EntitiesQuery) -> EntitiesAnswer:
     """Every device's entities (declared by its actor, else one default entity), and the
-    capabilities and commands they offer."""
+    capabilities and commands they offer; ``limit`` pages them by config id."""
     rt = current_runtime()
+    offset, limit = query_args.offset, query_args.limit
+    total, page = rt.registry.page(offset, limit)
     out: list[Entity] = []
     capabilities: dict[str, CapabilityInfo] = {}
     commands: dict[str, CommandInfo] = {}
-    for device in rt.registry:
+    for n, supervisor in enumerate(page):
+        if n % _YIELD_EVERY == _YIELD_EVERY - 1:
+            await trio.lowlevel.checkpoint()  # thousands of devices must not stall /health
+        if supervisor.state is ActorState.STOPPED:
+            continue  # removed while this answer was being built
+        device = rt.registry.slice(supervisor)
         out += device_entities(device)
-        for reading in device.readings:
-            capabilities.setdefault(
-                reading.metric, CapabilityInfo(kind="sensor", unit=reading.unit)
-            )
-        cls = type(device.supervisor.actor)
-        for spec in cls.commands.values():
+        _offered(device, capabilities, commands)
+    following = offset + len(page)
+    return build(
+        EntitiesAnswer,
+        entities=out,
+        capabilities=capabilities,
+        commands=commands,
+        page=build(
+            EntitiesPage,
+            devices=total,
+            offset=offset,
+            limit=limit,
+            next_offset=following if following < total else None,
+        ),
+    )
+
+
+def _offered(
+    device: DeviceSlice, capabilities: dict[str, CapabilityInfo], commands: dict[str, CommandInfo]
+) -> None:
+    """Add what ``device`` offers to the answer's capabilities and commands."""
+    cls = type(device.supervisor.actor)
+    for name, capability in cls.capabilities.items():
+        if name not in capabilities:
+            capabilities[name] = CapabilityInfo(kind=capability.kind, unit=capability.unit)
+    for reading in device.readings:
+        if reading.metric not in capabilities:
+            capabilities[reading.metric] = build(CapabilityInfo, kind="sensor", unit=reading.unit)
+    for spec in cls.commands.values():
+        if spec.name not in commands:
             timeout = spec.timeout if spec.timeout is not None else cls.command_timeout
-            commands.setdefault(
-                spec.name,
-                CommandInfo(description=_describe(spec), timeout_ms=int(timeout * 1000)),
+            commands[spec.name] = build(
+                CommandInfo, description=_describe(spec), timeout_ms=int(timeout * 1000)
             )
-            capabilities.setdefault(spec.name, CapabilityInfo(kind="action"))
-    return build(EntitiesAnswer, entities=out, capabilities=capabilities, commands=commands)
+        if spec.name not in capabilities:
+            capabilities[spec.name] = build(CapabilityInfo, kind="action", unit=None)
 
 
 def device_entities(device: DeviceSlice) -> list[Entity]:
@@ -163,7 +199,9 @@ def _default_entity(device: DeviceSlice) -> Entity:
         Entity,
         id=f"{identity.config_id}:{identity.device_id}",
         name=redact_text(str(name)),
-        capabilities=[*metrics, *(spec.name for spec in commands)],
+        capabilities=list(
+            dict.fromkeys([*type(actor).capabilities, *metrics, *(c.name for c in commands)])
+        ),
         config_id=identity.config_id,
         device_id=identity.device_id,
         device_type=_device_type(device),

@@ -10,7 +10,7 @@ import trio
 from runtime import Integration
 from runtime.testing import FakeCore
 from tests.helpers import Probe
-from tests.served import Push, env_for, serve
+from tests.served import Push, Served, env_for, serve
 
 testkit = pytest.importorskip("piphi_runtime_testkit_python")
 
@@ -67,3 +67,19 @@ async def test_a_refresh_that_read_nothing_says_so(
             "down-1": "failed",
             "push-1": "not_applicable",
         }
+
+
+async def test_entities_are_paged_by_config_id_on_request(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await served.post(
+        "/config/sync", {"generation": 1, "configs": [{"id": f"d{n}"} for n in range(5)]}
+    )
+    _, everything = await served.get("/entities")
+    assert [e["config_id"] for e in everything["entities"]] == ["d0", "d1", "d2", "d3", "d4"]
+    assert everything["page"] == {"devices": 5, "offset": 0, "limit": None, "next_offset": None}
+    _, page = await served.get("/entities", query_string={"offset": "1", "limit": "2"})
+    assert [e["config_id"] for e in page["entities"]] == ["d1", "d2"]
+    assert page["page"]["next_offset"] == 3
+    status, problem = await served.get("/entities", query_string={"limit": "0"})
+    assert (status, problem["code"]) == (400, "bad_query_argument")
