@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ from werkzeug.exceptions import HTTPException
 from .._contract import CONTAINER_HEADER, TOKEN_HEADER, Answer
 from .._integration import Integration
 from .._runtime import Runtime, open_runtime
-from . import commands, config, describe, devices, health
+from . import commands, config, describe, devices, health, metrics
 from .bodies import MAX_SNAPSHOT_BODY, JsonRequest, body_limit
 from .context import INTEGRATION_KEY, RUNTIME_KEY
 from .problem import Problem, field_errors, problem_response
@@ -83,13 +84,22 @@ def build_app(integration: Integration) -> QuartTrio:
         openapi_provider_class=describe.ContractOpenAPI,
     )
     app.make_response = _answers_as_json(app.make_response)  # type: ignore[method-assign, assignment]
-    for module in (health, config, commands, devices, describe):
+    for module in (health, config, commands, devices, describe, metrics):
         app.register_blueprint(module.blueprint)
+    requests: Counter[tuple[str, str]] = Counter()
+    app.extensions[metrics.REQUESTS_KEY] = requests
+
+    @app.after_request
+    async def count(response: Response) -> Response:
+        rule = request.url_rule
+        requests[(rule.rule if rule else "unmatched", str(response.status_code))] += 1
+        return response
+
     app.before_request(_refuse_oversized)
     app.before_request(_authenticate)
     _install_errors(app)
     _install_lifecycle(app, integration)
-    app.asgi_app = _health_first(app, app.asgi_app)  # type: ignore[method-assign, assignment]
+    app.asgi_app = _health_first(app, app.asgi_app, requests)  # type: ignore[method-assign, assignment]
     return app
 
 
@@ -200,7 +210,7 @@ def _install_errors(app: QuartTrio) -> None:
         )
 
 
-def _health_first(app: QuartTrio, asgi_app: ASGIApp) -> ASGIApp:
+def _health_first(app: QuartTrio, asgi_app: ASGIApp, requests: Counter[tuple[str, str]]) -> ASGIApp:
     """Answer ``GET /health`` before Quart builds a request context (about 2 ms of CPU per
     request): liveness checks are the most frequent request and must stay fast while the
     event loop is busy with devices. Anything else, or a runtime not up, goes to Quart."""
@@ -216,6 +226,7 @@ def _health_first(app: QuartTrio, asgi_app: ASGIApp) -> ASGIApp:
                 ]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
+                requests[("/health", "200")] += 1
                 return
         await asgi_app(scope, receive, send)
 
