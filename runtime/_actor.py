@@ -22,6 +22,7 @@ import attrs
 from ._capability import Capability
 from ._config import RuntimeConfig
 from ._errors import ActorNotAttached, InvalidActor, InvalidEvent, InvalidReading
+from ._logs import protect
 from ._policy import RestartPolicy
 from ._reading import Reading, validate_readings
 from ._sink import SEVERITIES, Severity
@@ -146,6 +147,7 @@ class DeviceActor(Generic[ConfigT]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        protect(logging.getLogger(cls.__module__))  # what its module logs, by mistake too
         if "config_model" not in cls.__dict__:
             for base in getattr(cls, "__orig_bases__", ()):
                 args = typing.get_args(base)
@@ -270,7 +272,7 @@ class DeviceActor(Generic[ConfigT]):
         if self._log is None:
             ident = self.config.identity
             self._log = _DeviceLog(
-                logging.getLogger(type(self).__module__),
+                protect(logging.getLogger(type(self).__module__)),
                 {"device_id": ident.device_id, "config_id": ident.config_id},
             )
         return self._log

@@ -16,6 +16,7 @@ import trio
 
 from ._actor import DeviceActor
 from ._errors import InvalidActor
+from ._logs import configure as configure_logs
 
 __all__ = ["main"]
 
@@ -122,10 +123,7 @@ def _serve(target: str, host: str, port: int | None) -> int:
         raise InvalidActor(f"{target} is not a runtime.Integration")
     if port is None:
         parse_port(os.environ.get("PORT"))  # fail before anything starts
-    logging.basicConfig(
-        level=os.environ.get("PIPHI_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logs(os.environ)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -145,7 +143,7 @@ def _serve(target: str, host: str, port: int | None) -> int:
 def _devcore(args: argparse.Namespace) -> int:
     from .devcore import DevCore
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logs(os.environ)
     core = DevCore(args.db, container_id=args.container_id, token=args.token or None)
 
     async def main() -> None:

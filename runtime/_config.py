@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from ._contract import WIRE_MODEL
 from ._errors import InvalidConfig
-from ._redact import secrets
+from ._redact import SecretValues
 
 __all__ = ["DeviceIdentity", "PollInterval", "RuntimeConfig", "validate_config"]
 
@@ -66,7 +66,7 @@ class RuntimeConfig(BaseModel):
 C = TypeVar("C", bound="RuntimeConfig")
 
 
-def validate_config(model: type[C], data: Any) -> C:
+def validate_config(model: type[C], data: Any, secrets: SecretValues | None = None) -> C:
     """Validate ``data`` (a mapping or an existing config) into ``model``.
 
     Raises InvalidConfig carrying the config id (when readable) and pydantic's field
@@ -76,7 +76,7 @@ def validate_config(model: type[C], data: Any) -> C:
         return data
     if isinstance(data, RuntimeConfig):
         data = data.model_dump(exclude_unset=True)
-    elif isinstance(data, Mapping):
+    elif isinstance(data, Mapping) and secrets is not None:
         # Every config passes here once (a snapshot's unchanged ones are not validated
         # again), including rehydrated ones: remember secrets named by key or in URLs.
         secrets.collect(data)
@@ -92,10 +92,11 @@ def validate_config(model: type[C], data: Any) -> C:
         ) from exc
     # SecretStr fields are secret whatever they are called: remember their values so no
     # log line can show them (runtime/_redact.py scrubs by value).
-    for name in secret_fields(model):
-        secret = getattr(config, name, None)
-        if isinstance(secret, SecretStr):
-            secrets.add(secret)
+    if secrets is not None:
+        for name in secret_fields(model):
+            secret = getattr(config, name, None)
+            if isinstance(secret, SecretStr):
+                secrets.add(secret)
     return config
 
 

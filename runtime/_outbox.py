@@ -40,7 +40,6 @@ batches too (WAL with ``synchronous=NORMAL``).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import time
@@ -65,6 +64,7 @@ from ._errors import (
     SpoolError,
 )
 from ._health import Concern
+from ._logs import runtime_logger
 from ._policy import RestartPolicy
 from ._scheduler import Doorbell
 from ._sink import EventRecord, TelemetryRecord
@@ -72,7 +72,7 @@ from ._spool import Rejection, Spool, SpoolRow
 
 __all__ = ["LinkStatus", "Outbox", "OutboxSettings", "OutboxStats", "open_outbox"]
 
-log = logging.getLogger("runtime.outbox")
+log = runtime_logger("runtime.outbox")
 
 TELEMETRY = 0
 EVENT = 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -42,7 +41,9 @@ from ._actor import DeviceActor
 from ._config import DeviceIdentity, RuntimeConfig, validate_config
 from ._contract import ConfigSnapshot
 from ._errors import ActorCallError, InvalidConfig
+from ._logs import runtime_logger
 from ._nursery import ActorNursery
+from ._redact import SecretValues
 from ._sink import EventRecord, Sink
 
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
     "select_by_field",
 ]
 
-log = logging.getLogger("runtime.reconciler")
+log = runtime_logger("runtime.reconciler")
 
 #: Configs handled between two yields to the scheduler during a reconciliation.
 _YIELD_EVERY = 1024
@@ -237,9 +238,12 @@ class ConfigSync:
         *,
         history: int = 100,
         on_applied: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        secrets: SecretValues | None = None,
     ) -> None:
         """``on_applied`` receives the running set as a snapshot after every change (to
-        keep a local copy for rehydration, see ``LocalCopy.save``)."""
+        keep a local copy for rehydration, see ``LocalCopy.save``); ``secrets`` remembers
+        every secret of every config validated (the runtime's, for its logs)."""
+        self._secrets = secrets
         self._actors = actors
         self._select = _fixed(select) if isinstance(select, type) else select
         self._sink = sink
@@ -408,7 +412,7 @@ class ConfigSync:
         if not isinstance(scoped, Mapping):
             raise InvalidConfig(f"A config must be an object, got {type(scoped).__name__}")
         actor_class = self._select(scoped)
-        config = validate_config(actor_class.config_model, scoped)
+        config = validate_config(actor_class.config_model, scoped, self._secrets)
         source = scoped if raw is None else raw
         return _Desired(actor_class, config, _digest(actor_class, config), (source, scope))
 

@@ -1,38 +1,51 @@
 """Redaction: secrets never leave the runtime in a response, an error or a log line.
 
-A value is secret when its key contains ``password``, ``secret``, ``token``, ``key`` or
-``credential`` (any case; ``apiKey``, ``api_key`` and ``X-Api-Key`` all count), when it is
-a pydantic ``SecretStr``, or when it is the user-info part of a URL
-(``http://user:pass@host`` shows as ``http://***@host``).
+A value is secret when its key names one (``password``, ``passphrase``, ``secret``,
+``token``, ``credential``, ``key``, and as whole words ``pwd``, ``pin``, ``auth``: any
+case, so ``apiKey``, ``api_key``, ``X-Api-Key`` and ``wifi_pin`` count, ``mapping`` does
+not), when it is a pydantic ``SecretStr``, or when it is the user-info part of a URL
+(``http://user:p@ss@host`` shows as ``http://***@host``).
 
-Logs are scrubbed by value: ``SecretValues`` remembers every secret the runtime has seen
-(the token, secret config fields) and ``RedactingFilter`` replaces them in any record
-before it is emitted, whatever logger wrote it.
+Free text (log lines, error messages) is scrubbed by value: each runtime keeps a
+``SecretValues`` of every secret it was configured with (its token, secret config fields,
+URL passwords), with no cap and whatever their length (short ones are matched as whole
+tokens, so masking a PIN of ``42`` does not garble every number). Secrets a request
+merely carries (discovery inputs, command arguments) are masked in answers by key but not
+remembered, so nobody who can reach the port can grow the set. ``redact_text`` scrubs
+with every live runtime's values: logs are the process's, whichever runtime wrote them.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import re
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import SecretBytes, SecretStr
 
-__all__ = ["MASK", "RedactingFilter", "SecretValues", "is_secret_key", "redact", "secrets"]
+__all__ = ["MASK", "SecretValues", "is_secret_key", "redact", "redact_text"]
 
 MASK = "**********"
-_SECRET_WORDS = ("password", "secret", "token", "key", "credential")
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+#: Matched anywhere in a key: long enough never to be an accident.
+_SECRET_PARTS = ("password", "passwd", "passphrase", "secret", "token", "credential", "key")
+#: Matched as whole words of a key only ("pin" is in "mapping", "auth" in "author").
+_SECRET_WORDS = frozenset({"pwd", "pin", "auth", "authorization"})
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+# Greedy up to the last "@" before the path: a password may hold "@" itself.
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s?#]+)@")
+#: Secrets shorter than this are matched only as whole tokens in free text.
+_SHORT = 4
 
 
 @functools.lru_cache(maxsize=4096)
 def _secret_name(name: str) -> bool:
     text = name.lower()
-    return any(word in text for word in _SECRET_WORDS)
+    if any(part in text for part in _SECRET_PARTS):
+        return True
+    return any(word.lower() in _SECRET_WORDS for word in _WORD.findall(name))
 
 
 def is_secret_key(key: object) -> bool:
@@ -58,45 +71,49 @@ def redact(value: Any) -> Any:
 
 
 def redact_text(text: str) -> str:
-    """Mask URL credentials and every remembered secret value inside ``text``."""
+    """Mask URL credentials and every live runtime's secret values inside ``text``."""
     if "@" in text:
         text = _URL_USERINFO.sub(r"\g<scheme>***@", text)
-    return secrets.scrub(text)
+    for values in tuple(_LIVE):
+        text = values.scrub(text)
+    return text
 
 
 class SecretValues:
-    """The secret strings seen so far, to be scrubbed from free text such as log lines."""
+    """The secret strings one runtime was configured with, scrubbed from free text.
 
-    #: Shorter values are not scrubbed: masking "1" everywhere would garble every log.
-    MIN_LENGTH = 4
-    #: Enough for every secret of a large integration; beyond it new values are not
-    #: remembered (the key-name and URL rules still apply), so the set stays bounded.
-    MAX_VALUES = 1024
+    Live from ``open()`` to ``close()`` (the runtime's lifetime): ``redact_text`` uses the
+    values of every live set, and closing one leaves the others' untouched."""
 
     def __init__(self) -> None:
         self._values: set[str] = set()
-        # Compiled on the next scrub, not on every add: a first snapshot can bring hundreds
-        # of secrets, and recompiling per value was quadratic. The lock keeps a scrub in a
-        # worker thread from storing a pattern built before a concurrent add.
+        # Compiled on the next scrub, not on every add: a first snapshot can bring
+        # thousands of secrets. The lock keeps a scrub in a worker thread from storing a
+        # pattern built before a concurrent add.
         self._pattern: re.Pattern[str] | None = None
         self._stale = False
         self._lock = threading.Lock()
 
+    def open(self) -> SecretValues:
+        _LIVE.add(self)
+        return self
+
+    def close(self) -> None:
+        _LIVE.discard(self)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
     def add(self, value: object) -> None:
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        if (
-            isinstance(value, str)
-            and len(value) >= self.MIN_LENGTH
-            and value not in self._values
-            and len(self._values) < self.MAX_VALUES
-        ):
+        if isinstance(value, str) and value.strip() and value not in self._values:
             with self._lock:
                 self._values.add(value)
                 self._stale = True
 
     def collect(self, value: Any) -> None:
-        """Remember every secret inside a config or request body."""
+        """Remember every secret inside a config: by key, ``SecretStr``, URL password."""
         if isinstance(value, Mapping):
             for k, v in value.items():
                 if is_secret_key(k) and isinstance(v, str | SecretStr):
@@ -110,48 +127,51 @@ class SecretValues:
             self.add(value)
         elif isinstance(value, str) and "@" in value:
             for match in _URL_USERINFO.finditer(value):
-                password = match.group("userinfo").partition(":")[2]
-                self.add(password)
+                self.add(match.group("userinfo").partition(":")[2])
 
     def scrub(self, text: str) -> str:
         if self._stale:
             with self._lock:
                 if self._stale:
-                    ordered = sorted(self._values, key=len, reverse=True)
-                    self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+                    self._pattern = _pattern(self._values)
                     self._stale = False
         pattern = self._pattern
         return pattern.sub(MASK, text) if pattern is not None else text
 
 
-#: The process's one set: a secret seen by any runtime must not appear in any log.
-secrets = SecretValues()
+def _pattern(values: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex for every value, as a trie, so a line is scanned once whatever their
+    number (an alternation of thousands of literals tries each at every position)."""
+    long: list[str] = []
+    short: list[str] = []
+    for value in values:
+        (short if len(value) < _SHORT else long).append(value)
+    parts = []
+    if long:
+        parts.append(_trie(long))
+    if short:
+        parts.append(rf"(?<![0-9A-Za-z])(?:{_trie(short)})(?![0-9A-Za-z])")
+    return re.compile("|".join(parts)) if parts else None
 
 
-class RedactingFilter(logging.Filter):
-    """Masks secrets in a record's final message, once it is formatted."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact_text(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            clean_exc = redact_text(text)
-            if clean_exc != text:
-                record.msg = f"{record.msg}\n{clean_exc}"
-                record.exc_info = None
-                record.exc_text = None
-        return True
+def _trie(values: Iterable[str]) -> str:
+    root: dict[str, Any] = {}
+    for value in values:
+        node = root
+        for char in value:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return _node_regex(root)
 
 
-_installed: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
+def _node_regex(node: dict[str, Any]) -> str:
+    # Longest match first: an alternative that ends here comes after those that go on.
+    ends = "" in node
+    branches = [re.escape(char) + _node_regex(child) for char, child in node.items() if char]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 and not ends else f"(?:{'|'.join(branches)})"
+    return f"{body}?" if ends else body
 
 
-def install_log_redaction() -> None:
-    """Add the filter to every handler of the root logger (idempotent)."""
-    for handler in logging.getLogger().handlers:
-        if handler not in _installed:
-            handler.addFilter(RedactingFilter())
-            _installed.add(handler)
+_LIVE: weakref.WeakSet[SecretValues] = weakref.WeakSet()

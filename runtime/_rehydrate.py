@@ -15,7 +15,6 @@ file must not keep the runtime from starting.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,12 +25,13 @@ import attrs
 
 from . import _offload
 from ._errors import CoreIdentityUnknown, InvalidConfig
+from ._logs import runtime_logger
 from ._reconciler import ConfigSync, SyncResult, parse_snapshot
 from ._state import state_dir
 
 __all__ = ["LocalCopy", "RehydrationReport", "SourceReport", "mounted_snapshot_path", "rehydrate"]
 
-log = logging.getLogger("runtime.rehydrate")
+log = runtime_logger("runtime.rehydrate")
 
 CoreRowsFetcher = Callable[[], Awaitable[Sequence[Mapping[str, Any]]]]
 Source = Literal["mounted_file", "local_copy", "core"]

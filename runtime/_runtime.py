@@ -27,10 +27,11 @@ import httpx
 from ._core import CoreClient, header_value
 from ._health import Concern, fleet_concerns
 from ._ledger import CommandLedger
+from ._logs import protect_known
 from ._nursery import ActorNursery, open_actor_nursery
 from ._outbox import Outbox, OutboxSettings, open_outbox
 from ._reconciler import ConfigSync
-from ._redact import install_log_redaction, secrets
+from ._redact import SecretValues
 from ._registry import Registry
 from ._rehydrate import LocalCopy, RehydrationReport, mounted_snapshot_path, rehydrate
 from ._state import state_dir
@@ -59,6 +60,8 @@ class Runtime:
     """A token came from the environment: every route but /health requires it."""
     token_source: TokenSource
     started_at: float = attrs.field(factory=time.time)
+    secrets: SecretValues = attrs.field(factory=SecretValues)
+    """Every secret this runtime was configured with: masked in its answers and logs."""
     rehydration: RehydrationReport | None = None
     failure: str | None = None
     """Set when the runtime's core has died: health then answers 503."""
@@ -88,7 +91,7 @@ class Runtime:
         if self.client.container_id:
             container_id = None
         if self.client.set_auth(container_id=container_id, token=token) and token:
-            secrets.add(token)
+            self.secrets.add(token)
             self.token_source = "adopted"
 
 
@@ -103,14 +106,15 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """Run ``integration``: open everything, rehydrate, yield the ``Runtime``."""
     env = os.environ if env is None else env
-    install_log_redaction()
+    protect_known()
     client = CoreClient.from_env(env, integration_id=integration.id, transport=transport)
     token = header_value(env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN"))
+    secrets = SecretValues().open()
     if token:
         secrets.add(token)
     directory = state_dir(env)
     local = LocalCopy(directory / "snapshot.json")
-    with _collector_tuned():
+    with _collector_tuned(), _live(secrets):
         async with (
             client,
             CommandLedger.opened(directory / "commands.db") as ledger,
@@ -119,7 +123,9 @@ async def open_runtime(
             ) as outbox,
             open_actor_nursery(outbox, rng=rng) as actors,
         ):
-            sync = ConfigSync(actors, integration.selector, outbox, on_applied=local.save)
+            sync = ConfigSync(
+                actors, integration.selector, outbox, on_applied=local.save, secrets=secrets
+            )
             runtime = Runtime(
                 integration=integration,
                 client=client,
@@ -131,6 +137,7 @@ async def open_runtime(
                 state_dir=directory,
                 managed=token is not None,
                 token_source="environment" if token else "none",
+                secrets=secrets,
             )
             runtime.rehydration = await rehydrate(
                 sync,
@@ -139,6 +146,16 @@ async def open_runtime(
                 fetch_core_rows=client.fetch_configs if client.container_id else None,
             )
             yield runtime
+
+
+@contextmanager
+def _live(secrets: SecretValues) -> Iterator[None]:
+    """The runtime's secrets are scrubbed from every log line while it runs, including
+    its last ones as it stops."""
+    try:
+        yield
+    finally:
+        secrets.close()
 
 
 @contextmanager

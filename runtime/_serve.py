@@ -11,7 +11,6 @@ client closes, each bounded, so the process exits within the grace period.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from collections.abc import Mapping
@@ -22,12 +21,13 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from ._integration import Integration
+from ._logs import runtime_logger
 from ._runtime import open_runtime
 from ._web import RUNTIME_KEY
 
 __all__ = ["hypercorn_config", "parse_port", "serve"]
 
-log = logging.getLogger("runtime.serve")
+log = runtime_logger("runtime.serve")
 
 
 def hypercorn_config(bind: str, *, graceful_timeout: float, quiet: bool = False) -> Config:
@@ -37,6 +37,9 @@ def hypercorn_config(bind: str, *, graceful_timeout: float, quiet: bool = False)
     config = Config()
     config.bind = [bind]
     config.accesslog = None
+    # A logger, not a target: hypercorn then adds no handler of its own (with its own
+    # format and no redaction), and its lines reach the process's handlers.
+    config.errorlog = runtime_logger("hypercorn.error")
     config.read_timeout = 5
     config.graceful_timeout = graceful_timeout
     if quiet:

@@ -17,7 +17,6 @@ Failure handling, in short (the policy's docstring has the numbers):
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -49,6 +48,7 @@ from ._errors import (
 )
 from ._health import ActorHealth, ErrorRecord, PollTimings, wall_clock
 from ._lifecycle import ActorState, check_transition
+from ._logs import runtime_logger
 from ._policy import RestartPolicy
 from ._reading import Reading, validate_readings
 from ._scheduler import Doorbell, Scheduler
@@ -56,7 +56,7 @@ from ._sink import EventRecord, Severity, Sink, TelemetryRecord
 
 __all__ = ["MAILBOX_SIZE", "Refresh", "Supervisor"]
 
-log = logging.getLogger("runtime.supervisor")
+log = runtime_logger("runtime.supervisor")
 
 #: Requests (commands, refreshes) that may wait for one actor; more are refused at once.
 MAILBOX_SIZE = 16

@@ -15,7 +15,6 @@ is sent SIGTERM rather than left answering 200s.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from collections import Counter
@@ -38,6 +37,8 @@ from werkzeug.exceptions import HTTPException
 
 from .._contract import CONTAINER_HEADER, TOKEN_HEADER, Answer
 from .._integration import Integration
+from .._logs import configure as configure_logs
+from .._logs import runtime_logger
 from .._runtime import Runtime, open_runtime
 from . import commands, config, describe, devices, health, metrics
 from .bodies import MAX_SNAPSHOT_BODY, JsonRequest, body_limit
@@ -46,7 +47,7 @@ from .problem import Problem, field_errors, problem_response
 
 __all__ = ["build_app"]
 
-log = logging.getLogger("runtime.web")
+log = runtime_logger("runtime.web")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 MakeResponse = Callable[[Any], Awaitable[Any]]
@@ -241,6 +242,7 @@ def _install_lifecycle(app: QuartTrio, integration: Integration) -> None:
     async def start_runtime() -> None:
         if RUNTIME_KEY in app.extensions:
             return
+        configure_logs(os.environ, force=False)  # only if nobody configured logging
         scope = trio.CancelScope()
         ready, done = trio.Event(), trio.Event()
         failed: list[BaseException] = []

@@ -23,7 +23,7 @@ from quart_schema import validate_request, validate_response
 from .._contract import IDEMPOTENCY_HEADER, CommandReply, CommandRequest, iso
 from .._errors import ActorBusy, ActorCallError, ActorNotReady, CallTimeout, UnknownCommand
 from .._ledger import LedgerEntry
-from .._redact import redact, secrets
+from .._redact import redact
 from .._registry import DeviceSlice
 from .._runtime import Runtime
 from .context import current_integration, current_runtime
@@ -43,7 +43,6 @@ async def command(data: CommandRequest) -> tuple[CommandReply, int]:
     """Run a device command. A repeated ``X-PiPhi-Idempotency-Key`` replays the stored
     outcome and never runs the command twice."""
     rt = current_runtime()
-    secrets.collect(data.arguments)
     device = _target(rt, data)
     _check_capabilities(device, data)
     key = request.headers.get(IDEMPOTENCY_HEADER) or data.idempotency_key

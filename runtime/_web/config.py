@@ -33,7 +33,7 @@ from .._contract import (
 from .._contract.config import DeconfigureMetadata
 from .._errors import InvalidConfig, PiPhiError
 from .._reconciler import SyncResult
-from .._redact import redact, secrets
+from .._redact import redact
 from .._runtime import Runtime
 from .context import current_integration, current_runtime
 from .problem import Problem
@@ -76,7 +76,7 @@ async def config_sync(data: SnapshotRequest) -> SyncAnswer:
     rt = current_runtime()
     # The configs' secrets are remembered as each config is validated; walking all of
     # them here cost ~95 ms at 10,000 configs on every sync, changed or not.
-    secrets.collect(data.model_dump(exclude={"configs"}))
+    rt.secrets.collect(data.model_dump(exclude={"configs"}))
     try:
         result = await rt.sync.apply_snapshot(data)
     except InvalidConfig as exc:
@@ -131,7 +131,6 @@ async def discover() -> DiscoverAnswer:
     raw = await _optional_body() if request.method == "POST" else dict(request.args)
     body = DiscoverRequest.model_validate(raw)
     inputs = body.discovery_inputs
-    secrets.collect(inputs)
     integration = current_integration()
     devices: list[Any] = []
     if integration.discover is not None:

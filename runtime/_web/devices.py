@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
@@ -33,6 +32,7 @@ from .._contract import (
 )
 from .._errors import ActorCallError, RefreshUnsupported
 from .._lifecycle import ActorState
+from .._logs import runtime_logger
 from .._redact import redact, redact_text
 from .._registry import DeviceSlice
 from .._sink import EventRecord
@@ -41,7 +41,7 @@ from .problem import Problem
 
 __all__ = ["REFRESH_TIMEOUT", "blueprint", "device_entities"]
 
-log = logging.getLogger("runtime.web")
+log = runtime_logger("runtime.web")
 
 blueprint = Blueprint("devices", __name__)
 
