@@ -141,6 +141,8 @@ async def _authenticate() -> None:
         return
     headers = request.headers
     token = headers.get(TOKEN_HEADER)
+    if token is None and headers.get("Authorization", "").startswith("Bearer "):
+        token = headers["Authorization"][7:]  # what Prometheus and most tools can send
     if rt.managed and not rt.client.token_matches(token):
         raise Problem(
             401,

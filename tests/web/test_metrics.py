@@ -70,3 +70,5 @@ async def test_managed_mode_needs_the_token(
         response = await served.client.get("/metrics")
         assert response.status_code == 401
         assert (await scrape(served, **CORE_HEADERS))[("piphi_devices", ())] == 0
+        bearer = {"Authorization": f"Bearer {CORE_TOKEN}"}  # as Prometheus sends it
+        assert (await scrape(served, **bearer))[("piphi_devices", ())] == 0
