@@ -21,15 +21,21 @@ from ._logs import configure as configure_logs
 __all__ = ["main"]
 
 
-def _load(target: str) -> Any:
+def _load(target: str, app_dir: str = ".") -> Any:
+    """``module:attribute``, imported as hypercorn and uvicorn do: ``app_dir`` (the
+    working directory unless ``--app-dir`` says otherwise) comes first on the path."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise InvalidActor(f"expected module:ClassName, got {target!r}")
+    directory = os.path.abspath(app_dir)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise InvalidActor(
-            f"cannot import {module_name!r}: {exc}", hint="Check PYTHONPATH."
+            f"cannot import {module_name!r} from {directory}: {exc}",
+            hint="Run from the folder that holds it, or pass --app-dir <folder>.",
         ) from exc
     try:
         return getattr(module, attr)
@@ -37,9 +43,9 @@ def _load(target: str) -> Any:
         raise InvalidActor(f"{module_name!r} has no attribute {attr!r}") from None
 
 
-def _check(target: str) -> str:
+def _check(target: str, app_dir: str = ".") -> str:
     """Describe an actor class as the runtime will run it; raises InvalidActor if it can't."""
-    cls = _load(target)
+    cls = _load(target, app_dir)
     if not (isinstance(cls, type) and issubclass(cls, DeviceActor)):
         raise InvalidActor(f"{target} is not a DeviceActor subclass")
     if cls.mode is None:
@@ -70,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate a DeviceActor class and describe it")
     check.add_argument("target", help="module:ClassName, e.g. actors.simulated:SimulatedPlug")
+    check.add_argument("--app-dir", default=".", help="where to import it from (default: .)")
     serve = commands.add_parser(
         "serve", help="run an integration and serve its routes (PORT, PIPHI_* from the env)"
     )
@@ -78,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     serve.add_argument("--port", type=int, default=None, help="port (default: $PORT, else 8000)")
+    serve.add_argument("--app-dir", default=".", help="where to import it from (default: .)")
     devcore = commands.add_parser("devcore", help="run a local PiPhi Core for development")
     devcore.add_argument("--host", default="127.0.0.1")
     devcore.add_argument("--port", type=int, default=31419, help="the port runtimes call")
@@ -101,9 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
-            print(_check(args.target))
+            print(_check(args.target, args.app_dir))
         elif args.command == "serve":
-            return _serve(args.target, args.host, args.port)
+            return _serve(args.target, args.host, args.port, args.app_dir)
         elif args.command == "devcore":
             return _devcore(args)
         elif args.command == "core":
@@ -114,11 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _serve(target: str, host: str, port: int | None) -> int:
+def _serve(target: str, host: str, port: int | None, app_dir: str = ".") -> int:
     from ._integration import Integration
     from ._serve import parse_port, serve
 
-    integration = _load(target)
+    integration = _load(target, app_dir)
     if not isinstance(integration, Integration):
         raise InvalidActor(f"{target} is not a runtime.Integration")
     if port is None:
