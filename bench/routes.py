@@ -1,4 +1,4 @@
-"""/health and /diagnostics latency while N simulated devices poll at 1 Hz.
+"""Route latency (/health, /diagnostics, /metrics, /status/data) while N devices poll at 1 Hz.
 
 Three processes: the fast Core sink (bench/core_sink.py), the runtime under test
 (``piphi-runtime serve examples.simulated_home:integration`` on 127.0.0.1, delivering
@@ -7,7 +7,7 @@ every reading to the sink), and this driver, which configures the devices throug
 connection. The same run measures the runtime with 0 devices as the baseline, so the
 ratio shows what the fleet costs the routes.
 
-Usage: python bench/routes.py [--quick] [--devices 1000] [--requests 2000]
+Usage: python bench/routes.py [--quick] [--sizes 1000 5000] [--requests 2000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -66,6 +66,15 @@ def time_gets(http: httpx.Client, path: str, count: int) -> list[float]:
     return latencies
 
 
+#: The routes timed, with how many of ``--requests`` each gets (the heavy ones fewer).
+ROUTES = (
+    ("health", "/health", 1.0),
+    ("diagnostics", "/diagnostics?limit={page}", 0.1),
+    ("metrics", "/metrics", 0.1),
+    ("status_data", "/status/data", 0.1),
+)
+
+
 def one_run(devices: int, requests: int, settle: float) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory() as state,
@@ -84,8 +93,8 @@ def one_run(devices: int, requests: int, settle: float) -> dict[str, Any]:
         }
         args = [
             sys.executable,
-            "-c",
-            "import sys; from runtime._cli import main; sys.exit(main())",
+            "-m",
+            "runtime",
             "serve",
             "examples.simulated_home:integration",
             "--host",
@@ -102,62 +111,63 @@ def one_run(devices: int, requests: int, settle: float) -> dict[str, Any]:
                 configs = [{"id": f"dev-{i}", "device_type": kinds[i % 3]} for i in range(devices)]
                 http.post("/config/sync", json={"generation": 1, "configs": configs})
                 time.sleep(settle)
-                health = time_gets(http, "/health", requests)
-                # Every actor's record, as before /diagnostics was paged (default 100).
-                everything = f"/diagnostics?limit={min(1000, max(1, devices))}"
-                diagnostics = time_gets(http, everything, max(50, requests // 10))
+                row: dict[str, Any] = {"devices": devices}
+                page = min(1000, max(1, devices))  # every record, up to a full page
+                for name, path, share in ROUTES:
+                    path = path.format(page=page)
+                    if http.get(path).status_code == 404:
+                        continue  # a route this version does not serve
+                    latencies = time_gets(http, path, max(50, int(requests * share)))
+                    row[f"{name}_p50_ms"] = statistics.median(latencies)
+                    row[f"{name}_p99_ms"] = percentile(latencies, 0.99)
                 delivery = http.get("/diagnostics").json()["diagnostics"]["delivery"]
-    return {
-        "devices": devices,
-        "health_p50_ms": statistics.median(health),
-        "health_p99_ms": percentile(health, 0.99),
-        "diagnostics_p50_ms": statistics.median(diagnostics),
-        "diagnostics_p99_ms": percentile(diagnostics, 0.99),
-        "delivered": delivery["delivered"],
-        "spooled": delivery["spooled"],
-    }
+    row["delivered"] = delivery["delivered"]
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short run (under a minute)")
-    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    repeat, requests, settle = (1, 500, 5.0) if args.quick else (args.repeat, args.requests, 10.0)
+    if args.quick:
+        repeat, requests, settle, sizes = 1, 400, 5.0, [0, 1000]
+    else:
+        repeat, requests, settle, sizes = args.repeat, args.requests, 10.0, [0, *args.sizes]
     rows = []
     for n in range(repeat):
-        for devices in (0, args.devices):
+        for devices in sizes:
             row = one_run(devices, requests, settle)
             rows.append(row)
-            print(
-                f"run {n + 1} devices={devices}: /health p50 {row['health_p50_ms']:.2f} ms "
-                f"p99 {row['health_p99_ms']:.2f} ms; /diagnostics p50 "
-                f"{row['diagnostics_p50_ms']:.1f} ms p99 {row['diagnostics_p99_ms']:.1f} ms; "
-                f"delivered {row['delivered']}",
-                flush=True,
+            figures = ", ".join(
+                f"{name} p50 {row[f'{name}_p50_ms']:.1f} p99 {row[f'{name}_p99_ms']:.1f} ms"
+                for name, _, _ in ROUTES
+                if f"{name}_p99_ms" in row
             )
-    loaded = [r for r in rows if r["devices"] == args.devices]
-    idle = [r for r in rows if r["devices"] == 0]
+            print(f"run {n + 1} devices={devices}: {figures}; delivered {row['delivered']}")
 
     def med(rs: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in rs)
+        values = [r[key] for r in rs if key in r]
+        return statistics.median(values) if values else float("nan")
 
-    print("\n| devices | /health p50 ms | /health p99 ms | /diagnostics p50 ms | /diag. p99 ms |")
-    print("|---|---|---|---|---|")
-    for rs in (idle, loaded):
-        print(
-            f"| {rs[0]['devices']} | {med(rs, 'health_p50_ms'):.2f} "
-            f"| {med(rs, 'health_p99_ms'):.2f} | {med(rs, 'diagnostics_p50_ms'):.1f} "
-            f"| {med(rs, 'diagnostics_p99_ms'):.1f} |"
-        )
-    ratio = med(loaded, "health_p99_ms") / med(idle, "health_p99_ms")
-    print(f"\n/health p99 with {args.devices} devices / with none: {ratio:.2f}")
-    print(
-        f"RESULT devices={args.devices} health_p99_ms={med(loaded, 'health_p99_ms'):.2f} "
-        f"diagnostics_p99_ms={med(loaded, 'diagnostics_p99_ms'):.1f}"
+    names = [name for name, _, _ in ROUTES if any(f"{name}_p99_ms" in r for r in rows)]
+    print("\n| devices | " + " | ".join(f"{n} p50 / p99 ms" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    by_size = {size: [r for r in rows if r["devices"] == size] for size in sizes}
+    for size, rs in by_size.items():
+        cells = [f"{med(rs, f'{n}_p50_ms'):.1f} / {med(rs, f'{n}_p99_ms'):.1f}" for n in names]
+        print(f"| {size} | " + " | ".join(cells) + " |")
+    idle, top = by_size[0], by_size[sizes[-1]]
+    ratio = med(top, "health_p99_ms") / med(idle, "health_p99_ms")
+    print(f"\n/health p99 with {sizes[-1]} devices / with none: {ratio:.2f}")
+    result = " ".join(
+        f"{n}_p99_ms_{size}={med(by_size[size], f'{n}_p99_ms'):.1f}"
+        for size in sizes[1:]
+        for n in names
     )
+    print(f"RESULT {result}")
 
 
 if __name__ == "__main__":
