@@ -15,7 +15,7 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import attrs
 
@@ -23,10 +23,7 @@ from ._config import RuntimeConfig
 from ._errors import ActorNotAttached, InvalidActor, InvalidEvent, InvalidReading
 from ._policy import RestartPolicy
 from ._reading import Reading, validate_readings
-from ._sink import SEVERITIES, Severity
-
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor
+from ._sink import SEVERITIES, ActorOutputs, Severity
 
 __all__ = ["CommandSpec", "DeviceActor", "command"]
 
@@ -126,7 +123,8 @@ class DeviceActor(Generic[ConfigT]):
     reconfigurable: ClassVar[bool] = False
 
     config: ConfigT
-    _supervisor: Supervisor | None
+    _outputs: ActorOutputs | None
+    """Where the output methods hand what they produce: the supervisor, while it runs us."""
     _log: logging.LoggerAdapter | None  # type: ignore[type-arg]
 
     def __init__(self, config: ConfigT) -> None:
@@ -138,7 +136,7 @@ class DeviceActor(Generic[ConfigT]):
                 f"got {type(config).__name__}"
             )
         self.config = config
-        self._supervisor = None
+        self._outputs = None
         self._log = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -272,12 +270,12 @@ class DeviceActor(Generic[ConfigT]):
             )
         return self._log
 
-    def _attached(self) -> Supervisor:
-        if self._supervisor is None:
+    def _attached(self) -> ActorOutputs:
+        if self._outputs is None:
             raise ActorNotAttached(
                 f"{type(self).__name__} for {self.config.id!r} is not running under a supervisor"
             )
-        return self._supervisor
+        return self._outputs
 
 
 def _collect_commands(cls: type[DeviceActor[Any]]) -> dict[str, CommandSpec]:

@@ -40,6 +40,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import trio
+
 __all__ = [
     "ActorBusy",
     "ActorCallError",
@@ -70,6 +72,9 @@ __all__ = [
     "SpoolError",
     "TeardownTimeout",
     "UnknownCommand",
+    "error_code",
+    "error_message",
+    "errors_beside_cancellation",
 ]
 
 
@@ -347,3 +352,29 @@ class SpoolError(PiPhiError, OSError):
         "writable, on a local disk with free space, and not used by another runtime "
         "(one spool per runtime)."
     )
+
+
+def error_message(error: BaseException) -> str:
+    """What went wrong, without the code and hint ``str()`` of a PiPhiError appends."""
+    return error.message if isinstance(error, PiPhiError) else str(error) or type(error).__name__
+
+
+def error_code(error: BaseException) -> str:
+    """The stable code of ``error``; ``actor_exception`` for anything not ours."""
+    return error.code if isinstance(error, PiPhiError) else "actor_exception"
+
+
+def errors_beside_cancellation(group: BaseExceptionGroup[BaseException]) -> Exception:
+    """The actor's own errors from a group that also holds a cancellation.
+
+    A hook running its own nursery raises ``BaseExceptionGroup([Cancelled, X])`` when a
+    child fails while being cancelled. ``except Exception`` misses that, and trio's cancel
+    scope would strip the Cancelled and let ``X`` escape to every sibling. Keeping ``X`` as
+    the hook's outcome and dropping the Cancelled is safe: trio delivers a cancellation
+    again at every checkpoint of a scope that is still cancelled. A group of nothing but
+    cancellations (or holding KeyboardInterrupt) is re-raised untouched.
+    """
+    _, rest = group.split(trio.Cancelled)
+    if isinstance(rest, ExceptionGroup):
+        return rest
+    raise group

@@ -19,6 +19,7 @@ import trio
 from ._lifecycle import ActorState
 
 __all__ = [
+    "ActorCounters",
     "ActorHealth",
     "Concern",
     "ErrorRecord",
@@ -130,6 +131,24 @@ class PollTimings:
         p50 = ordered[max(0, -(-50 * count // 100) - 1)]
         p95 = ordered[max(0, -(-95 * count // 100) - 1)]
         return p50, p95
+
+
+class ActorCounters(PollTimings):
+    """What one actor's polls and reports add up to, with its poll timings: written by
+    its supervisor on the hot path (plain attributes), read into an ``ActorHealth`` on
+    demand. Times are trio time. One object with the timings rather than two: every
+    object an idle actor holds is one more for each garbage-collector pass to scan."""
+
+    __slots__ = ("last_poll_ended", "last_poll_started", "overruns", "polls", "readings")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls = 0
+        self.overruns = 0
+        """Ticks skipped because the actor was still busy."""
+        self.readings = 0
+        self.last_poll_started: float | None = None
+        self.last_poll_ended: float | None = None
 
 
 @attrs.frozen(kw_only=True)

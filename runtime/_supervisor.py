@@ -13,6 +13,10 @@ Failure handling, in short (the policy's docstring has the numbers):
 - any other exception: teardown, state ``backoff`` (or ``failed`` past the restart
   intensity), setup again after the delay.
 - nothing an actor raises leaves this module: a sibling never sees it.
+
+The pieces it drives live beside it: the restart bookkeeping (``RestartTracker`` in
+``_policy.py``), the mailbox (``_mailbox.py``) and the counters (``ActorCounters`` in
+``_health.py``). The actor reaches it only through ``ActorOutputs`` (``_sink.py``).
 """
 
 from __future__ import annotations
@@ -33,37 +37,35 @@ import trio
 from ._actor import DeviceActor
 from ._config import DeviceIdentity
 from ._errors import (
-    ActorBusy,
     ActorCallError,
     ActorCrashed,
     ActorNotReady,
     ActorStopped,
     CallFailed,
-    CallTimeout,
     DeviceUnavailable,
     PiPhiError,
     PollTimeout,
     RefreshUnsupported,
     TeardownTimeout,
     UnknownCommand,
+    error_code,
+    error_message,
+    errors_beside_cancellation,
 )
-from ._health import ActorHealth, ErrorRecord, PollTimings, wall_clock
+from ._health import ActorCounters, ActorHealth, ErrorRecord, wall_clock
 from ._lifecycle import ActorState, check_transition
-from ._policy import RestartPolicy
+from ._mailbox import MAILBOX_SIZE, REPLY_SLACK, Mailbox
+from ._policy import RestartPolicy, RestartTracker
 from ._reading import Reading, validate_readings
 from ._scheduler import Doorbell, Scheduler
 from ._sink import EventRecord, Severity, Sink, TelemetryRecord
 
-__all__ = ["MAILBOX_SIZE", "Refresh", "Supervisor"]
+__all__ = ["MAILBOX_SIZE", "RECENT_EVENTS", "Refresh", "Supervisor"]
 
 log = logging.getLogger("runtime.supervisor")
 
-#: Requests (commands, refreshes) that may wait for one actor; more are refused at once.
-MAILBOX_SIZE = 16
 #: Events each actor keeps for ``/events`` (its slice of the registry).
 RECENT_EVENTS = 20
-#: How long a caller waits past its deadline for the actor's own timeout reply.
-_REPLY_SLACK = 1.0
 _DEFAULT_POLL_TIMEOUT_CAP = 10.0
 
 S = ActorState
@@ -97,24 +99,6 @@ class Refresh:
     observed_at: datetime
 
 
-@attrs.define(eq=False)
-class _Call:
-    """A request waiting in an actor's mailbox, with the slot its reply goes into."""
-
-    what: str
-    run: Callable[[], Awaitable[Any]]
-    deadline: float
-    done: trio.Event = attrs.field(factory=trio.Event)
-    value: Any = None
-    error: PiPhiError | None = None
-    started: bool = False  # the actor began running it: it may have reached the device
-    abandoned: bool = False
-
-    def reply(self, value: Any = None, error: PiPhiError | None = None) -> None:
-        self.value, self.error = value, error
-        self.done.set()
-
-
 class Supervisor:
     """Runs one actor. Made by ``ActorNursery.spawn``; read ``health()``, send
     ``command()`` and ``refresh()``, and ``stop()`` it."""
@@ -123,38 +107,28 @@ class Supervisor:
         "__weakref__",
         "_announced_unavailable",
         "_armed",
-        "_attempt",
         "_bell",
-        "_consecutive",
+        "_counters",
         "_done",
         "_due",
-        "_failed",
         "_finished",
-        "_healthy_since",
         "_interval",
         "_lane",
         "_lane_cancelled",
         "_last_error",
-        "_last_error_key",
         "_last_readings",
         "_last_readings_at",
         "_mailbox",
         "_needs_teardown",
         "_on_exit",
-        "_overruns",
         "_phase",
         "_policy",
         "_poll_deadline",
-        "_poll_ended",
         "_poll_open",
-        "_poll_started",
         "_poll_timeout",
-        "_polls",
-        "_readings",
         "_ready",
         "_recent_events",
         "_restarts",
-        "_restarts_total",
         "_rng",
         "_run_ended",
         "_scheduler",
@@ -165,7 +139,6 @@ class Supervisor:
         "_state_since",
         "_state_updated",
         "_state_values",
-        "_timings",
         "_watchdog",
         "actor",
         "identity",
@@ -190,6 +163,10 @@ class Supervisor:
         self._rng = rng
         self._phase = phase
         self._policy = policy or cls.restart_policy
+        # Made at the first failure: until then a fresh one would say nothing, and most
+        # actors never fail.
+        self._restarts: RestartTracker | None = None
+        self._counters = ActorCounters()
         self._on_exit = on_exit
         self._interval, self._poll_timeout = _timings_for(cls, actor.config)
         self._bell = Doorbell()
@@ -211,28 +188,15 @@ class Supervisor:
         self._started = False  # the first poll has been scheduled (spread only once)
         self._needs_teardown = False  # setup() was entered and teardown() has not run since
         self._ready = False  # setup() completed: a session exists
-        self._attempt = 0
-        self._failed = False
-        self._healthy_since: float | None = None
-        self._restarts: deque[float] | None = None
-        self._restarts_total = 0
-        self._consecutive = 0
         self._announced_unavailable = False
         self._last_error: ErrorRecord | None = None
-        self._last_error_key: tuple[str, str] | None = None
-        self._timings = PollTimings()
-        self._poll_started: float | None = None
-        self._poll_ended: float | None = None
-        self._polls = 0
-        self._overruns = 0
-        self._readings = 0
-        self._mailbox: deque[_Call] | None = None
+        self._mailbox: Mailbox | None = None  # made on the first call: most actors get none
         self._state_values: dict[str, Any] | None = None
         self._state_updated: float | None = None
         self._recent_events: deque[EventRecord] | None = None
         self._done: trio.Event | None = None
         self._finished = False
-        actor._supervisor = self
+        actor._outputs = self
 
     def __repr__(self) -> str:
         name = type(self.actor).__name__
@@ -252,8 +216,8 @@ class Supervisor:
         def wall(trio_time: float | None) -> datetime | None:
             return None if trio_time is None else datetime.fromtimestamp(epoch + trio_time, UTC)
 
-        window = self._policy.restart_window
-        p50, p95 = self._timings.percentiles()
+        counters, restarts = self._counters, self._restarts or RestartTracker(self._policy)
+        p50, p95 = counters.percentiles()
         polling = self.actor.mode == "poll" and self._state not in (S.STOPPING, S.STOPPED)
         return ActorHealth(
             config_id=self.identity.config_id,
@@ -262,19 +226,19 @@ class Supervisor:
             state=self._state,
             state_since=datetime.fromtimestamp(epoch + self._state_since, UTC),
             available=not self._announced_unavailable,
-            restarts_total=self._restarts_total,
-            restarts_in_window=sum(1 for t in self._restarts or () if now - t <= window),
-            consecutive_failures=self._consecutive,
+            restarts_total=restarts.restarts_total,
+            restarts_in_window=restarts.restarts_in_window(now),
+            consecutive_failures=restarts.consecutive,
             last_error=self._last_error,
-            last_poll_started=wall(self._poll_started),
-            last_poll_ended=wall(self._poll_ended),
+            last_poll_started=wall(counters.last_poll_started),
+            last_poll_ended=wall(counters.last_poll_ended),
             next_poll_due=wall(self._due) if polling else None,
-            poll_duration_last=self._timings.last,
+            poll_duration_last=counters.last,
             poll_duration_p50=p50,
             poll_duration_p95=p95,
-            polls=self._polls,
-            overruns=self._overruns,
-            readings=self._readings,
+            polls=counters.polls,
+            overruns=counters.overruns,
+            readings=counters.readings,
         )
 
     def published_state(self) -> tuple[Mapping[str, Any], datetime | None]:
@@ -325,9 +289,10 @@ class Supervisor:
             outcome = await self._poll(trio.current_time(), scheduled=False)
             if isinstance(outcome, BaseException):
                 raise outcome
-            return Refresh(outcome, wall_clock(self._poll_ended or trio.current_time()))
+            ended = self._counters.last_poll_ended
+            return Refresh(outcome, wall_clock(ended or trio.current_time()))
 
-        limit = timeout or (self._poll_timeout + _REPLY_SLACK)
+        limit = timeout or (self._poll_timeout + REPLY_SLACK)
         result: Refresh = await self._call("refresh", read, limit)
         return result
 
@@ -419,9 +384,8 @@ class Supervisor:
                     if self._poll_open:  # the poll was interrupted where it stood
                         self._poll_open = False
                         error = _timed_out("poll", self._poll_timeout, None)
-                        await self._finish_poll(
-                            self._poll_started or 0.0, (), error, scheduled=True
-                        )
+                        started = self._counters.last_poll_started or 0.0
+                        await self._finish_poll(started, (), error, scheduled=True)
         finally:
             await self._shutdown()
 
@@ -441,7 +405,7 @@ class Supervisor:
                 else:
                     await self._run_push()
             elif self._mailbox:
-                await self._serve_mailbox()
+                await self._mailbox.serve(self)
             else:
                 if self._armed != self._due:
                     self._armed = self._due
@@ -460,7 +424,7 @@ class Supervisor:
             except Exception as exc:
                 error = exc
             except BaseExceptionGroup as group:
-                error = _errors_beside_cancellation(group)
+                error = errors_beside_cancellation(group)
         if _timed_out_in(scope, error):
             error = _timed_out("setup", timeout, error)
         if error is None:
@@ -486,7 +450,7 @@ class Supervisor:
         inside a mailbox call, so it takes a cancel scope of its own (refreshes are rare).
         A poll that returned is a success even if its deadline passed meanwhile.
         """
-        self._poll_started = started
+        self._counters.last_poll_started = started
         batch: tuple[Reading, ...] = ()
         error: Exception | None = None
         if scheduled:
@@ -514,7 +478,7 @@ class Supervisor:
         except Exception as exc:
             return (), exc
         except BaseExceptionGroup as group:
-            return (), _errors_beside_cancellation(group)
+            return (), errors_beside_cancellation(group)
 
     async def _finish_poll(
         self,
@@ -525,9 +489,10 @@ class Supervisor:
         scheduled: bool,
     ) -> None:
         ended = trio.current_time()
-        self._poll_ended = ended
-        self._polls += 1
-        self._timings.add(ended - started)
+        counters = self._counters
+        counters.last_poll_ended = ended
+        counters.polls += 1
+        counters.add(ended - started)
         if scheduled:
             due = self._due + self._interval
             if due < ended:
@@ -535,7 +500,7 @@ class Supervisor:
                 # counted), not burst.
                 missed = math.floor((ended - due) / self._interval) + 1
                 due += missed * self._interval
-                self._overruns += missed
+                counters.overruns += missed
             self._due = due
         was_unavailable = self._state is S.UNAVAILABLE
         if error is None:
@@ -553,9 +518,9 @@ class Supervisor:
             await self._crash(error, "poll")
 
     async def _run_push(self) -> None:
-        if self._state is S.RUNNING:
+        if self._state is S.RUNNING and self._restarts is not None:
             # Retries during an outage are not health; data arriving is (see _succeeded).
-            self._healthy_since = trio.current_time()
+            self._restarts.healthy_from(trio.current_time())
         error: Exception
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_mailbox_while_running)
@@ -568,7 +533,7 @@ class Supervisor:
             except Exception as exc:
                 error = exc
             except BaseExceptionGroup as group:
-                error = _errors_beside_cancellation(group)
+                error = errors_beside_cancellation(group)
             # Calls cut short from here on learn the actor is restarting, unless this task
             # is itself being cancelled (stopped).
             self._run_ended = trio.current_effective_deadline() != -math.inf
@@ -579,12 +544,17 @@ class Supervisor:
         else:
             await self._crash(error, "run")
 
+    async def _serve_mailbox_while_running(self) -> None:
+        while True:
+            await self._bell.wait()
+            if self._mailbox:
+                await self._mailbox.serve(self, until_due=False)
+
     # -- outcomes ------------------------------------------------------------------------
 
     def _succeeded(self, now: float) -> None:
-        self._consecutive = 0
-        if self._healthy_since is None:
-            self._healthy_since = now
+        if self._restarts is not None:
+            self._restarts.succeeded(now)
         if self._state is S.UNAVAILABLE:
             self._transition(S.RUNNING)
         if self._announced_unavailable:
@@ -596,198 +566,102 @@ class Supervisor:
         self, error: Exception, phase: str, now: float, *, reschedule: bool = True
     ) -> None:
         self._record(error, phase, now)
-        self._consecutive += 1
+        restarts = self._tracker()
+        restarts.missed()
         if not reschedule:
             return
-        self._forget_attempts_if_healthy(now)
+        restarts.forget_if_healthy(now)
         if not self._announced_unavailable:
             self._announced_unavailable = True
             self.actor.log.warning("device unavailable (%s): %s", phase, error)
             self._emit_event(
                 "device.unavailable",
                 "warning",
-                {"reason": _message(error), "code": _code(error), "phase": phase},
+                {"reason": error_message(error), "code": error_code(error), "phase": phase},
             )
         else:
             self.actor.log.debug("still unavailable (%s): %s", phase, error)
         if self._state is not S.UNAVAILABLE:
             self._transition(S.UNAVAILABLE)
-        self._due = now + self._retry_delay()
+        self._due = now + restarts.next_delay(self._rng)
 
     async def _crash(self, error: Exception, phase: str) -> None:
         now = trio.current_time()
         self._record(error, phase, now)
-        self._consecutive += 1
-        self._restarts_total += 1
-        self._forget_attempts_if_healthy(now)
-        policy = self._policy
-        restarts = self._restarts
-        if restarts is None:
-            restarts = self._restarts = deque()
-        restarts.append(now)
-        while now - restarts[0] > policy.restart_window:
-            restarts.popleft()
-        newly_failed = not self._failed and len(restarts) > policy.max_restarts
-        self._failed = self._failed or newly_failed
-        key = (type(error).__qualname__, str(error))
-        if key != self._last_error_key:
+        restarts = self._tracker()
+        newly_failed = restarts.crashed(now)
+        if not restarts.repeated((type(error).__qualname__, str(error))):
             self.actor.log.error("%s() raised; restarting with backoff", phase, exc_info=error)
         else:
             self.actor.log.debug(
-                "%s() raised the same error again (restart %d)", phase, self._restarts_total
+                "%s() raised the same error again (restart %d)", phase, restarts.restarts_total
             )
-        self._last_error_key = key
         if newly_failed:
+            policy = restarts.policy
             self.actor.log.error(
                 "more than %d restarts in %g s: marked failed, retrying about every %g s",
                 policy.max_restarts,
                 policy.restart_window,
                 policy.max_delay,
             )
-        self._transition(S.FAILED if self._failed else S.BACKOFF)
+        self._transition(S.FAILED if restarts.failed else S.BACKOFF)
         await self._teardown()
-        self._due = trio.current_time() + self._retry_delay()
+        self._due = trio.current_time() + restarts.next_delay(self._rng)
 
-    def _retry_delay(self) -> float:
-        policy = self._policy
-        if self._failed:
-            # At the cap, jittered down by up to a fifth so actors that failed together
-            # do not retry in lockstep.
-            return policy.max_delay * self._rng.uniform(0.8, 1.0)
-        delay = policy.delay(self._attempt, self._rng)
-        self._attempt += 1
-        return delay
-
-    def _forget_attempts_if_healthy(self, now: float) -> None:
-        since, self._healthy_since = self._healthy_since, None
-        if since is not None and now - since >= self._policy.reset_after:
-            self._attempt = 0
-            self._failed = False
-            self._last_error_key = None
-            if self._restarts is not None:
-                self._restarts.clear()
+    def _tracker(self) -> RestartTracker:
+        restarts = self._restarts
+        if restarts is None:
+            restarts = self._restarts = RestartTracker(self._policy)
+        return restarts
 
     def _record(self, error: BaseException, phase: str, now: float) -> None:
         self._last_error = ErrorRecord(
             type=type(error).__qualname__,
-            message=_message(error),
-            code=_code(error),
+            message=error_message(error),
+            code=error_code(error),
             hint=error.hint if isinstance(error, PiPhiError) else ActorCrashed.default_hint,
             phase=phase,
             at=now,
         )
 
-    # -- mailbox ---------------------------------------------------------------------------
+    # -- the mailbox's view of this actor (MailboxOwner) ----------------------------------
 
     async def _call(
         self,
         what: str,
         run: Callable[[], Awaitable[Any]],
-        timeout: float,  # noqa: ASYNC109 - see below
+        timeout: float,  # noqa: ASYNC109 - the actor enforces it (see Mailbox.call)
     ) -> Any:
-        # A deadline the actor knows, rather than a caller's cancel scope: the actor skips
-        # calls that expired while queued, and a reply can say whether the call started.
         if self._finished or self._state in (S.STOPPING, S.STOPPED):
             raise ActorStopped(f"{what} not sent: the actor is stopped")
         box = self._mailbox
         if box is None:
-            box = self._mailbox = deque()
-        if len(box) >= MAILBOX_SIZE and any(c.abandoned for c in box):
-            # Callers that gave up must not keep new ones out.
-            box = self._mailbox = deque(c for c in box if not c.abandoned)
-        if len(box) >= MAILBOX_SIZE:
-            raise ActorBusy(f"{what} refused: {MAILBOX_SIZE} requests are already waiting")
-        call = _Call(what, run, trio.current_time() + timeout)
-        box.append(call)
-        self._bell.ring()
-        try:
-            # The actor enforces the deadline itself and replies; the slack only guards
-            # against an actor that cannot be interrupted.
-            with trio.move_on_at(call.deadline + _REPLY_SLACK):
-                await call.done.wait()
-        finally:
-            if not call.done.is_set():
-                call.abandoned = True
-        if not call.done.is_set():
-            raise CallTimeout(
-                f"{what}: no reply within {timeout:g} s", details={"started": call.started}
-            )
-        if call.error is not None:
-            raise call.error
-        return call.value
+            box = self._mailbox = Mailbox(self._bell)
+        return await box.call(what, run, timeout)
 
-    async def _serve_mailbox(self, *, until_due: bool = True) -> None:
-        """Answer the calls queued now. With ``until_due``, stop as soon as the actor's
-        own next action is due: a steady stream of calls must not starve its schedule."""
-        box = self._mailbox
-        for _ in range(len(box or ())):
-            if not box or (until_due and trio.current_time() >= self._due):
-                return
-            call = box.popleft()
-            if call.abandoned:
-                continue
-            if trio.current_time() >= call.deadline:
-                call.reply(
-                    error=CallTimeout(
-                        f"{call.what} expired in the queue", details={"started": False}
-                    )
-                )
-                continue
-            if not self._ready:
-                retry = max(0.0, self._due - trio.current_time())
-                call.reply(
-                    error=ActorNotReady(
-                        f"{call.what} refused: the device is {self._state.value}; "
-                        f"next attempt in {retry:.1f} s",
-                        details={"state": self._state.value, "retry_after": round(retry, 3)},
-                    )
-                )
-                continue
-            await self._execute(call)
+    @property
+    def next_due(self) -> float:
+        return self._due
 
-    async def _execute(self, call: _Call) -> None:
-        call.started = True
-        try:
-            with trio.move_on_at(call.deadline) as scope:
-                try:
-                    value = await call.run()
-                except ActorCallError as exc:
-                    call.reply(error=exc)
-                    return
-                except (Exception, BaseExceptionGroup) as raised:
-                    cause = (
-                        raised
-                        if isinstance(raised, Exception)
-                        else _errors_beside_cancellation(raised)
-                    )
-                    failure = CallFailed(
-                        f"{call.what} failed: {_message(cause)}", details={"cause": _code(cause)}
-                    )
-                    failure.__cause__ = cause
-                    self.actor.log.warning("%s failed: %s", call.what, cause)
-                    call.reply(error=failure)
-                    return
-        except BaseException:
-            # Interrupted by stop(), or by a push actor's run() ending: this call already
-            # left the mailbox, so answer it here before unwinding.
-            restarting = self._run_ended
-            kind = ActorNotReady if restarting else ActorStopped
-            why = "is restarting" if restarting else "is stopping"
-            call.reply(
-                error=kind(f"{call.what} interrupted: the actor {why}", details={"started": True})
-            )
-            raise
-        if scope.cancelled_caught:
-            call.reply(
-                error=CallTimeout(f"{call.what} timed out while running", details={"started": True})
-            )
-        else:
-            call.reply(value)
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        return self.actor.log
 
-    async def _serve_mailbox_while_running(self) -> None:
-        while True:
-            await self._bell.wait()
-            await self._serve_mailbox(until_due=False)
+    def refusal(self, what: str) -> ActorCallError | None:
+        if self._ready:
+            return None
+        retry = max(0.0, self._due - trio.current_time())
+        return ActorNotReady(
+            f"{what} refused: the device is {self._state.value}; next attempt in {retry:.1f} s",
+            details={"state": self._state.value, "retry_after": round(retry, 3)},
+        )
+
+    def interruption(self, what: str) -> ActorCallError:
+        if self._run_ended:
+            return ActorNotReady(
+                f"{what} interrupted: the actor is restarting", details={"started": True}
+            )
+        return ActorStopped(f"{what} interrupted: the actor is stopping", details={"started": True})
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -804,7 +678,7 @@ class Supervisor:
             except Exception as exc:
                 error = exc
             except BaseExceptionGroup as group:
-                error = _errors_beside_cancellation(group)
+                error = errors_beside_cancellation(group)
         if _timed_out_in(scope, error):
             self.actor.log.warning("teardown() did not finish within %g s; abandoned", grace)
             error = TeardownTimeout(f"teardown() exceeded {grace:g} s")
@@ -818,9 +692,8 @@ class Supervisor:
             with trio.CancelScope(shield=True):
                 if self._state is not S.STOPPED:
                     self._transition(S.STOPPING)
-                for call in self._mailbox or ():
-                    if not call.done.is_set():
-                        call.reply(error=ActorStopped(f"{call.what} not run: the actor stopped"))
+                if self._mailbox is not None:
+                    self._mailbox.close(_not_run)
                 await self._teardown()
                 self._transition(S.STOPPED)
         finally:
@@ -833,7 +706,7 @@ class Supervisor:
             # Break the reference cycles (actor <-> supervisor, watchdog <-> supervisor,
             # calls whose closures hold us), so a stopped actor is freed by reference
             # counting rather than left for a full GC pass over every live actor.
-            self.actor._supervisor = None
+            self.actor._outputs = None
             self._watchdog._supervisor = None
             self._mailbox = None
 
@@ -856,7 +729,7 @@ class Supervisor:
     def _emit_telemetry(
         self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
     ) -> None:
-        self._readings += len(batch)
+        self._counters.readings += len(batch)
         if device_id is None or device_id == self.identity.device_id:
             self._last_readings, self._last_readings_at = batch, trio.current_time()
         self._deliver(
@@ -888,20 +761,8 @@ class Supervisor:
         )
 
 
-def _errors_beside_cancellation(group: BaseExceptionGroup[BaseException]) -> Exception:
-    """The actor's own errors from a group that also holds a cancellation.
-
-    A hook running its own nursery raises ``BaseExceptionGroup([Cancelled, X])`` when a
-    child fails while being cancelled. ``except Exception`` misses that, and trio's cancel
-    scope would strip the Cancelled and let ``X`` escape to every sibling. Keeping ``X`` as
-    the hook's outcome and dropping the Cancelled is safe: trio delivers a cancellation
-    again at every checkpoint of a scope that is still cancelled. A group of nothing but
-    cancellations (or holding KeyboardInterrupt) is re-raised untouched.
-    """
-    _, rest = group.split(trio.Cancelled)
-    if isinstance(rest, ExceptionGroup):
-        return rest
-    raise group
+def _not_run(what: str) -> ActorStopped:
+    return ActorStopped(f"{what} not run: the actor stopped")
 
 
 def _timed_out_in(scope: trio.CancelScope, error: Exception | None) -> bool:
@@ -926,11 +787,3 @@ def _timings_for(cls: type[DeviceActor[Any]], config: Any) -> tuple[float, float
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-
-
-def _message(error: BaseException) -> str:
-    return error.message if isinstance(error, PiPhiError) else str(error) or type(error).__name__
-
-
-def _code(error: BaseException) -> str:
-    return error.code if isinstance(error, PiPhiError) else "actor_exception"
