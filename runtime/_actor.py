@@ -90,10 +90,11 @@ class DeviceActor(Generic[ConfigT]):
     whenever data arrives.
 
     Raise ``DeviceUnavailable`` when the device is offline: the actor keeps its session
-    and is retried with backoff. Any other exception tears the session down
-    (``teardown()``) and sets it up again (``setup()``) after a backoff, on this same
-    instance, so attributes the actor keeps between polls survive unless ``setup()``
-    resets them.
+    and is retried with backoff. Raise ``ReconfigurationRequired`` when retrying cannot
+    help until the config changes (refused credentials). Any other exception tears the
+    session down (``teardown()``) and sets it up again (``setup()``) after a backoff, on
+    this same instance, so attributes the actor keeps between polls survive unless
+    ``setup()`` resets them.
 
     The config model is taken from the type parameter (``DeviceActor[PlugConfig]``) or
     from a ``config_model`` class attribute.
@@ -112,6 +113,9 @@ class DeviceActor(Generic[ConfigT]):
     command_timeout: ClassVar[float] = 10.0
     #: Grace period of teardown() when the actor is stopped or restarted.
     stop_timeout: ClassVar[float] = 5.0
+    #: Seconds between setup() probes while the device needs reconfiguration (after a
+    #: ReconfigurationRequired); a changed config from Core retries at once.
+    reconfigure_probe_interval: ClassVar[float] = 900.0
     restart_policy: ClassVar[RestartPolicy] = RestartPolicy()
 
     #: Filled in per subclass: the declared commands, by name.
@@ -168,7 +172,13 @@ class DeviceActor(Generic[ConfigT]):
                 f"got {poll_timeout!r}",
                 hint="Every poll needs a bound; use a long one rather than none.",
             )
-        for attr in ("poll_interval", "setup_timeout", "command_timeout", "stop_timeout"):
+        for attr in (
+            "poll_interval",
+            "setup_timeout",
+            "command_timeout",
+            "stop_timeout",
+            "reconfigure_probe_interval",
+        ):
             value = getattr(cls, attr)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise InvalidActor(

@@ -8,6 +8,7 @@
     ├── ActorNotAttached            an actor's output methods used outside a supervisor
     ├── DeviceUnavailable           raised BY actors: the device is offline or unreachable
     │   └── PollTimeout             a poll or setup overran its timeout (recorded)
+    ├── ReconfigurationRequired     raised BY actors: retrying cannot help (credentials, config)
     ├── ActorCrashed                recorded when an actor hook raised an unexpected exception
     ├── TeardownTimeout             teardown overran its grace period (recorded)
     ├── ActorCallError              a command or refresh sent to an actor did not succeed
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidReading",
     "PiPhiError",
     "PollTimeout",
+    "ReconfigurationRequired",
     "RefreshUnsupported",
     "SpoolError",
     "TeardownTimeout",
@@ -171,6 +173,49 @@ class PollTimeout(DeviceUnavailable):
         "The device did not answer in time. Check it is reachable, or raise the actor's "
         "poll_timeout if it is just slow; the runtime keeps retrying with backoff."
     )
+
+
+class ReconfigurationRequired(PiPhiError):
+    """Raise from an actor when retrying cannot help until the device's config changes:
+    credentials the device refuses, an address that is not the device, a setting it
+    rejects. Home Assistant's ``ConfigEntryAuthFailed`` is the model.
+
+    The supervisor tears the session down, moves the actor to ``needs_reconfiguration``
+    and tells Core once (``device.needs_reconfiguration``, severity ``error``, with
+    ``hint``). It runs no fast retry loop: it probes (setup again) every
+    ``reconfigure_probe_interval`` seconds of the actor class (15 minutes by default),
+    and at once when Core sends a changed config.
+
+    ``reason`` is a short stable word for Core and people, such as ``auth_rejected``;
+    ``hint`` says what to change.
+    """
+
+    code = "reconfiguration_required"
+    default_hint = (
+        "The device refuses its configuration; correct it (credentials, address) in PiPhi "
+        "and send it again. The runtime retries at once on a changed config."
+    )
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        reason: str = "configuration_rejected",
+        hint: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"ReconfigurationRequired needs a non-empty reason, got {reason!r}")
+        super().__init__(
+            message or f"the device needs a new configuration ({reason})",
+            hint=hint,
+            details={**(details or {}), "reason": reason},
+        )
+
+    @property
+    def reason(self) -> str:
+        """A short stable word for why, such as ``auth_rejected``."""
+        return str(self.details["reason"])
 
 
 class ActorCrashed(PiPhiError):

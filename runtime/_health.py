@@ -11,7 +11,7 @@ import time
 from array import array
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any, Literal, TypeAlias, overload
 
 import attrs
 import trio
@@ -19,8 +19,10 @@ import trio
 from ._lifecycle import ActorState
 
 __all__ = [
+    "AVAILABILITY_REASONS",
     "ActorCounters",
     "ActorHealth",
+    "AvailabilityReason",
     "Concern",
     "ErrorRecord",
     "PollTimings",
@@ -29,6 +31,17 @@ __all__ = [
 ]
 
 _WINDOW = 64  # poll durations kept for the rolling percentiles
+
+#: Why a device produces no data: ``offline`` (DeviceUnavailable or a timeout),
+#: ``crashing`` (its hooks raise other exceptions), ``failed`` (past the restart
+#: intensity), ``needs_reconfiguration`` (ReconfigurationRequired).
+AvailabilityReason: TypeAlias = Literal["offline", "crashing", "failed", "needs_reconfiguration"]
+AVAILABILITY_REASONS: tuple[AvailabilityReason, ...] = (
+    "offline",
+    "crashing",
+    "failed",
+    "needs_reconfiguration",
+)
 
 
 @overload
@@ -93,18 +106,43 @@ class Concern:
         return {"code": self.code, "message": self.message, "hint": self.hint}
 
 
+#: What each unhealthy state means for the fleet, and what to do about it. A device is
+#: healthy only while ``running``; ``stopping`` and ``stopped`` devices are on their way
+#: out of the configuration and say nothing about it.
+_STATE_CONCERNS: Mapping[ActorState, tuple[str, str]] = {
+    ActorState.STARTING: (
+        "setting up (setup() is running)",
+        "Usually brief; a device that stays here hangs in setup() until its setup_timeout.",
+    ),
+    ActorState.UNAVAILABLE: (
+        "offline or not answering in time, retried with backoff",
+        "See /diagnostics?state=unavailable for each one's last error and hint.",
+    ),
+    ActorState.BACKOFF: (
+        "crashing and waiting to be set up again",
+        "See /diagnostics?state=backoff for each one's last error and hint.",
+    ),
+    ActorState.FAILED: (
+        "restarted too often and are marked failed",
+        "See /diagnostics?state=failed for each one's last error and hint.",
+    ),
+    ActorState.NEEDS_RECONFIGURATION: (
+        "refusing their configuration and waiting for a changed one",
+        "See /diagnostics?state=needs_reconfiguration for what to change in each config.",
+    ),
+}
+
+
 def fleet_concerns(by_state: Mapping[str, int]) -> list[Concern]:
-    """What the actors' states (counted by state name) say about the fleet's health."""
-    failed = by_state.get(ActorState.FAILED.value, 0)
-    if not failed:
-        return []
-    return [
-        Concern(
-            "devices_failed",
-            f"{failed} device(s) restarted too often and are marked failed",
-            "See /diagnostics?state=failed for each one's last error and hint.",
-        )
-    ]
+    """What the actors' states (counted by state name) say about the fleet's health: one
+    concern per unhealthy state with devices in it, ``devices_<state>``, so ``/health``
+    is ``ok`` only while every device is running."""
+    concerns = []
+    for state, (what, hint) in _STATE_CONCERNS.items():
+        count = by_state.get(state.value, 0)
+        if count:
+            concerns.append(Concern(f"devices_{state.value}", f"{count} device(s) {what}", hint))
+    return concerns
 
 
 class PollTimings:
@@ -161,6 +199,9 @@ class ActorHealth:
     state: ActorState
     state_since: datetime
     available: bool
+    """Whether the device produces data (see ``availability_reason``)."""
+    availability_reason: AvailabilityReason | None
+    """Why it does not; None while available."""
     restarts_total: int
     restarts_in_window: int
     consecutive_failures: int
@@ -184,6 +225,7 @@ class ActorHealth:
             "state": self.state.value,
             "state_since": _iso(self.state_since),
             "available": self.available,
+            "availability_reason": self.availability_reason,
             "restarts_total": self.restarts_total,
             "restarts_in_window": self.restarts_in_window,
             "consecutive_failures": self.consecutive_failures,

@@ -17,6 +17,7 @@ import trio
 from ._actor import DeviceActor
 from ._config import validate_config
 from ._errors import InvalidActor
+from ._health import AvailabilityReason
 from ._policy import RestartPolicy
 from ._scheduler import Scheduler
 from ._sink import Sink
@@ -57,12 +58,14 @@ class ActorNursery:
         config: Mapping[str, Any] | Any,
         *,
         policy: RestartPolicy | None = None,
+        unavailable: AvailabilityReason | None = None,
     ) -> Supervisor:
         """Start a supervised actor for ``config`` (a mapping or a config model instance).
 
         Returns at once; setup() runs in the actor's own task. Raises InvalidConfig if the
         config does not validate against the actor's ``config_model``, and ValueError if an
-        actor for the same config id is still running (stop it first).
+        actor for the same config id is still running (stop it first). ``unavailable``
+        carries over why a stopped predecessor for the same config was unavailable.
         """
         if not (isinstance(actor_class, type) and issubclass(actor_class, DeviceActor)):
             raise InvalidActor(f"spawn() needs a DeviceActor subclass, got {actor_class!r}")
@@ -80,6 +83,7 @@ class ActorNursery:
             phase=self._phase(validated.id),
             policy=policy,
             on_exit=self._forget,
+            unavailable=unavailable,
         )
         self._nursery.start_soon(supervisor.run, name=f"actor {validated.id}")
         self._actors[validated.id] = supervisor  # after start_soon, which raises once closed

@@ -32,6 +32,7 @@ from pydantic.alias_generators import to_camel
 from ._actor import DeviceActor
 from ._config import WIRE_MODEL, DeviceIdentity, RuntimeConfig, validate_config
 from ._errors import ActorCallError, InvalidConfig
+from ._health import AvailabilityReason
 from ._nursery import ActorNursery
 from ._sink import EventRecord, Sink
 
@@ -394,6 +395,9 @@ class ConfigSync:
         """Reconfigure in place where the actor can and the class is the same; restart
         the rest (stop the old actor, then start a new one with the new config)."""
         how: dict[str, Change] = {}
+        # A restarted device that was unavailable stays so, for Core, until its new actor
+        # has data: one device.available then, not a second device.unavailable meanwhile.
+        unavailable: dict[str, AvailabilityReason] = {}
 
         async def change(config_id: str, desired: _Desired) -> None:
             running = self._actors.get(config_id)
@@ -411,6 +415,8 @@ class ConfigSync:
                     return
             if running is not None:
                 await running.stop()
+                if running.availability_reason is not None:
+                    unavailable[config_id] = running.availability_reason
             how[config_id] = "restarted"
 
         async with trio.open_nursery() as nursery:
@@ -418,7 +424,9 @@ class ConfigSync:
                 nursery.start_soon(change, config_id, desired)
         for config_id, desired in changed.items():
             if how[config_id] == "restarted":
-                self._actors.spawn(desired.actor_class, desired.config)
+                self._actors.spawn(
+                    desired.actor_class, desired.config, unavailable=unavailable.get(config_id)
+                )
             self._running[config_id] = desired
             self._event("device.reconfigured", desired.config.identity)
         return how

@@ -8,11 +8,20 @@ their ``run()`` never returns, so while it runs a second task serves the mailbox
 
 Failure handling, in short (the policy's docstring has the numbers):
 - ``DeviceUnavailable`` or a timeout: state ``unavailable``, same hook retried after a
-  backoff, session kept; one ``device.unavailable`` event per outage, one
-  ``device.available`` when data flows again.
+  backoff, session kept.
+- ``ReconfigurationRequired``: teardown, state ``needs_reconfiguration``, one
+  ``device.needs_reconfiguration`` event; set up again by a slow probe or at once when a
+  changed config arrives (``reconfigure()``, or the reconciler's restart).
 - any other exception: teardown, state ``backoff`` (or ``failed`` past the restart
-  intensity), setup again after the delay.
+  intensity, with one ``device.failed`` event), setup again after the delay.
 - nothing an actor raises leaves this module: a sibling never sees it.
+
+Availability is separate from the state: a device that produces no data is unavailable,
+whatever the cause (``offline``, ``crashing``, ``failed``, ``needs_reconfiguration``).
+One ``device.unavailable`` event per outage, whatever the reasons it went through, and
+one ``device.available`` when data flows again: a successful poll, or a ``report()`` from
+a push actor's ``run()``. A ``report()`` from inside ``poll()`` proves nothing: the
+poll's own outcome decides.
 
 The pieces it drives live beside it: the restart bookkeeping (``RestartTracker`` in
 ``_policy.py``), the mailbox (``_mailbox.py``) and the counters (``ActorCounters`` in
@@ -45,6 +54,7 @@ from ._errors import (
     DeviceUnavailable,
     PiPhiError,
     PollTimeout,
+    ReconfigurationRequired,
     RefreshUnsupported,
     TeardownTimeout,
     UnknownCommand,
@@ -52,7 +62,7 @@ from ._errors import (
     error_message,
     errors_beside_cancellation,
 )
-from ._health import ActorCounters, ActorHealth, ErrorRecord, wall_clock
+from ._health import ActorCounters, ActorHealth, AvailabilityReason, ErrorRecord, wall_clock
 from ._lifecycle import ActorState, check_transition
 from ._mailbox import MAILBOX_SIZE, REPLY_SLACK, Mailbox
 from ._policy import RestartPolicy, RestartTracker
@@ -105,7 +115,6 @@ class Supervisor:
 
     __slots__ = (
         "__weakref__",
-        "_announced_unavailable",
         "_armed",
         "_bell",
         "_counters",
@@ -127,7 +136,9 @@ class Supervisor:
         "_poll_open",
         "_poll_timeout",
         "_ready",
+        "_receiving",
         "_recent_events",
+        "_reconfiguration_told",
         "_restarts",
         "_rng",
         "_run_ended",
@@ -139,6 +150,7 @@ class Supervisor:
         "_state_since",
         "_state_updated",
         "_state_values",
+        "_unavailable_reason",
         "_watchdog",
         "actor",
         "identity",
@@ -154,7 +166,11 @@ class Supervisor:
         phase: float = 0.0,
         policy: RestartPolicy | None = None,
         on_exit: Callable[[Supervisor], None] | None = None,
+        unavailable: AvailabilityReason | None = None,
     ) -> None:
+        """``unavailable``: why the actor this one replaces (same config, restarted for a
+        changed one) had left the device unavailable; Core then hears ``device.available``
+        when data flows, not a second ``device.unavailable``."""
         cls = type(actor)
         self.actor = actor
         self.identity: DeviceIdentity = actor.config.identity
@@ -188,7 +204,9 @@ class Supervisor:
         self._started = False  # the first poll has been scheduled (spread only once)
         self._needs_teardown = False  # setup() was entered and teardown() has not run since
         self._ready = False  # setup() completed: a session exists
-        self._announced_unavailable = False
+        self._receiving = False  # a push actor's run() is running: its reports prove life
+        self._unavailable_reason = unavailable  # None: available
+        self._reconfiguration_told = False  # Core was told to change the config; not again
         self._last_error: ErrorRecord | None = None
         self._mailbox: Mailbox | None = None  # made on the first call: most actors get none
         self._state_values: dict[str, Any] | None = None
@@ -208,6 +226,11 @@ class Supervisor:
     def state(self) -> ActorState:
         return self._state
 
+    @property
+    def availability_reason(self) -> AvailabilityReason | None:
+        """Why the device produces no data (see ``ActorHealth``); None while available."""
+        return self._unavailable_reason
+
     def health(self) -> ActorHealth:
         """An immutable snapshot of this actor's health, consistent at the moment of the call."""
         now = trio.current_time()
@@ -225,7 +248,8 @@ class Supervisor:
             actor=type(self.actor).__name__,
             state=self._state,
             state_since=datetime.fromtimestamp(epoch + self._state_since, UTC),
-            available=not self._announced_unavailable,
+            available=self._unavailable_reason is None,
+            availability_reason=self._unavailable_reason,
             restarts_total=restarts.restarts_total,
             restarts_in_window=restarts.restarts_in_window(now),
             consecutive_failures=restarts.consecutive,
@@ -303,15 +327,28 @@ class Supervisor:
         actor = self.actor
         if not actor.reconfigurable:
             raise CallFailed(f"{type(actor).__name__} does not define reconfigure()")
+        if self._state is S.NEEDS_RECONFIGURATION:
+            # No session to hand it to, and the actor's task is parked until its probe:
+            # take the config and set up with it now.
+            self._adopt(config)
+            self._reconfiguration_told = False
+            self._due = trio.current_time()
+            self._bell.ring()
+            await trio.lowlevel.checkpoint()
+            return
 
         async def adopt() -> None:
             await actor.reconfigure(config)
-            actor.config = config
-            actor._log = None
-            self.identity = config.identity
-            self._interval, self._poll_timeout = _timings_for(type(actor), config)
+            self._adopt(config)
 
         await self._call("reconfigure", adopt, type(actor).command_timeout)
+
+    def _adopt(self, config: Any) -> None:
+        actor = self.actor
+        actor.config = config
+        actor._log = None
+        self.identity = config.identity
+        self._interval, self._poll_timeout = _timings_for(type(actor), config)
 
     def recent_events(self) -> tuple[EventRecord, ...]:
         """The last events this actor and its supervisor emitted, oldest first."""
@@ -347,9 +384,11 @@ class Supervisor:
     ) -> None:
         if batch:
             self._emit_telemetry(batch, device_id, observed_at)
-        # Data arriving while the session is live proves the device is back. Only there:
-        # a report from setup() or teardown() says nothing about the running session.
-        if self._ready and self._state in (S.RUNNING, S.UNAVAILABLE):
+        # Data arriving from a push actor's run() proves the device is back. Only there:
+        # inside a poll the poll's own outcome decides (a failure heartbeat reported just
+        # before raising DeviceUnavailable is no proof of life), and setup(), teardown()
+        # or a command say nothing about the running session.
+        if self._receiving:
             self._succeeded(trio.current_time())
 
     def on_event(
@@ -441,7 +480,7 @@ class Supervisor:
             await self._teardown()
             self._unavailable(error, "setup", trio.current_time())
         else:
-            await self._crash(error, "setup")
+            await self._failure(error, "setup")
 
     async def _poll(self, started: float, *, scheduled: bool) -> tuple[Reading, ...] | Exception:
         """One poll. Returns the readings or the error, already handled (state, events).
@@ -515,7 +554,7 @@ class Supervisor:
             # and its backoff stand, or a UI refreshing every few seconds would defer it.
             self._unavailable(error, "poll", ended, reschedule=scheduled or not was_unavailable)
         else:
-            await self._crash(error, "poll")
+            await self._failure(error, "poll")
 
     async def _run_push(self) -> None:
         if self._state is S.RUNNING and self._restarts is not None:
@@ -524,6 +563,7 @@ class Supervisor:
         error: Exception
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_mailbox_while_running)
+            self._receiving = True
             try:
                 await self.actor.run()
                 error = ActorCrashed(
@@ -534,6 +574,8 @@ class Supervisor:
                 error = exc
             except BaseExceptionGroup as group:
                 error = errors_beside_cancellation(group)
+            finally:
+                self._receiving = False
             # Calls cut short from here on learn the actor is restarting, unless this task
             # is itself being cancelled (stopped).
             self._run_ended = trio.current_effective_deadline() != -math.inf
@@ -542,7 +584,7 @@ class Supervisor:
         if isinstance(error, DeviceUnavailable):
             self._unavailable(error, "run", trio.current_time())
         else:
-            await self._crash(error, "run")
+            await self._failure(error, "run")
 
     async def _serve_mailbox_while_running(self) -> None:
         while True:
@@ -557,8 +599,9 @@ class Supervisor:
             self._restarts.succeeded(now)
         if self._state is S.UNAVAILABLE:
             self._transition(S.RUNNING)
-        if self._announced_unavailable:
-            self._announced_unavailable = False
+        if self._unavailable_reason is not None:
+            self._unavailable_reason = None
+            self._reconfiguration_told = False
             self.actor.log.info("device is available again")
             self._emit_event("device.available", "info", {})
 
@@ -571,19 +614,17 @@ class Supervisor:
         if not reschedule:
             return
         restarts.forget_if_healthy(now)
-        if not self._announced_unavailable:
-            self._announced_unavailable = True
-            self.actor.log.warning("device unavailable (%s): %s", phase, error)
-            self._emit_event(
-                "device.unavailable",
-                "warning",
-                {"reason": error_message(error), "code": error_code(error), "phase": phase},
-            )
-        else:
-            self.actor.log.debug("still unavailable (%s): %s", phase, error)
+        self._produces_nothing("offline", error, phase)
         if self._state is not S.UNAVAILABLE:
             self._transition(S.UNAVAILABLE)
         self._due = now + restarts.next_delay(self._rng)
+
+    async def _failure(self, error: Exception, phase: str) -> None:
+        """An exception that is not the device being offline: the session goes."""
+        if isinstance(error, ReconfigurationRequired):
+            await self._needs_reconfiguration(error, phase)
+        else:
+            await self._crash(error, phase)
 
     async def _crash(self, error: Exception, phase: str) -> None:
         now = trio.current_time()
@@ -596,6 +637,7 @@ class Supervisor:
             self.actor.log.debug(
                 "%s() raised the same error again (restart %d)", phase, restarts.restarts_total
             )
+        self._produces_nothing("failed" if restarts.failed else "crashing", error, phase)
         if newly_failed:
             policy = restarts.policy
             self.actor.log.error(
@@ -604,9 +646,62 @@ class Supervisor:
                 policy.restart_window,
                 policy.max_delay,
             )
+            self._emit_event(
+                "device.failed",
+                "error",
+                {
+                    **_described(error, phase),
+                    "restarts_in_window": restarts.restarts_in_window(now),
+                    "retry_every_s": policy.max_delay,
+                },
+            )
         self._transition(S.FAILED if restarts.failed else S.BACKOFF)
         await self._teardown()
         self._due = trio.current_time() + restarts.next_delay(self._rng)
+
+    async def _needs_reconfiguration(self, error: ReconfigurationRequired, phase: str) -> None:
+        """Retrying cannot help: release the session and wait for a changed config, with
+        a slow probe in case the device side was fixed instead."""
+        now = trio.current_time()
+        self._record(error, phase, now)
+        restarts = self._tracker()
+        restarts.missed()
+        restarts.forget_if_healthy(now)
+        probe = type(self.actor).reconfigure_probe_interval
+        # Torn down before the state says so: reconfigure() adopts a config directly only
+        # in that state, which it must never see while teardown() still runs.
+        await self._teardown()
+        self._transition(S.NEEDS_RECONFIGURATION)
+        self._produces_nothing("needs_reconfiguration", error, phase)
+        if not self._reconfiguration_told:
+            self._reconfiguration_told = True
+            self.actor.log.error(
+                "%s() says the device needs a new configuration (%s): %s; next probe in %g s",
+                phase,
+                error.reason,
+                error.message,
+                probe,
+            )
+            self._emit_event(
+                "device.needs_reconfiguration",
+                "error",
+                {**_described(error, phase), "reason": error.reason, "probe_every_s": probe},
+            )
+        self._due = trio.current_time() + probe
+
+    def _produces_nothing(self, reason: AvailabilityReason, error: Exception, phase: str) -> None:
+        """Mark the device unavailable for ``reason``; Core hears once per outage."""
+        if self._unavailable_reason is not None:
+            self._unavailable_reason = reason
+            self.actor.log.debug("still unavailable (%s, %s): %s", reason, phase, error)
+            return
+        self._unavailable_reason = reason
+        self.actor.log.warning("device unavailable (%s, %s): %s", reason, phase, error)
+        self._emit_event(
+            "device.unavailable",
+            "warning" if reason in ("offline", "crashing") else "error",
+            {**_described(error, phase), "reason": reason},
+        )
 
     def _tracker(self) -> RestartTracker:
         restarts = self._restarts
@@ -651,8 +746,12 @@ class Supervisor:
         if self._ready:
             return None
         retry = max(0.0, self._due - trio.current_time())
+        hint = None
+        if self._state is S.NEEDS_RECONFIGURATION and self._last_error is not None:
+            hint = self._last_error.hint
         return ActorNotReady(
             f"{what} refused: the device is {self._state.value}; next attempt in {retry:.1f} s",
+            hint=hint,
             details={"state": self._state.value, "retry_after": round(retry, 3)},
         )
 
@@ -759,6 +858,16 @@ class Supervisor:
                 source="supervisor",
             ),
         )
+
+
+def _described(error: Exception, phase: str) -> dict[str, Any]:
+    """The parts of an error an event carries to Core: what, its code, what to do."""
+    return {
+        "message": error_message(error),
+        "code": error_code(error),
+        "hint": error.hint if isinstance(error, PiPhiError) else ActorCrashed.default_hint,
+        "phase": phase,
+    }
 
 
 def _not_run(what: str) -> ActorStopped:
