@@ -6,7 +6,7 @@ reports offline devices once, and serializes commands with polls.
 """
 
 from ._actor import CommandSpec, DeviceActor, command
-from ._config import DeviceIdentity, PollInterval, RuntimeConfig
+from ._config import MIN_POLL_INTERVAL, DeviceIdentity, PollInterval, RuntimeConfig
 from ._core import CoreClient
 from ._errors import (
     ActorBusy,
@@ -66,6 +66,7 @@ from ._supervisor import Refresh, Supervisor
 __version__ = "0.1.0"
 
 __all__ = [
+    "MIN_POLL_INTERVAL",
     "ActorBusy",
     "ActorCallError",
     "ActorCrashed",

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import attrs
 
-from ._config import RuntimeConfig
+from ._config import MIN_POLL_INTERVAL, RuntimeConfig
 from ._errors import ActorNotAttached, InvalidActor, InvalidEvent, InvalidReading
 from ._policy import RestartPolicy
 from ._reading import Reading, validate_readings
@@ -102,7 +102,8 @@ class DeviceActor(Generic[ConfigT]):
 
     #: The pydantic model this actor's configs are validated against.
     config_model: ClassVar[type[RuntimeConfig]] = RuntimeConfig
-    #: Seconds between polls when the config has no ``poll_interval_seconds``.
+    #: Seconds between polls when the config has no ``poll_interval_seconds``; at least
+    #: ``MIN_POLL_INTERVAL`` (0.1 s), like the config's.
     poll_interval: ClassVar[float] = 30.0
     #: Seconds a poll may take before it counts as the device not answering.
     #: None means the poll interval, at most 10 s.
@@ -184,6 +185,7 @@ class DeviceActor(Generic[ConfigT]):
                 raise InvalidActor(
                     f"{cls.__name__}.{attr} must be a positive number, got {value!r}"
                 )
+        _check_poll_intervals(cls)
 
     # -- hooks: override these ---------------------------------------------------------
 
@@ -286,6 +288,23 @@ class DeviceActor(Generic[ConfigT]):
                 f"{type(self).__name__} for {self.config.id!r} is not running under a supervisor"
             )
         return self._outputs
+
+
+def _check_poll_intervals(cls: type[DeviceActor[Any]]) -> None:
+    """The class's ``poll_interval`` and its config model's default ``poll_interval_seconds``
+    (which validation does not see) respect ``MIN_POLL_INTERVAL``."""
+    field = cls.config_model.model_fields.get("poll_interval_seconds")
+    default = field.default if field is not None else None
+    for where, value in (
+        (f"{cls.__name__}.poll_interval", cls.poll_interval),
+        (f"{cls.config_model.__name__}.poll_interval_seconds's default", default),
+    ):
+        if isinstance(value, (int, float)) and not value >= MIN_POLL_INTERVAL:
+            raise InvalidActor(
+                f"{where} must be a positive number of at least {MIN_POLL_INTERVAL} s, "
+                f"got {value!r}",
+                hint="Shorter intervals starve every other device of the event loop.",
+            )
 
 
 def _collect_commands(cls: type[DeviceActor[Any]]) -> dict[str, CommandSpec]:

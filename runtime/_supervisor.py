@@ -44,7 +44,7 @@ import attrs
 import trio
 
 from ._actor import DeviceActor
-from ._config import DeviceIdentity
+from ._config import MIN_POLL_INTERVAL, DeviceIdentity
 from ._errors import (
     ActorCallError,
     ActorCrashed,
@@ -429,10 +429,21 @@ class Supervisor:
             await self._shutdown()
 
     async def _loop(self) -> None:
+        """Run what is due, serve the mailbox, or wait for the doorbell, until the lane is
+        cancelled. No two actions run without a yield to trio between them: whatever an
+        actor does (a poll that returns without awaiting, a hook that fails at once with
+        a retry due at once), its siblings and the routes get the thread in between."""
+        yielded = True
         # A poll that swallowed the watchdog's cancellation returns here with the lane
         # cancelled; leave it at once rather than run anything else inside it.
         while not self._lane_cancelled:
             now = trio.current_time()
+            if not yielded and (now >= self._due or self._mailbox):
+                # Only here can the loop go on without waiting: then yield first.
+                await trio.lowlevel.checkpoint()
+                yielded = True
+                continue
+            yielded = False
             # What is due comes first: it makes calls sent before the first setup() wait
             # for it, and lets a push actor start run(), which serves calls alongside.
             if now >= self._due:
@@ -450,6 +461,7 @@ class Supervisor:
                     self._armed = self._due
                     self._scheduler.ring_at(self._due, self._bell)
                 await self._bell.wait()
+                yielded = True
 
     async def _setup(self) -> None:
         if self._state is not S.STARTING:
@@ -887,8 +899,10 @@ def _timed_out(phase: str, timeout: float, raised: Exception | None) -> PollTime
 
 
 def _timings_for(cls: type[DeviceActor[Any]], config: Any) -> tuple[float, float]:
-    """An actor's poll interval and poll timeout for ``config``."""
-    interval = float(config.poll_interval_seconds or cls.poll_interval)
+    """An actor's poll interval and poll timeout for ``config``. Configs and actor classes
+    are checked against ``MIN_POLL_INTERVAL`` already; a config built without validation
+    (``model_construct``) is held to it here."""
+    interval = max(MIN_POLL_INTERVAL, float(config.poll_interval_seconds or cls.poll_interval))
     timeout = cls.poll_timeout
     return interval, min(interval, _DEFAULT_POLL_TIMEOUT_CAP) if timeout is None else float(timeout)
 
