@@ -177,10 +177,23 @@ class ActorCounters(PollTimings):
     demand. Times are trio time. One object with the timings rather than two: every
     object an idle actor holds is one more for each garbage-collector pass to scan."""
 
-    __slots__ = ("last_poll_ended", "last_poll_started", "overruns", "polls", "readings")
+    __slots__ = (
+        "blocking_calls",
+        "last_poll_ended",
+        "last_poll_started",
+        "longest_stall",
+        "overruns",
+        "polls",
+        "readings",
+        "stalled_at",
+    )
 
     def __init__(self) -> None:
         super().__init__()
+        self.blocking_calls = 0
+        """Times the actor's code held the trio thread past the stall watchdog's threshold."""
+        self.longest_stall: float | None = None
+        self.stalled_at: float | None = None
         self.polls = 0
         self.overruns = 0
         """Ticks skipped because the actor was still busy."""
@@ -215,6 +228,10 @@ class ActorHealth:
     polls: int
     overruns: int
     readings: int
+    blocking_calls: int = 0
+    """Times the actor's code blocked the event loop (see ``runtime/_stalls.py``)."""
+    longest_stall: float | None = None
+    """Seconds, the longest of those."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; durations in seconds, times as ISO-8601 strings."""
@@ -239,4 +256,6 @@ class ActorHealth:
             "polls": self.polls,
             "overruns": self.overruns,
             "readings": self.readings,
+            "blocking_calls": self.blocking_calls,
+            "longest_stall": self.longest_stall,
         }

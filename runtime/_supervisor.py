@@ -69,6 +69,7 @@ from ._policy import RestartPolicy, RestartTracker
 from ._reading import Reading, validate_readings
 from ._scheduler import Doorbell, Scheduler
 from ._sink import EventRecord, Severity, Sink, TelemetryRecord
+from ._stalls import STALL_EPISODE
 
 __all__ = ["MAILBOX_SIZE", "RECENT_EVENTS", "Refresh", "Supervisor"]
 
@@ -76,6 +77,10 @@ log = logging.getLogger("runtime.supervisor")
 
 #: Events each actor keeps for ``/events`` (its slice of the registry).
 RECENT_EVENTS = 20
+_BLOCKING_HINT = (
+    "A hook made a blocking call (time.sleep, a synchronous client or file call, heavy "
+    "CPU) and held every other device; await the work with trio.to_thread.run_sync()."
+)
 _DEFAULT_POLL_TIMEOUT_CAP = 10.0
 
 S = ActorState
@@ -263,6 +268,8 @@ class Supervisor:
             polls=counters.polls,
             overruns=counters.overruns,
             readings=counters.readings,
+            blocking_calls=counters.blocking_calls,
+            longest_stall=counters.longest_stall,
         )
 
     def published_state(self) -> tuple[Mapping[str, Any], datetime | None]:
@@ -404,6 +411,30 @@ class Supervisor:
         )
         self._send_event(record)
         return record.event_id
+
+    # -- told by the stall watchdog (runtime/_stalls.py) -------------------------------
+
+    def on_stall(self, seconds: float, where: str) -> bool:
+        """The actor's code held the trio thread for ``seconds`` (at ``where``). Counted
+        every time; said once per episode (``STALL_EPISODE`` quiet seconds apart)."""
+        now = trio.current_time()
+        counters = self._counters
+        counters.blocking_calls += 1
+        counters.longest_stall = max(counters.longest_stall or 0.0, seconds)
+        new_episode = counters.stalled_at is None or now - counters.stalled_at > STALL_EPISODE
+        counters.stalled_at = now
+        if not new_episode:
+            self.actor.log.debug("blocked the event loop again for %.2f s in %s", seconds, where)
+            return False
+        self.actor.log.warning(
+            "blocked the event loop for %.2f s in %s: every other device waited", seconds, where
+        )
+        self._emit_event(
+            "runtime.blocking_call",
+            "warning",
+            {"seconds": round(seconds, 3), "where": where, "hint": _BLOCKING_HINT},
+        )
+        return True
 
     # -- the actor's task ----------------------------------------------------------------
 
