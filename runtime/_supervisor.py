@@ -244,7 +244,7 @@ class Supervisor:
         def wall(trio_time: float | None) -> datetime | None:
             return None if trio_time is None else datetime.fromtimestamp(epoch + trio_time, UTC)
 
-        counters, restarts = self._counters, self._restarts or RestartTracker(self._policy)
+        counters, restarts = self._counters, self._restarts
         p50, p95 = counters.percentiles()
         polling = self.actor.mode == "poll" and self._state not in (S.STOPPING, S.STOPPED)
         return ActorHealth(
@@ -255,9 +255,9 @@ class Supervisor:
             state_since=datetime.fromtimestamp(epoch + self._state_since, UTC),
             available=self._unavailable_reason is None,
             availability_reason=self._unavailable_reason,
-            restarts_total=restarts.restarts_total,
-            restarts_in_window=restarts.restarts_in_window(now),
-            consecutive_failures=restarts.consecutive,
+            restarts_total=restarts.restarts_total if restarts else 0,
+            restarts_in_window=restarts.restarts_in_window(now) if restarts else 0,
+            consecutive_failures=restarts.consecutive if restarts else 0,
             last_error=self._last_error,
             last_poll_started=wall(counters.last_poll_started),
             last_poll_ended=wall(counters.last_poll_ended),
