@@ -19,7 +19,6 @@ import trio
 from ._lifecycle import ActorState
 
 __all__ = [
-    "AVAILABILITY_REASONS",
     "ActorCounters",
     "ActorHealth",
     "AvailabilityReason",
@@ -36,12 +35,6 @@ _WINDOW = 64  # poll durations kept for the rolling percentiles
 #: ``crashing`` (its hooks raise other exceptions), ``failed`` (past the restart
 #: intensity), ``needs_reconfiguration`` (ReconfigurationRequired).
 AvailabilityReason: TypeAlias = Literal["offline", "crashing", "failed", "needs_reconfiguration"]
-AVAILABILITY_REASONS: tuple[AvailabilityReason, ...] = (
-    "offline",
-    "crashing",
-    "failed",
-    "needs_reconfiguration",
-)
 
 
 @overload
