@@ -79,7 +79,7 @@ LATENESS = Lateness()
 class TimedThermostat(SimulatedThermostat):
     async def poll(self):  # type: ignore[no-untyped-def]
         # The supervisor's due time for the poll now starting (bench-only peek).
-        LATENESS.add(trio.current_time() - self._supervisor._due)  # type: ignore[union-attr]
+        LATENESS.add(trio.current_time() - self._outputs._due)  # type: ignore[union-attr, attr-defined]
         return await super().poll()
 
 

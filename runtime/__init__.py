@@ -7,7 +7,7 @@ reports offline devices once, and serializes commands with polls.
 
 from ._actor import CommandSpec, DeviceActor, command
 from ._capability import Capability
-from ._config import DeviceIdentity, PollInterval, RuntimeConfig
+from ._config import MIN_POLL_INTERVAL, DeviceIdentity, PollInterval, RuntimeConfig
 from ._core import CoreClient
 from ._errors import (
     ActorBusy,
@@ -35,6 +35,7 @@ from ._errors import (
     InvalidReading,
     PiPhiError,
     PollTimeout,
+    ReconfigurationRequired,
     RefreshUnsupported,
     SpoolError,
     TeardownTimeout,
@@ -66,6 +67,7 @@ from ._supervisor import Refresh, Supervisor
 __version__ = "0.1.0"
 
 __all__ = [
+    "MIN_POLL_INTERVAL",
     "ActorBusy",
     "ActorCallError",
     "ActorCrashed",
@@ -113,6 +115,7 @@ __all__ = [
     "PollInterval",
     "PollTimeout",
     "Reading",
+    "ReconfigurationRequired",
     "Refresh",
     "RefreshUnsupported",
     "Registry",

@@ -15,20 +15,17 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import attrs
 
 from ._capability import Capability
-from ._config import RuntimeConfig
+from ._config import MIN_POLL_INTERVAL, RuntimeConfig
 from ._errors import ActorNotAttached, InvalidActor, InvalidEvent, InvalidReading
 from ._logs import protect
 from ._policy import RestartPolicy
 from ._reading import Reading, validate_readings
-from ._sink import SEVERITIES, Severity
-
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor
+from ._sink import SEVERITIES, ActorOutputs, Severity
 
 __all__ = ["CommandSpec", "DeviceActor", "command"]
 
@@ -95,10 +92,11 @@ class DeviceActor(Generic[ConfigT]):
     whenever data arrives.
 
     Raise ``DeviceUnavailable`` when the device is offline: the actor keeps its session
-    and is retried with backoff. Any other exception tears the session down
-    (``teardown()``) and sets it up again (``setup()``) after a backoff, on this same
-    instance, so attributes the actor keeps between polls survive unless ``setup()``
-    resets them.
+    and is retried with backoff. Raise ``ReconfigurationRequired`` when retrying cannot
+    help until the config changes (refused credentials). Any other exception tears the
+    session down (``teardown()``) and sets it up again (``setup()``) after a backoff, on
+    this same instance, so attributes the actor keeps between polls survive unless
+    ``setup()`` resets them.
 
     The config model is taken from the type parameter (``DeviceActor[PlugConfig]``) or
     from a ``config_model`` class attribute.
@@ -106,7 +104,8 @@ class DeviceActor(Generic[ConfigT]):
 
     #: The pydantic model this actor's configs are validated against.
     config_model: ClassVar[type[RuntimeConfig]] = RuntimeConfig
-    #: Seconds between polls when the config has no ``poll_interval_seconds``.
+    #: Seconds between polls when the config has no ``poll_interval_seconds``; at least
+    #: ``MIN_POLL_INTERVAL`` (0.1 s), like the config's.
     poll_interval: ClassVar[float] = 30.0
     #: Seconds a poll may take before it counts as the device not answering.
     #: None means the poll interval, at most 10 s.
@@ -117,6 +116,9 @@ class DeviceActor(Generic[ConfigT]):
     command_timeout: ClassVar[float] = 10.0
     #: Grace period of teardown() when the actor is stopped or restarted.
     stop_timeout: ClassVar[float] = 5.0
+    #: Seconds between setup() probes while the device needs reconfiguration (after a
+    #: ReconfigurationRequired); a changed config from Core retries at once.
+    reconfigure_probe_interval: ClassVar[float] = 900.0
     restart_policy: ClassVar[RestartPolicy] = RestartPolicy()
     #: What the device can do beyond its commands, for the manifest and its entities.
     capabilities: ClassVar[Mapping[str, Capability]] = MappingProxyType({})
@@ -130,7 +132,8 @@ class DeviceActor(Generic[ConfigT]):
     reconfigurable: ClassVar[bool] = False
 
     config: ConfigT
-    _supervisor: Supervisor | None
+    _outputs: ActorOutputs | None
+    """Where the output methods hand what they produce: the supervisor, while it runs us."""
     _log: logging.LoggerAdapter | None  # type: ignore[type-arg]
 
     def __init__(self, config: ConfigT) -> None:
@@ -142,7 +145,7 @@ class DeviceActor(Generic[ConfigT]):
                 f"got {type(config).__name__}"
             )
         self.config = config
-        self._supervisor = None
+        self._outputs = None
         self._log = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -175,12 +178,19 @@ class DeviceActor(Generic[ConfigT]):
                 f"got {poll_timeout!r}",
                 hint="Every poll needs a bound; use a long one rather than none.",
             )
-        for attr in ("poll_interval", "setup_timeout", "command_timeout", "stop_timeout"):
+        for attr in (
+            "poll_interval",
+            "setup_timeout",
+            "command_timeout",
+            "stop_timeout",
+            "reconfigure_probe_interval",
+        ):
             value = getattr(cls, attr)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise InvalidActor(
                     f"{cls.__name__}.{attr} must be a positive number, got {value!r}"
                 )
+        _check_poll_intervals(cls)
 
     # -- hooks: override these ---------------------------------------------------------
 
@@ -277,12 +287,29 @@ class DeviceActor(Generic[ConfigT]):
             )
         return self._log
 
-    def _attached(self) -> Supervisor:
-        if self._supervisor is None:
+    def _attached(self) -> ActorOutputs:
+        if self._outputs is None:
             raise ActorNotAttached(
                 f"{type(self).__name__} for {self.config.id!r} is not running under a supervisor"
             )
-        return self._supervisor
+        return self._outputs
+
+
+def _check_poll_intervals(cls: type[DeviceActor[Any]]) -> None:
+    """The class's ``poll_interval`` and its config model's default ``poll_interval_seconds``
+    (which validation does not see) respect ``MIN_POLL_INTERVAL``."""
+    field = cls.config_model.model_fields.get("poll_interval_seconds")
+    default = field.default if field is not None else None
+    for where, value in (
+        (f"{cls.__name__}.poll_interval", cls.poll_interval),
+        (f"{cls.config_model.__name__}.poll_interval_seconds's default", default),
+    ):
+        if isinstance(value, (int, float)) and not value >= MIN_POLL_INTERVAL:
+            raise InvalidActor(
+                f"{where} must be a positive number of at least {MIN_POLL_INTERVAL} s, "
+                f"got {value!r}",
+                hint="Shorter intervals starve every other device of the event loop.",
+            )
 
 
 def _collect_commands(cls: type[DeviceActor[Any]]) -> dict[str, CommandSpec]:

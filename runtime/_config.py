@@ -7,17 +7,56 @@ from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 import attrs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ._contract import WIRE_MODEL
 from ._errors import InvalidConfig
 from ._redact import SecretValues
 
-__all__ = ["DeviceIdentity", "PollInterval", "RuntimeConfig", "validate_config"]
+__all__ = [
+    "MIN_POLL_INTERVAL",
+    "DeviceIdentity",
+    "PollInterval",
+    "RuntimeConfig",
+    "check_poll_interval",
+    "validate_config",
+]
 
 
-#: A poll interval in seconds: finite and positive.
-PollInterval = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: The shortest poll interval the runtime accepts, in seconds, from a config or an actor
+#: class. Every poll costs a wakeup, a timeout watch and a telemetry payload; ten a second
+#: per device is already more than any device we know of needs, and intervals far below
+#: it (1e-9 s was seen) make one device's polls crowd out every other task.
+MIN_POLL_INTERVAL = 0.1
+
+
+def check_poll_interval(seconds: float) -> float:
+    """``seconds`` if it is a usable poll interval; a validation error naming the minimum
+    otherwise (NaN included)."""
+    if not seconds >= MIN_POLL_INTERVAL:
+        raise PydanticCustomError(
+            "poll_interval_too_short",
+            "a poll interval must be at least {minimum} s, got {seconds}",
+            {"minimum": MIN_POLL_INTERVAL, "seconds": seconds},
+        )
+    return seconds
+
+
+#: A poll interval in seconds: finite and at least ``MIN_POLL_INTERVAL``.
+PollInterval = Annotated[
+    float,
+    Field(allow_inf_nan=False, json_schema_extra={"minimum": MIN_POLL_INTERVAL}),
+    AfterValidator(check_poll_interval),
+]
 
 
 @attrs.frozen(slots=True)
@@ -49,8 +88,15 @@ class RuntimeConfig(BaseModel):
     device_id: str | None = None
     container_id: str | None = None
     integration_id: str | None = None
-    #: Seconds between polls; when None, the actor class's ``poll_interval`` applies.
+    #: Seconds between polls, at least ``MIN_POLL_INTERVAL``; when None, the actor
+    #: class's ``poll_interval`` applies.
     poll_interval_seconds: PollInterval | None = None
+
+    @field_validator("poll_interval_seconds", mode="after", check_fields=False)
+    @classmethod
+    def _bounded_interval(cls, seconds: float | None) -> float | None:
+        """The minimum holds also where a subclass redeclares the field as a plain float."""
+        return None if seconds is None else check_poll_interval(seconds)
 
     @property
     def identity(self) -> DeviceIdentity:

@@ -8,6 +8,7 @@
     ├── ActorNotAttached            an actor's output methods used outside a supervisor
     ├── DeviceUnavailable           raised BY actors: the device is offline or unreachable
     │   └── PollTimeout             a poll or setup overran its timeout (recorded)
+    ├── ReconfigurationRequired     raised BY actors: retrying cannot help (credentials, config)
     ├── ActorCrashed                recorded when an actor hook raised an unexpected exception
     ├── TeardownTimeout             teardown overran its grace period (recorded)
     ├── ActorCallError              a command or refresh sent to an actor did not succeed
@@ -40,6 +41,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import trio
+
 __all__ = [
     "ActorBusy",
     "ActorCallError",
@@ -66,10 +69,14 @@ __all__ = [
     "InvalidReading",
     "PiPhiError",
     "PollTimeout",
+    "ReconfigurationRequired",
     "RefreshUnsupported",
     "SpoolError",
     "TeardownTimeout",
     "UnknownCommand",
+    "error_code",
+    "error_message",
+    "errors_beside_cancellation",
 ]
 
 
@@ -166,6 +173,49 @@ class PollTimeout(DeviceUnavailable):
         "The device did not answer in time. Check it is reachable, or raise the actor's "
         "poll_timeout if it is just slow; the runtime keeps retrying with backoff."
     )
+
+
+class ReconfigurationRequired(PiPhiError):
+    """Raise from an actor when retrying cannot help until the device's config changes:
+    credentials the device refuses, an address that is not the device, a setting it
+    rejects. Home Assistant's ``ConfigEntryAuthFailed`` is the model.
+
+    The supervisor tears the session down, moves the actor to ``needs_reconfiguration``
+    and tells Core once (``device.needs_reconfiguration``, severity ``error``, with
+    ``hint``). It runs no fast retry loop: it probes (setup again) every
+    ``reconfigure_probe_interval`` seconds of the actor class (15 minutes by default),
+    and at once when Core sends a changed config.
+
+    ``reason`` is a short stable word for Core and people, such as ``auth_rejected``;
+    ``hint`` says what to change.
+    """
+
+    code = "reconfiguration_required"
+    default_hint = (
+        "The device refuses its configuration; correct it (credentials, address) in PiPhi "
+        "and send it again. The runtime retries at once on a changed config."
+    )
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        reason: str = "configuration_rejected",
+        hint: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"ReconfigurationRequired needs a non-empty reason, got {reason!r}")
+        super().__init__(
+            message or f"the device needs a new configuration ({reason})",
+            hint=hint,
+            details={**(details or {}), "reason": reason},
+        )
+
+    @property
+    def reason(self) -> str:
+        """A short stable word for why, such as ``auth_rejected``."""
+        return str(self.details["reason"])
 
 
 class ActorCrashed(PiPhiError):
@@ -347,3 +397,29 @@ class SpoolError(PiPhiError, OSError):
         "writable, on a local disk with free space, and not used by another runtime "
         "(one spool per runtime)."
     )
+
+
+def error_message(error: BaseException) -> str:
+    """What went wrong, without the code and hint ``str()`` of a PiPhiError appends."""
+    return error.message if isinstance(error, PiPhiError) else str(error) or type(error).__name__
+
+
+def error_code(error: BaseException) -> str:
+    """The stable code of ``error``; ``actor_exception`` for anything not ours."""
+    return error.code if isinstance(error, PiPhiError) else "actor_exception"
+
+
+def errors_beside_cancellation(group: BaseExceptionGroup[BaseException]) -> Exception:
+    """The actor's own errors from a group that also holds a cancellation.
+
+    A hook running its own nursery raises ``BaseExceptionGroup([Cancelled, X])`` when a
+    child fails while being cancelled. ``except Exception`` misses that, and trio's cancel
+    scope would strip the Cancelled and let ``X`` escape to every sibling. Keeping ``X`` as
+    the hook's outcome and dropping the Cancelled is safe: trio delivers a cancellation
+    again at every checkpoint of a scope that is still cancelled. A group of nothing but
+    cancellations (or holding KeyboardInterrupt) is re-raised untouched.
+    """
+    _, rest = group.split(trio.Cancelled)
+    if isinstance(rest, ExceptionGroup):
+        return rest
+    raise group

@@ -11,7 +11,7 @@ import time
 from array import array
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any, Literal, TypeAlias, overload
 
 import attrs
 import trio
@@ -19,7 +19,9 @@ import trio
 from ._lifecycle import ActorState
 
 __all__ = [
+    "ActorCounters",
     "ActorHealth",
+    "AvailabilityReason",
     "Concern",
     "ErrorRecord",
     "PollTimings",
@@ -28,6 +30,11 @@ __all__ = [
 ]
 
 _WINDOW = 64  # poll durations kept for the rolling percentiles
+
+#: Why a device produces no data: ``offline`` (DeviceUnavailable or a timeout),
+#: ``crashing`` (its hooks raise other exceptions), ``failed`` (past the restart
+#: intensity), ``needs_reconfiguration`` (ReconfigurationRequired).
+AvailabilityReason: TypeAlias = Literal["offline", "crashing", "failed", "needs_reconfiguration"]
 
 
 @overload
@@ -92,18 +99,43 @@ class Concern:
         return {"code": self.code, "message": self.message, "hint": self.hint}
 
 
+#: What each unhealthy state means for the fleet, and what to do about it. A device is
+#: healthy only while ``running``; ``stopping`` and ``stopped`` devices are on their way
+#: out of the configuration and say nothing about it.
+_STATE_CONCERNS: Mapping[ActorState, tuple[str, str]] = {
+    ActorState.STARTING: (
+        "setting up (setup() is running)",
+        "Usually brief; a device that stays here hangs in setup() until its setup_timeout.",
+    ),
+    ActorState.UNAVAILABLE: (
+        "offline or not answering in time, retried with backoff",
+        "See /diagnostics?state=unavailable for each one's last error and hint.",
+    ),
+    ActorState.BACKOFF: (
+        "crashing and waiting to be set up again",
+        "See /diagnostics?state=backoff for each one's last error and hint.",
+    ),
+    ActorState.FAILED: (
+        "restarted too often and are marked failed",
+        "See /diagnostics?state=failed for each one's last error and hint.",
+    ),
+    ActorState.NEEDS_RECONFIGURATION: (
+        "refusing their configuration and waiting for a changed one",
+        "See /diagnostics?state=needs_reconfiguration for what to change in each config.",
+    ),
+}
+
+
 def fleet_concerns(by_state: Mapping[str, int]) -> list[Concern]:
-    """What the actors' states (counted by state name) say about the fleet's health."""
-    failed = by_state.get(ActorState.FAILED.value, 0)
-    if not failed:
-        return []
-    return [
-        Concern(
-            "devices_failed",
-            f"{failed} device(s) restarted too often and are marked failed",
-            "See /diagnostics?state=failed for each one's last error and hint.",
-        )
-    ]
+    """What the actors' states (counted by state name) say about the fleet's health: one
+    concern per unhealthy state with devices in it, ``devices_<state>``, so ``/health``
+    is ``ok`` only while every device is running."""
+    concerns = []
+    for state, (what, hint) in _STATE_CONCERNS.items():
+        count = by_state.get(state.value, 0)
+        if count:
+            concerns.append(Concern(f"devices_{state.value}", f"{count} device(s) {what}", hint))
+    return concerns
 
 
 class PollTimings:
@@ -132,6 +164,37 @@ class PollTimings:
         return p50, p95
 
 
+class ActorCounters(PollTimings):
+    """What one actor's polls and reports add up to, with its poll timings: written by
+    its supervisor on the hot path (plain attributes), read into an ``ActorHealth`` on
+    demand. Times are trio time. One object with the timings rather than two: every
+    object an idle actor holds is one more for each garbage-collector pass to scan."""
+
+    __slots__ = (
+        "blocking_calls",
+        "last_poll_ended",
+        "last_poll_started",
+        "longest_stall",
+        "overruns",
+        "polls",
+        "readings",
+        "stalled_at",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocking_calls = 0
+        """Times the actor's code held the trio thread past the stall watchdog's threshold."""
+        self.longest_stall: float | None = None
+        self.stalled_at: float | None = None
+        self.polls = 0
+        self.overruns = 0
+        """Ticks skipped because the actor was still busy."""
+        self.readings = 0
+        self.last_poll_started: float | None = None
+        self.last_poll_ended: float | None = None
+
+
 @attrs.frozen(kw_only=True)
 class ActorHealth:
     """An immutable snapshot of one actor's health. Times are aware UTC datetimes."""
@@ -142,6 +205,9 @@ class ActorHealth:
     state: ActorState
     state_since: datetime
     available: bool
+    """Whether the device produces data (see ``availability_reason``)."""
+    availability_reason: AvailabilityReason | None
+    """Why it does not; None while available."""
     restarts_total: int
     restarts_in_window: int
     consecutive_failures: int
@@ -155,6 +221,10 @@ class ActorHealth:
     polls: int
     overruns: int
     readings: int
+    blocking_calls: int = 0
+    """Times the actor's code blocked the event loop (see ``runtime/_stalls.py``)."""
+    longest_stall: float | None = None
+    """Seconds, the longest of those."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; durations in seconds, times as ISO-8601 strings."""
@@ -165,6 +235,7 @@ class ActorHealth:
             "state": self.state.value,
             "state_since": _iso(self.state_since),
             "available": self.available,
+            "availability_reason": self.availability_reason,
             "restarts_total": self.restarts_total,
             "restarts_in_window": self.restarts_in_window,
             "consecutive_failures": self.consecutive_failures,
@@ -178,4 +249,6 @@ class ActorHealth:
             "polls": self.polls,
             "overruns": self.overruns,
             "readings": self.readings,
+            "blocking_calls": self.blocking_calls,
+            "longest_stall": self.longest_stall,
         }

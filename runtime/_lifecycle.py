@@ -7,6 +7,8 @@
        │  │         │
        ▼  │         ▼
      BACKOFF / FAILED   (unexpected exception: torn down, set up again after a delay)
+     NEEDS_RECONFIGURATION   (ReconfigurationRequired: torn down, probed slowly, and at
+                              once on a changed config)
 
     any state except STOPPED ──► STOPPING ──► STOPPED
 
@@ -35,6 +37,9 @@ class ActorState(enum.Enum):
     """Torn down after an unexpected exception; waiting before setup() again."""
     FAILED = "failed"
     """Restarted too often within the window; still retried, at the backoff cap."""
+    NEEDS_RECONFIGURATION = "needs_reconfiguration"
+    """The device refuses its config (ReconfigurationRequired); torn down, set up again
+    only by a slow probe or a changed config."""
     STOPPING = "stopping"
     """Cancelled; teardown() is running under the grace period."""
     STOPPED = "stopped"
@@ -42,7 +47,9 @@ class ActorState(enum.Enum):
 
 
 _S = ActorState
-_AFTER_FAILURE = frozenset({_S.UNAVAILABLE, _S.BACKOFF, _S.FAILED, _S.STOPPING})
+_AFTER_FAILURE = frozenset(
+    {_S.UNAVAILABLE, _S.BACKOFF, _S.FAILED, _S.NEEDS_RECONFIGURATION, _S.STOPPING}
+)
 
 TRANSITIONS: Mapping[ActorState, frozenset[ActorState]] = {
     _S.STARTING: frozenset({_S.RUNNING}) | _AFTER_FAILURE,
@@ -52,6 +59,7 @@ TRANSITIONS: Mapping[ActorState, frozenset[ActorState]] = {
     _S.UNAVAILABLE: frozenset({_S.RUNNING, _S.STARTING}) | _AFTER_FAILURE,
     _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPING}),
     _S.FAILED: frozenset({_S.STARTING, _S.STOPPING}),
+    _S.NEEDS_RECONFIGURATION: frozenset({_S.STARTING, _S.STOPPING}),
     _S.STOPPING: frozenset({_S.STOPPED}),
     _S.STOPPED: frozenset(),
 }

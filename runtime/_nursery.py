@@ -1,4 +1,4 @@
-"""The owner of a set of running actors: their nursery, scheduler and sink.
+"""The owner of a set of running actors: their nursery, scheduler, sink and stall watch.
 
 Leaving ``async with open_actor_nursery(...)`` stops every actor: each runs its
 teardown shielded and bounded by its grace period, concurrently with the others.
@@ -13,13 +13,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+import trio.testing
 
 from ._actor import DeviceActor
 from ._config import validate_config
 from ._errors import InvalidActor
+from ._health import AvailabilityReason, Concern
 from ._policy import RestartPolicy
 from ._scheduler import Scheduler
 from ._sink import Sink
+from ._stalls import StallWatch, owners_by_method
 from ._supervisor import Supervisor
 
 __all__ = ["ActorNursery", "open_actor_nursery"]
@@ -29,9 +32,16 @@ class ActorNursery:
     """Spawns supervised actors; one per config id. Made by ``open_actor_nursery()``."""
 
     def __init__(
-        self, nursery: trio.Nursery, scheduler: Scheduler, sink: Sink, rng: random.Random
+        self,
+        nursery: trio.Nursery,
+        scheduler: Scheduler,
+        sink: Sink,
+        rng: random.Random,
+        stalls: StallWatch | None = None,
     ) -> None:
         self._nursery = nursery
+        self.stalls = stalls
+        """The watchdog of the trio thread, when one runs (see ``open_actor_nursery``)."""
         self._scheduler = scheduler
         self._sink = sink
         self._rng = rng
@@ -47,6 +57,11 @@ class ActorNursery:
     def __contains__(self, config_id: object) -> bool:
         return config_id in self._actors
 
+    def concerns(self) -> list[Concern]:
+        """Why these actors make the runtime degraded beyond their states: an actor that
+        blocked the event loop recently."""
+        return self.stalls.concerns() if self.stalls is not None else []
+
     def get(self, config_id: str) -> Supervisor | None:
         """The supervisor of the actor for local config ``id``, if one is running."""
         return self._actors.get(config_id)
@@ -57,12 +72,14 @@ class ActorNursery:
         config: Mapping[str, Any] | Any,
         *,
         policy: RestartPolicy | None = None,
+        unavailable: AvailabilityReason | None = None,
     ) -> Supervisor:
         """Start a supervised actor for ``config`` (a mapping or a config model instance).
 
         Returns at once; setup() runs in the actor's own task. Raises InvalidConfig if the
         config does not validate against the actor's ``config_model``, and ValueError if an
-        actor for the same config id is still running (stop it first).
+        actor for the same config id is still running (stop it first). ``unavailable``
+        carries over why a stopped predecessor for the same config was unavailable.
         """
         if not (isinstance(actor_class, type) and issubclass(actor_class, DeviceActor)):
             raise InvalidActor(f"spawn() needs a DeviceActor subclass, got {actor_class!r}")
@@ -80,6 +97,7 @@ class ActorNursery:
             phase=self._phase(validated.id),
             policy=policy,
             on_exit=self._forget,
+            unavailable=unavailable,
         )
         self._nursery.start_soon(supervisor.run, name=f"actor {validated.id}")
         self._actors[validated.id] = supervisor  # after start_soon, which raises once closed
@@ -102,18 +120,35 @@ class ActorNursery:
 
 @asynccontextmanager
 async def open_actor_nursery(
-    sink: Sink, *, rng: random.Random | None = None, resolution: float = 0.005
+    sink: Sink,
+    *,
+    rng: random.Random | None = None,
+    resolution: float = 0.005,
+    stall_threshold: float | None = 0.25,
 ) -> AsyncIterator[ActorNursery]:
     """Open a nursery of supervised actors that hand their output to ``sink``.
 
     ``rng`` salts the first-poll spread and drives backoff jitter (seed it for
     reproducible runs);
-    ``resolution`` is the shared scheduler's tick, the most lateness it adds.
+    ``resolution`` is the shared scheduler's tick, the most lateness it adds;
+    ``stall_threshold`` is how long the trio thread may be held before the stall watchdog
+    names the actor holding it (``runtime/_stalls.py``); None turns the watchdog off. It
+    measures real time, so under a virtual clock (tests), where time stands still while
+    the thread is held, it is off too.
     """
     scheduler = Scheduler(resolution=resolution)
+    stalls = None
+    if stall_threshold is not None and not isinstance(
+        trio.lowlevel.current_clock(), trio.testing.MockClock
+    ):
+        # The bodies of the tasks a supervisor runs its actor's hooks in.
+        tasks = ("run", "_serve_mailbox_while_running")
+        stalls = StallWatch(owners_by_method(Supervisor, tasks), threshold=stall_threshold)
     async with trio.open_nursery() as outer:
         await outer.start(scheduler.run)
+        if stalls is not None:
+            await outer.start(stalls.run)
         async with trio.open_nursery() as inner:
-            yield ActorNursery(inner, scheduler, sink, rng or random.Random())
+            yield ActorNursery(inner, scheduler, sink, rng or random.Random(), stalls)
             inner.cancel_scope.cancel(reason="actor nursery closed")
         outer.cancel_scope.cancel(reason="actor nursery closed")

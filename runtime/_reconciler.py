@@ -41,6 +41,7 @@ from ._actor import DeviceActor
 from ._config import DeviceIdentity, RuntimeConfig, validate_config
 from ._contract import ConfigSnapshot
 from ._errors import ActorCallError, InvalidConfig
+from ._health import AvailabilityReason
 from ._logs import runtime_logger
 from ._nursery import ActorNursery
 from ._redact import SecretValues
@@ -425,6 +426,9 @@ class ConfigSync:
         """Reconfigure in place where the actor can and the class is the same; restart
         the rest (stop the old actor, then start a new one with the new config)."""
         how: dict[str, Change] = {}
+        # A restarted device that was unavailable stays so, for Core, until its new actor
+        # has data: one device.available then, not a second device.unavailable meanwhile.
+        unavailable: dict[str, AvailabilityReason] = {}
 
         async def change(config_id: str, desired: _Desired) -> None:
             running = self._actors.get(config_id)
@@ -442,6 +446,8 @@ class ConfigSync:
                     return
             if running is not None:
                 await running.stop()
+                if running.availability_reason is not None:
+                    unavailable[config_id] = running.availability_reason
             how[config_id] = "restarted"
 
         async with trio.open_nursery() as nursery:
@@ -449,7 +455,9 @@ class ConfigSync:
                 nursery.start_soon(change, config_id, desired)
         for config_id, desired in changed.items():
             if how[config_id] == "restarted":
-                self._actors.spawn(desired.actor_class, desired.config)
+                self._actors.spawn(
+                    desired.actor_class, desired.config, unavailable=unavailable.get(config_id)
+                )
             self._running[config_id] = desired
             self._event("device.reconfigured", desired.config.identity)
         return how

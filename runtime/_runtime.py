@@ -69,7 +69,7 @@ class Runtime:
     def concerns(self, by_state: Mapping[str, int]) -> list[Concern]:
         """Why the runtime is degraded now (empty: ``ok``), given its actors counted by
         state: every part that can be unhealthy adds its own."""
-        return [*fleet_concerns(by_state), *self.outbox.concerns()]
+        return [*fleet_concerns(by_state), *self.actors.concerns(), *self.outbox.concerns()]
 
     def learn_auth(
         self, container_id: str | None, token: str | None, *, from_snapshot: bool

@@ -1,7 +1,10 @@
-"""What actors emit, and the protocol of whatever takes it (the outbox, a test recorder).
+"""What actors emit, where their output methods hand it, and what finally takes it.
 
-Records are immutable and stamped with the emitting actor's identities when they are
-made, so nothing downstream has to look an actor up to deliver its data.
+``ActorOutputs`` is the actor-facing side: ``DeviceActor.publish_state``, ``report`` and
+``emit_event`` call it (the supervisor implements it), so the actor module needs nothing
+from the supervisor's. ``Sink`` is the far side (the outbox, a test recorder). Records
+are immutable and stamped with the emitting actor's identities when they are made, so
+nothing downstream has to look an actor up to deliver its data.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ._config import DeviceIdentity
 from ._contract import SEVERITIES, Severity
 from ._reading import Reading
 
-__all__ = ["SEVERITIES", "EventRecord", "Severity", "Sink", "TelemetryRecord"]
+__all__ = ["SEVERITIES", "ActorOutputs", "EventRecord", "Severity", "Sink", "TelemetryRecord"]
 
 
 @attrs.frozen(slots=True)
@@ -54,3 +57,20 @@ class Sink(Protocol):
     def telemetry(self, record: TelemetryRecord) -> None: ...
 
     def event(self, record: EventRecord) -> None: ...
+
+
+class ActorOutputs(Protocol):
+    """Takes what one actor's output methods produce, already validated by them. Like
+    the sink's, these never block: actors call them from inside their hooks."""
+
+    def on_state(self, state: Mapping[str, Any]) -> None: ...
+
+    def on_report(
+        self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
+    ) -> None: ...
+
+    def on_event(
+        self, event_type: str, data: dict[str, Any], severity: Severity, device_id: str | None
+    ) -> str:
+        """Returns the event's ``event_id``."""
+        ...

@@ -8,15 +8,29 @@ their ``run()`` never returns, so while it runs a second task serves the mailbox
 
 Failure handling, in short (the policy's docstring has the numbers):
 - ``DeviceUnavailable`` or a timeout: state ``unavailable``, same hook retried after a
-  backoff, session kept; one ``device.unavailable`` event per outage, one
-  ``device.available`` when data flows again.
+  backoff, session kept.
+- ``ReconfigurationRequired``: teardown, state ``needs_reconfiguration``, one
+  ``device.needs_reconfiguration`` event; set up again by a slow probe or at once when a
+  changed config arrives (``reconfigure()``, or the reconciler's restart).
 - any other exception: teardown, state ``backoff`` (or ``failed`` past the restart
-  intensity), setup again after the delay.
+  intensity, with one ``device.failed`` event), setup again after the delay.
 - nothing an actor raises leaves this module: a sibling never sees it.
+
+Availability is separate from the state: a device that produces no data is unavailable,
+whatever the cause (``offline``, ``crashing``, ``failed``, ``needs_reconfiguration``).
+One ``device.unavailable`` event per outage, whatever the reasons it went through, and
+one ``device.available`` when data flows again: a successful poll, or a ``report()`` from
+a push actor's ``run()``. A ``report()`` from inside ``poll()`` proves nothing: the
+poll's own outcome decides.
+
+The pieces it drives live beside it: the restart bookkeeping (``RestartTracker`` in
+``_policy.py``), the mailbox (``_mailbox.py``) and the counters (``ActorCounters`` in
+``_health.py``). The actor reaches it only through ``ActorOutputs`` (``_sink.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -30,40 +44,44 @@ import attrs
 import trio
 
 from ._actor import DeviceActor
-from ._config import DeviceIdentity
+from ._config import MIN_POLL_INTERVAL, DeviceIdentity
 from ._errors import (
-    ActorBusy,
     ActorCallError,
     ActorCrashed,
     ActorNotReady,
     ActorStopped,
     CallFailed,
-    CallTimeout,
     DeviceUnavailable,
     PiPhiError,
     PollTimeout,
+    ReconfigurationRequired,
     RefreshUnsupported,
     TeardownTimeout,
     UnknownCommand,
+    error_code,
+    error_message,
+    errors_beside_cancellation,
 )
-from ._health import ActorHealth, ErrorRecord, PollTimings, wall_clock
+from ._health import ActorCounters, ActorHealth, AvailabilityReason, ErrorRecord, wall_clock
 from ._lifecycle import ActorState, check_transition
 from ._logs import runtime_logger
-from ._policy import RestartPolicy
+from ._mailbox import MAILBOX_SIZE, REPLY_SLACK, Mailbox
+from ._policy import RestartPolicy, RestartTracker
 from ._reading import Reading, validate_readings
 from ._scheduler import Doorbell, Scheduler
 from ._sink import EventRecord, Severity, Sink, TelemetryRecord
+from ._stalls import STALL_EPISODE
 
-__all__ = ["MAILBOX_SIZE", "Refresh", "Supervisor"]
+__all__ = ["MAILBOX_SIZE", "RECENT_EVENTS", "Refresh", "Supervisor"]
 
 log = runtime_logger("runtime.supervisor")
 
-#: Requests (commands, refreshes) that may wait for one actor; more are refused at once.
-MAILBOX_SIZE = 16
 #: Events each actor keeps for ``/events`` (its slice of the registry).
 RECENT_EVENTS = 20
-#: How long a caller waits past its deadline for the actor's own timeout reply.
-_REPLY_SLACK = 1.0
+_BLOCKING_HINT = (
+    "A hook made a blocking call (time.sleep, a synchronous client or file call, heavy "
+    "CPU) and held every other device; await the work with trio.to_thread.run_sync()."
+)
 _DEFAULT_POLL_TIMEOUT_CAP = 10.0
 
 S = ActorState
@@ -97,64 +115,37 @@ class Refresh:
     observed_at: datetime
 
 
-@attrs.define(eq=False)
-class _Call:
-    """A request waiting in an actor's mailbox, with the slot its reply goes into."""
-
-    what: str
-    run: Callable[[], Awaitable[Any]]
-    deadline: float
-    done: trio.Event = attrs.field(factory=trio.Event)
-    value: Any = None
-    error: PiPhiError | None = None
-    started: bool = False  # the actor began running it: it may have reached the device
-    abandoned: bool = False
-
-    def reply(self, value: Any = None, error: PiPhiError | None = None) -> None:
-        self.value, self.error = value, error
-        self.done.set()
-
-
 class Supervisor:
     """Runs one actor. Made by ``ActorNursery.spawn``; read ``health()``, send
     ``command()`` and ``refresh()``, and ``stop()`` it."""
 
     __slots__ = (
         "__weakref__",
-        "_announced_unavailable",
         "_armed",
-        "_attempt",
         "_bell",
-        "_consecutive",
+        "_counters",
         "_done",
         "_due",
-        "_failed",
         "_finished",
-        "_healthy_since",
         "_interval",
         "_lane",
         "_lane_cancelled",
         "_last_error",
-        "_last_error_key",
         "_last_readings",
         "_last_readings_at",
         "_mailbox",
         "_needs_teardown",
         "_on_exit",
-        "_overruns",
         "_phase",
         "_policy",
         "_poll_deadline",
-        "_poll_ended",
         "_poll_open",
-        "_poll_started",
         "_poll_timeout",
-        "_polls",
-        "_readings",
         "_ready",
+        "_receiving",
         "_recent_events",
+        "_reconfiguration_told",
         "_restarts",
-        "_restarts_total",
         "_rng",
         "_run_ended",
         "_scheduler",
@@ -165,7 +156,7 @@ class Supervisor:
         "_state_since",
         "_state_updated",
         "_state_values",
-        "_timings",
+        "_unavailable_reason",
         "_watchdog",
         "actor",
         "identity",
@@ -181,7 +172,11 @@ class Supervisor:
         phase: float = 0.0,
         policy: RestartPolicy | None = None,
         on_exit: Callable[[Supervisor], None] | None = None,
+        unavailable: AvailabilityReason | None = None,
     ) -> None:
+        """``unavailable``: why the actor this one replaces (same config, restarted for a
+        changed one) had left the device unavailable; Core then hears ``device.available``
+        when data flows, not a second ``device.unavailable``."""
         cls = type(actor)
         self.actor = actor
         self.identity: DeviceIdentity = actor.config.identity
@@ -190,6 +185,10 @@ class Supervisor:
         self._rng = rng
         self._phase = phase
         self._policy = policy or cls.restart_policy
+        # Made at the first failure: until then a fresh one would say nothing, and most
+        # actors never fail.
+        self._restarts: RestartTracker | None = None
+        self._counters = ActorCounters()
         self._on_exit = on_exit
         self._interval, self._poll_timeout = _timings_for(cls, actor.config)
         self._bell = Doorbell()
@@ -211,28 +210,17 @@ class Supervisor:
         self._started = False  # the first poll has been scheduled (spread only once)
         self._needs_teardown = False  # setup() was entered and teardown() has not run since
         self._ready = False  # setup() completed: a session exists
-        self._attempt = 0
-        self._failed = False
-        self._healthy_since: float | None = None
-        self._restarts: deque[float] | None = None
-        self._restarts_total = 0
-        self._consecutive = 0
-        self._announced_unavailable = False
+        self._receiving = False  # a push actor's run() is running: its reports prove life
+        self._unavailable_reason = unavailable  # None: available
+        self._reconfiguration_told = False  # Core was told to change the config; not again
         self._last_error: ErrorRecord | None = None
-        self._last_error_key: tuple[str, str] | None = None
-        self._timings = PollTimings()
-        self._poll_started: float | None = None
-        self._poll_ended: float | None = None
-        self._polls = 0
-        self._overruns = 0
-        self._readings = 0
-        self._mailbox: deque[_Call] | None = None
+        self._mailbox: Mailbox | None = None  # made on the first call: most actors get none
         self._state_values: dict[str, Any] | None = None
         self._state_updated: float | None = None
         self._recent_events: deque[EventRecord] | None = None
         self._done: trio.Event | None = None
         self._finished = False
-        actor._supervisor = self
+        actor._outputs = self
 
     def __repr__(self) -> str:
         name = type(self.actor).__name__
@@ -244,6 +232,11 @@ class Supervisor:
     def state(self) -> ActorState:
         return self._state
 
+    @property
+    def availability_reason(self) -> AvailabilityReason | None:
+        """Why the device produces no data (see ``ActorHealth``); None while available."""
+        return self._unavailable_reason
+
     def health(self) -> ActorHealth:
         """An immutable snapshot of this actor's health, consistent at the moment of the call."""
         now = trio.current_time()
@@ -252,8 +245,8 @@ class Supervisor:
         def wall(trio_time: float | None) -> datetime | None:
             return None if trio_time is None else datetime.fromtimestamp(epoch + trio_time, UTC)
 
-        window = self._policy.restart_window
-        p50, p95 = self._timings.percentiles()
+        counters, restarts = self._counters, self._restarts
+        p50, p95 = counters.percentiles()
         polling = self.actor.mode == "poll" and self._state not in (S.STOPPING, S.STOPPED)
         return ActorHealth(
             config_id=self.identity.config_id,
@@ -261,20 +254,23 @@ class Supervisor:
             actor=type(self.actor).__name__,
             state=self._state,
             state_since=datetime.fromtimestamp(epoch + self._state_since, UTC),
-            available=not self._announced_unavailable,
-            restarts_total=self._restarts_total,
-            restarts_in_window=sum(1 for t in self._restarts or () if now - t <= window),
-            consecutive_failures=self._consecutive,
+            available=self._unavailable_reason is None,
+            availability_reason=self._unavailable_reason,
+            restarts_total=restarts.restarts_total if restarts else 0,
+            restarts_in_window=restarts.restarts_in_window(now) if restarts else 0,
+            consecutive_failures=restarts.consecutive if restarts else 0,
             last_error=self._last_error,
-            last_poll_started=wall(self._poll_started),
-            last_poll_ended=wall(self._poll_ended),
+            last_poll_started=wall(counters.last_poll_started),
+            last_poll_ended=wall(counters.last_poll_ended),
             next_poll_due=wall(self._due) if polling else None,
-            poll_duration_last=self._timings.last,
+            poll_duration_last=counters.last,
             poll_duration_p50=p50,
             poll_duration_p95=p95,
-            polls=self._polls,
-            overruns=self._overruns,
-            readings=self._readings,
+            polls=counters.polls,
+            overruns=counters.overruns,
+            readings=counters.readings,
+            blocking_calls=counters.blocking_calls,
+            longest_stall=counters.longest_stall,
         )
 
     def published_state(self) -> tuple[Mapping[str, Any], datetime | None]:
@@ -325,9 +321,10 @@ class Supervisor:
             outcome = await self._poll(trio.current_time(), scheduled=False)
             if isinstance(outcome, BaseException):
                 raise outcome
-            return Refresh(outcome, wall_clock(self._poll_ended or trio.current_time()))
+            ended = self._counters.last_poll_ended
+            return Refresh(outcome, wall_clock(ended or trio.current_time()))
 
-        limit = timeout or (self._poll_timeout + _REPLY_SLACK)
+        limit = timeout or (self._poll_timeout + REPLY_SLACK)
         result: Refresh = await self._call("refresh", read, limit)
         return result
 
@@ -338,15 +335,28 @@ class Supervisor:
         actor = self.actor
         if not actor.reconfigurable:
             raise CallFailed(f"{type(actor).__name__} does not define reconfigure()")
+        if self._state is S.NEEDS_RECONFIGURATION:
+            # No session to hand it to, and the actor's task is parked until its probe:
+            # take the config and set up with it now.
+            self._adopt(config)
+            self._reconfiguration_told = False
+            self._due = trio.current_time()
+            self._bell.ring()
+            await trio.lowlevel.checkpoint()
+            return
 
         async def adopt() -> None:
             await actor.reconfigure(config)
-            actor.config = config
-            actor._log = None
-            self.identity = config.identity
-            self._interval, self._poll_timeout = _timings_for(type(actor), config)
+            self._adopt(config)
 
         await self._call("reconfigure", adopt, type(actor).command_timeout)
+
+    def _adopt(self, config: Any) -> None:
+        actor = self.actor
+        actor.config = config
+        actor._log = None
+        self.identity = config.identity
+        self._interval, self._poll_timeout = _timings_for(type(actor), config)
 
     def recent_events(self) -> tuple[EventRecord, ...]:
         """The last events this actor and its supervisor emitted, oldest first."""
@@ -382,9 +392,11 @@ class Supervisor:
     ) -> None:
         if batch:
             self._emit_telemetry(batch, device_id, observed_at)
-        # Data arriving while the session is live proves the device is back. Only there:
-        # a report from setup() or teardown() says nothing about the running session.
-        if self._ready and self._state in (S.RUNNING, S.UNAVAILABLE):
+        # Data arriving from a push actor's run() proves the device is back. Only there:
+        # inside a poll the poll's own outcome decides (a failure heartbeat reported just
+        # before raising DeviceUnavailable is no proof of life), and setup(), teardown()
+        # or a command say nothing about the running session.
+        if self._receiving:
             self._succeeded(trio.current_time())
 
     def on_event(
@@ -400,6 +412,30 @@ class Supervisor:
         )
         self._send_event(record)
         return record.event_id
+
+    # -- told by the stall watchdog (runtime/_stalls.py) -------------------------------
+
+    def on_stall(self, seconds: float, where: str) -> bool:
+        """The actor's code held the trio thread for ``seconds`` (at ``where``). Counted
+        every time; said once per episode (``STALL_EPISODE`` quiet seconds apart)."""
+        now = trio.current_time()
+        counters = self._counters
+        counters.blocking_calls += 1
+        counters.longest_stall = max(counters.longest_stall or 0.0, seconds)
+        new_episode = counters.stalled_at is None or now - counters.stalled_at > STALL_EPISODE
+        counters.stalled_at = now
+        if not new_episode:
+            self.actor.log.debug("blocked the event loop again for %.2f s in %s", seconds, where)
+            return False
+        self.actor.log.warning(
+            "blocked the event loop for %.2f s in %s: every other device waited", seconds, where
+        )
+        self._emit_event(
+            "runtime.blocking_call",
+            "warning",
+            {"seconds": round(seconds, 3), "where": where, "hint": _BLOCKING_HINT},
+        )
+        return True
 
     # -- the actor's task ----------------------------------------------------------------
 
@@ -419,17 +455,27 @@ class Supervisor:
                     if self._poll_open:  # the poll was interrupted where it stood
                         self._poll_open = False
                         error = _timed_out("poll", self._poll_timeout, None)
-                        await self._finish_poll(
-                            self._poll_started or 0.0, (), error, scheduled=True
-                        )
+                        started = self._counters.last_poll_started or 0.0
+                        await self._finish_poll(started, (), error, scheduled=True)
         finally:
             await self._shutdown()
 
     async def _loop(self) -> None:
+        """Run what is due, serve the mailbox, or wait for the doorbell, until the lane is
+        cancelled. No two actions run without a yield to trio between them: whatever an
+        actor does (a poll that returns without awaiting, a hook that fails at once with
+        a retry due at once), its siblings and the routes get the thread in between."""
+        yielded = True
         # A poll that swallowed the watchdog's cancellation returns here with the lane
         # cancelled; leave it at once rather than run anything else inside it.
         while not self._lane_cancelled:
             now = trio.current_time()
+            if not yielded and (now >= self._due or self._mailbox):
+                # Only here can the loop go on without waiting: then yield first.
+                await trio.lowlevel.checkpoint()
+                yielded = True
+                continue
+            yielded = False
             # What is due comes first: it makes calls sent before the first setup() wait
             # for it, and lets a push actor start run(), which serves calls alongside.
             if now >= self._due:
@@ -441,12 +487,13 @@ class Supervisor:
                 else:
                     await self._run_push()
             elif self._mailbox:
-                await self._serve_mailbox()
+                await self._mailbox.serve(self)
             else:
                 if self._armed != self._due:
                     self._armed = self._due
                     self._scheduler.ring_at(self._due, self._bell)
                 await self._bell.wait()
+                yielded = True
 
     async def _setup(self) -> None:
         if self._state is not S.STARTING:
@@ -460,7 +507,7 @@ class Supervisor:
             except Exception as exc:
                 error = exc
             except BaseExceptionGroup as group:
-                error = _errors_beside_cancellation(group)
+                error = errors_beside_cancellation(group)
         if _timed_out_in(scope, error):
             error = _timed_out("setup", timeout, error)
         if error is None:
@@ -477,7 +524,7 @@ class Supervisor:
             await self._teardown()
             self._unavailable(error, "setup", trio.current_time())
         else:
-            await self._crash(error, "setup")
+            await self._failure(error, "setup")
 
     async def _poll(self, started: float, *, scheduled: bool) -> tuple[Reading, ...] | Exception:
         """One poll. Returns the readings or the error, already handled (state, events).
@@ -486,7 +533,7 @@ class Supervisor:
         inside a mailbox call, so it takes a cancel scope of its own (refreshes are rare).
         A poll that returned is a success even if its deadline passed meanwhile.
         """
-        self._poll_started = started
+        self._counters.last_poll_started = started
         batch: tuple[Reading, ...] = ()
         error: Exception | None = None
         if scheduled:
@@ -514,7 +561,7 @@ class Supervisor:
         except Exception as exc:
             return (), exc
         except BaseExceptionGroup as group:
-            return (), _errors_beside_cancellation(group)
+            return (), errors_beside_cancellation(group)
 
     async def _finish_poll(
         self,
@@ -525,9 +572,10 @@ class Supervisor:
         scheduled: bool,
     ) -> None:
         ended = trio.current_time()
-        self._poll_ended = ended
-        self._polls += 1
-        self._timings.add(ended - started)
+        counters = self._counters
+        counters.last_poll_ended = ended
+        counters.polls += 1
+        counters.add(ended - started)
         if scheduled:
             due = self._due + self._interval
             if due < ended:
@@ -535,7 +583,7 @@ class Supervisor:
                 # counted), not burst.
                 missed = math.floor((ended - due) / self._interval) + 1
                 due += missed * self._interval
-                self._overruns += missed
+                counters.overruns += missed
             self._due = due
         was_unavailable = self._state is S.UNAVAILABLE
         if error is None:
@@ -550,15 +598,16 @@ class Supervisor:
             # and its backoff stand, or a UI refreshing every few seconds would defer it.
             self._unavailable(error, "poll", ended, reschedule=scheduled or not was_unavailable)
         else:
-            await self._crash(error, "poll")
+            await self._failure(error, "poll")
 
     async def _run_push(self) -> None:
-        if self._state is S.RUNNING:
+        if self._state is S.RUNNING and self._restarts is not None:
             # Retries during an outage are not health; data arriving is (see _succeeded).
-            self._healthy_since = trio.current_time()
+            self._restarts.healthy_from(trio.current_time())
         error: Exception
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_mailbox_while_running)
+            self._receiving = True
             try:
                 await self.actor.run()
                 error = ActorCrashed(
@@ -568,7 +617,9 @@ class Supervisor:
             except Exception as exc:
                 error = exc
             except BaseExceptionGroup as group:
-                error = _errors_beside_cancellation(group)
+                error = errors_beside_cancellation(group)
+            finally:
+                self._receiving = False
             # Calls cut short from here on learn the actor is restarting, unless this task
             # is itself being cancelled (stopped).
             self._run_ended = trio.current_effective_deadline() != -math.inf
@@ -577,18 +628,24 @@ class Supervisor:
         if isinstance(error, DeviceUnavailable):
             self._unavailable(error, "run", trio.current_time())
         else:
-            await self._crash(error, "run")
+            await self._failure(error, "run")
+
+    async def _serve_mailbox_while_running(self) -> None:
+        while True:
+            await self._bell.wait()
+            if self._mailbox:
+                await self._mailbox.serve(self, until_due=False)
 
     # -- outcomes ------------------------------------------------------------------------
 
     def _succeeded(self, now: float) -> None:
-        self._consecutive = 0
-        if self._healthy_since is None:
-            self._healthy_since = now
+        if self._restarts is not None:
+            self._restarts.succeeded(now)
         if self._state is S.UNAVAILABLE:
             self._transition(S.RUNNING)
-        if self._announced_unavailable:
-            self._announced_unavailable = False
+        if self._unavailable_reason is not None:
+            self._unavailable_reason = None
+            self._reconfiguration_told = False
             self.actor.log.info("device is available again")
             self._emit_event("device.available", "info", {})
 
@@ -596,198 +653,158 @@ class Supervisor:
         self, error: Exception, phase: str, now: float, *, reschedule: bool = True
     ) -> None:
         self._record(error, phase, now)
-        self._consecutive += 1
+        restarts = self._tracker()
+        restarts.missed()
         if not reschedule:
             return
-        self._forget_attempts_if_healthy(now)
-        if not self._announced_unavailable:
-            self._announced_unavailable = True
-            self.actor.log.warning("device unavailable (%s): %s", phase, error)
-            self._emit_event(
-                "device.unavailable",
-                "warning",
-                {"reason": _message(error), "code": _code(error), "phase": phase},
-            )
-        else:
-            self.actor.log.debug("still unavailable (%s): %s", phase, error)
+        restarts.forget_if_healthy(now)
+        self._produces_nothing("offline", error, phase)
         if self._state is not S.UNAVAILABLE:
             self._transition(S.UNAVAILABLE)
-        self._due = now + self._retry_delay()
+        self._due = now + restarts.next_delay(self._rng)
+
+    async def _failure(self, error: Exception, phase: str) -> None:
+        """An exception that is not the device being offline: the session goes."""
+        if isinstance(error, ReconfigurationRequired):
+            await self._needs_reconfiguration(error, phase)
+        else:
+            await self._crash(error, phase)
 
     async def _crash(self, error: Exception, phase: str) -> None:
         now = trio.current_time()
         self._record(error, phase, now)
-        self._consecutive += 1
-        self._restarts_total += 1
-        self._forget_attempts_if_healthy(now)
-        policy = self._policy
-        restarts = self._restarts
-        if restarts is None:
-            restarts = self._restarts = deque()
-        restarts.append(now)
-        while now - restarts[0] > policy.restart_window:
-            restarts.popleft()
-        newly_failed = not self._failed and len(restarts) > policy.max_restarts
-        self._failed = self._failed or newly_failed
-        key = (type(error).__qualname__, str(error))
-        if key != self._last_error_key:
+        restarts = self._tracker()
+        newly_failed = restarts.crashed(now)
+        if not restarts.repeated((type(error).__qualname__, str(error))):
             self.actor.log.error("%s() raised; restarting with backoff", phase, exc_info=error)
         else:
             self.actor.log.debug(
-                "%s() raised the same error again (restart %d)", phase, self._restarts_total
+                "%s() raised the same error again (restart %d)", phase, restarts.restarts_total
             )
-        self._last_error_key = key
+        self._produces_nothing("failed" if restarts.failed else "crashing", error, phase)
         if newly_failed:
+            policy = restarts.policy
             self.actor.log.error(
                 "more than %d restarts in %g s: marked failed, retrying about every %g s",
                 policy.max_restarts,
                 policy.restart_window,
                 policy.max_delay,
             )
-        self._transition(S.FAILED if self._failed else S.BACKOFF)
+            self._emit_event(
+                "device.failed",
+                "error",
+                {
+                    **_described(error, phase),
+                    "restarts_in_window": restarts.restarts_in_window(now),
+                    "retry_every_s": policy.max_delay,
+                },
+            )
+        self._transition(S.FAILED if restarts.failed else S.BACKOFF)
         await self._teardown()
-        self._due = trio.current_time() + self._retry_delay()
+        self._due = trio.current_time() + restarts.next_delay(self._rng)
 
-    def _retry_delay(self) -> float:
-        policy = self._policy
-        if self._failed:
-            # At the cap, jittered down by up to a fifth so actors that failed together
-            # do not retry in lockstep.
-            return policy.max_delay * self._rng.uniform(0.8, 1.0)
-        delay = policy.delay(self._attempt, self._rng)
-        self._attempt += 1
-        return delay
+    async def _needs_reconfiguration(self, error: ReconfigurationRequired, phase: str) -> None:
+        """Retrying cannot help: release the session and wait for a changed config, with
+        a slow probe in case the device side was fixed instead."""
+        now = trio.current_time()
+        self._record(error, phase, now)
+        restarts = self._tracker()
+        restarts.missed()
+        restarts.forget_if_healthy(now)
+        probe = type(self.actor).reconfigure_probe_interval
+        # Torn down before the state says so: reconfigure() adopts a config directly only
+        # in that state, which it must never see while teardown() still runs.
+        await self._teardown()
+        self._transition(S.NEEDS_RECONFIGURATION)
+        self._produces_nothing("needs_reconfiguration", error, phase)
+        if not self._reconfiguration_told:
+            self._reconfiguration_told = True
+            self.actor.log.error(
+                "%s() says the device needs a new configuration (%s): %s; next probe in %g s",
+                phase,
+                error.reason,
+                error.message,
+                probe,
+            )
+            self._emit_event(
+                "device.needs_reconfiguration",
+                "error",
+                {**_described(error, phase), "reason": error.reason, "probe_every_s": probe},
+            )
+        self._due = trio.current_time() + probe
 
-    def _forget_attempts_if_healthy(self, now: float) -> None:
-        since, self._healthy_since = self._healthy_since, None
-        if since is not None and now - since >= self._policy.reset_after:
-            self._attempt = 0
-            self._failed = False
-            self._last_error_key = None
-            if self._restarts is not None:
-                self._restarts.clear()
+    def _produces_nothing(self, reason: AvailabilityReason, error: Exception, phase: str) -> None:
+        """Mark the device unavailable for ``reason``; Core hears once per outage."""
+        if self._unavailable_reason is not None:
+            self._unavailable_reason = reason
+            self.actor.log.debug("still unavailable (%s, %s): %s", reason, phase, error)
+            return
+        self._unavailable_reason = reason
+        self.actor.log.warning("device unavailable (%s, %s): %s", reason, phase, error)
+        self._emit_event(
+            "device.unavailable",
+            "warning" if reason in ("offline", "crashing") else "error",
+            {**_described(error, phase), "reason": reason},
+        )
+
+    def _tracker(self) -> RestartTracker:
+        restarts = self._restarts
+        if restarts is None:
+            restarts = self._restarts = RestartTracker(self._policy)
+        return restarts
 
     def _record(self, error: BaseException, phase: str, now: float) -> None:
         self._last_error = ErrorRecord(
             type=type(error).__qualname__,
-            message=_message(error),
-            code=_code(error),
+            message=error_message(error),
+            code=error_code(error),
             hint=error.hint if isinstance(error, PiPhiError) else ActorCrashed.default_hint,
             phase=phase,
             at=now,
         )
 
-    # -- mailbox ---------------------------------------------------------------------------
+    # -- the mailbox's view of this actor (MailboxOwner) ----------------------------------
 
     async def _call(
         self,
         what: str,
         run: Callable[[], Awaitable[Any]],
-        timeout: float,  # noqa: ASYNC109 - see below
+        timeout: float,  # noqa: ASYNC109 - the actor enforces it (see Mailbox.call)
     ) -> Any:
-        # A deadline the actor knows, rather than a caller's cancel scope: the actor skips
-        # calls that expired while queued, and a reply can say whether the call started.
         if self._finished or self._state in (S.STOPPING, S.STOPPED):
             raise ActorStopped(f"{what} not sent: the actor is stopped")
         box = self._mailbox
         if box is None:
-            box = self._mailbox = deque()
-        if len(box) >= MAILBOX_SIZE and any(c.abandoned for c in box):
-            # Callers that gave up must not keep new ones out.
-            box = self._mailbox = deque(c for c in box if not c.abandoned)
-        if len(box) >= MAILBOX_SIZE:
-            raise ActorBusy(f"{what} refused: {MAILBOX_SIZE} requests are already waiting")
-        call = _Call(what, run, trio.current_time() + timeout)
-        box.append(call)
-        self._bell.ring()
-        try:
-            # The actor enforces the deadline itself and replies; the slack only guards
-            # against an actor that cannot be interrupted.
-            with trio.move_on_at(call.deadline + _REPLY_SLACK):
-                await call.done.wait()
-        finally:
-            if not call.done.is_set():
-                call.abandoned = True
-        if not call.done.is_set():
-            raise CallTimeout(
-                f"{what}: no reply within {timeout:g} s", details={"started": call.started}
-            )
-        if call.error is not None:
-            raise call.error
-        return call.value
+            box = self._mailbox = Mailbox(self._bell)
+        return await box.call(what, run, timeout)
 
-    async def _serve_mailbox(self, *, until_due: bool = True) -> None:
-        """Answer the calls queued now. With ``until_due``, stop as soon as the actor's
-        own next action is due: a steady stream of calls must not starve its schedule."""
-        box = self._mailbox
-        for _ in range(len(box or ())):
-            if not box or (until_due and trio.current_time() >= self._due):
-                return
-            call = box.popleft()
-            if call.abandoned:
-                continue
-            if trio.current_time() >= call.deadline:
-                call.reply(
-                    error=CallTimeout(
-                        f"{call.what} expired in the queue", details={"started": False}
-                    )
-                )
-                continue
-            if not self._ready:
-                retry = max(0.0, self._due - trio.current_time())
-                call.reply(
-                    error=ActorNotReady(
-                        f"{call.what} refused: the device is {self._state.value}; "
-                        f"next attempt in {retry:.1f} s",
-                        details={"state": self._state.value, "retry_after": round(retry, 3)},
-                    )
-                )
-                continue
-            await self._execute(call)
+    @property
+    def next_due(self) -> float:
+        return self._due
 
-    async def _execute(self, call: _Call) -> None:
-        call.started = True
-        try:
-            with trio.move_on_at(call.deadline) as scope:
-                try:
-                    value = await call.run()
-                except ActorCallError as exc:
-                    call.reply(error=exc)
-                    return
-                except (Exception, BaseExceptionGroup) as raised:
-                    cause = (
-                        raised
-                        if isinstance(raised, Exception)
-                        else _errors_beside_cancellation(raised)
-                    )
-                    failure = CallFailed(
-                        f"{call.what} failed: {_message(cause)}", details={"cause": _code(cause)}
-                    )
-                    failure.__cause__ = cause
-                    self.actor.log.warning("%s failed: %s", call.what, cause)
-                    call.reply(error=failure)
-                    return
-        except BaseException:
-            # Interrupted by stop(), or by a push actor's run() ending: this call already
-            # left the mailbox, so answer it here before unwinding.
-            restarting = self._run_ended
-            kind = ActorNotReady if restarting else ActorStopped
-            why = "is restarting" if restarting else "is stopping"
-            call.reply(
-                error=kind(f"{call.what} interrupted: the actor {why}", details={"started": True})
-            )
-            raise
-        if scope.cancelled_caught:
-            call.reply(
-                error=CallTimeout(f"{call.what} timed out while running", details={"started": True})
-            )
-        else:
-            call.reply(value)
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        return self.actor.log
 
-    async def _serve_mailbox_while_running(self) -> None:
-        while True:
-            await self._bell.wait()
-            await self._serve_mailbox(until_due=False)
+    def refusal(self, what: str) -> ActorCallError | None:
+        if self._ready:
+            return None
+        retry = max(0.0, self._due - trio.current_time())
+        hint = None
+        if self._state is S.NEEDS_RECONFIGURATION and self._last_error is not None:
+            hint = self._last_error.hint
+        return ActorNotReady(
+            f"{what} refused: the device is {self._state.value}; next attempt in {retry:.1f} s",
+            hint=hint,
+            details={"state": self._state.value, "retry_after": round(retry, 3)},
+        )
+
+    def interruption(self, what: str) -> ActorCallError:
+        if self._run_ended:
+            return ActorNotReady(
+                f"{what} interrupted: the actor is restarting", details={"started": True}
+            )
+        return ActorStopped(f"{what} interrupted: the actor is stopping", details={"started": True})
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -804,7 +821,7 @@ class Supervisor:
             except Exception as exc:
                 error = exc
             except BaseExceptionGroup as group:
-                error = _errors_beside_cancellation(group)
+                error = errors_beside_cancellation(group)
         if _timed_out_in(scope, error):
             self.actor.log.warning("teardown() did not finish within %g s; abandoned", grace)
             error = TeardownTimeout(f"teardown() exceeded {grace:g} s")
@@ -818,9 +835,8 @@ class Supervisor:
             with trio.CancelScope(shield=True):
                 if self._state is not S.STOPPED:
                     self._transition(S.STOPPING)
-                for call in self._mailbox or ():
-                    if not call.done.is_set():
-                        call.reply(error=ActorStopped(f"{call.what} not run: the actor stopped"))
+                if self._mailbox is not None:
+                    self._mailbox.close(_not_run)
                 await self._teardown()
                 self._transition(S.STOPPED)
         finally:
@@ -833,7 +849,7 @@ class Supervisor:
             # Break the reference cycles (actor <-> supervisor, watchdog <-> supervisor,
             # calls whose closures hold us), so a stopped actor is freed by reference
             # counting rather than left for a full GC pass over every live actor.
-            self.actor._supervisor = None
+            self.actor._outputs = None
             self._watchdog._supervisor = None
             self._mailbox = None
 
@@ -856,7 +872,7 @@ class Supervisor:
     def _emit_telemetry(
         self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
     ) -> None:
-        self._readings += len(batch)
+        self._counters.readings += len(batch)
         if device_id is None or device_id == self.identity.device_id:
             self._last_readings, self._last_readings_at = batch, trio.current_time()
         self._deliver(
@@ -888,20 +904,18 @@ class Supervisor:
         )
 
 
-def _errors_beside_cancellation(group: BaseExceptionGroup[BaseException]) -> Exception:
-    """The actor's own errors from a group that also holds a cancellation.
+def _described(error: Exception, phase: str) -> dict[str, Any]:
+    """The parts of an error an event carries to Core: what, its code, what to do."""
+    return {
+        "message": error_message(error),
+        "code": error_code(error),
+        "hint": error.hint if isinstance(error, PiPhiError) else ActorCrashed.default_hint,
+        "phase": phase,
+    }
 
-    A hook running its own nursery raises ``BaseExceptionGroup([Cancelled, X])`` when a
-    child fails while being cancelled. ``except Exception`` misses that, and trio's cancel
-    scope would strip the Cancelled and let ``X`` escape to every sibling. Keeping ``X`` as
-    the hook's outcome and dropping the Cancelled is safe: trio delivers a cancellation
-    again at every checkpoint of a scope that is still cancelled. A group of nothing but
-    cancellations (or holding KeyboardInterrupt) is re-raised untouched.
-    """
-    _, rest = group.split(trio.Cancelled)
-    if isinstance(rest, ExceptionGroup):
-        return rest
-    raise group
+
+def _not_run(what: str) -> ActorStopped:
+    return ActorStopped(f"{what} not run: the actor stopped")
 
 
 def _timed_out_in(scope: trio.CancelScope, error: Exception | None) -> bool:
@@ -917,8 +931,10 @@ def _timed_out(phase: str, timeout: float, raised: Exception | None) -> PollTime
 
 
 def _timings_for(cls: type[DeviceActor[Any]], config: Any) -> tuple[float, float]:
-    """An actor's poll interval and poll timeout for ``config``."""
-    interval = float(config.poll_interval_seconds or cls.poll_interval)
+    """An actor's poll interval and poll timeout for ``config``. Configs and actor classes
+    are checked against ``MIN_POLL_INTERVAL`` already; a config built without validation
+    (``model_construct``) is held to it here."""
+    interval = max(MIN_POLL_INTERVAL, float(config.poll_interval_seconds or cls.poll_interval))
     timeout = cls.poll_timeout
     return interval, min(interval, _DEFAULT_POLL_TIMEOUT_CAP) if timeout is None else float(timeout)
 
@@ -926,11 +942,3 @@ def _timings_for(cls: type[DeviceActor[Any]], config: Any) -> tuple[float, float
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-
-
-def _message(error: BaseException) -> str:
-    return error.message if isinstance(error, PiPhiError) else str(error) or type(error).__name__
-
-
-def _code(error: BaseException) -> str:
-    return error.code if isinstance(error, PiPhiError) else "actor_exception"

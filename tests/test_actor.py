@@ -1,11 +1,14 @@
+import ast
 import logging
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import runtime
 from runtime import (
     ActorNotAttached,
     DeviceActor,
@@ -156,3 +159,59 @@ def test_the_logger_is_bound_to_the_device(caplog: pytest.LogCaptureFixture) -> 
 def test_recording_sink_filters() -> None:
     sink = RecordingSink(limit=2)
     assert sink.events() == [] and sink.telemetry_for("x") == []
+
+
+def _relative_imports(module: str) -> set[str]:
+    """The runtime modules ``runtime/<module>.py`` (or the package ``runtime/<module>/``)
+    imports, TYPE_CHECKING blocks included."""
+    root = Path(runtime.__file__).parent
+    package = root / module
+    files, level = (
+        (sorted(package.glob("*.py")), 2) if package.is_dir() else ([root / f"{module}.py"], 1)
+    )
+    return {
+        (node.module or "__init__").split(".")[0]
+        for file in files
+        for node in ast.walk(ast.parse(file.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level == level
+    }
+
+
+def test_the_actor_module_never_reaches_the_supervisor_module() -> None:
+    # Actors reach their supervisor only through the ActorOutputs protocol: neither
+    # _actor.py nor anything it imports, at any depth, imports _supervisor.py.
+    seen, todo = {"_actor"}, ["_actor"]
+    while todo:
+        for imported in _relative_imports(todo.pop()) - seen:
+            seen.add(imported)
+            todo.append(imported)
+    assert "_supervisor" not in seen, sorted(seen)
+    assert "__init__" not in seen, "a module under _actor imports the package"
+
+
+def test_output_methods_hand_their_output_to_whatever_is_attached() -> None:
+    class Outputs:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, Any]] = []
+
+        def on_state(self, state: Mapping[str, Any]) -> None:
+            self.seen.append(("state", dict(state)))
+
+        def on_report(self, batch: Any, device_id: Any, observed_at: Any) -> None:
+            self.seen.append(("report", (batch, device_id, observed_at)))
+
+        def on_event(self, event_type: str, data: Any, severity: Any, device_id: Any) -> str:
+            self.seen.append(("event", (event_type, data, severity, device_id)))
+            return "e-1"
+
+    plug = Plug(PlugConfig(id="p"))
+    outputs = Outputs()
+    plug._outputs = outputs
+    plug.publish_state({"on": True})
+    plug.report([Reading("is_on", True)], device_id="child")
+    assert plug.emit_event("plug.clicked", {"n": 1}, severity="warning") == "e-1"
+    assert outputs.seen == [
+        ("state", {"on": True}),
+        ("report", ((Reading("is_on", True),), "child", None)),
+        ("event", ("plug.clicked", {"n": 1}, "warning", None)),
+    ]

@@ -12,6 +12,7 @@ from runtime import (
     InvalidReading,
     PiPhiError,
     PollTimeout,
+    ReconfigurationRequired,
 )
 
 
@@ -52,8 +53,27 @@ def test_the_hierarchy_lets_callers_catch_by_family() -> None:
 
 
 @pytest.mark.parametrize(
-    "error", [DeviceUnavailable("x", hint="h"), CallTimeout("y", details={"started": True})]
+    "error",
+    [
+        DeviceUnavailable("x", hint="h"),
+        CallTimeout("y", details={"started": True}),
+        ReconfigurationRequired(reason="auth_rejected", hint="Set the password."),
+    ],
 )
 def test_errors_survive_pickling(error: PiPhiError) -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error) and copy.to_dict() == error.to_dict()
+
+
+def test_reconfiguration_required_carries_its_reason_and_is_no_outage() -> None:
+    error = ReconfigurationRequired(reason="auth_rejected", hint="Set the password in PiPhi.")
+    assert (error.reason, error.code, error.hint) == (
+        "auth_rejected",
+        "reconfiguration_required",
+        "Set the password in PiPhi.",
+    )
+    assert error.to_dict()["reason"] == "auth_rejected" and "auth_rejected" in error.message
+    assert not isinstance(error, DeviceUnavailable), "retrying cannot help: not an outage"
+    assert pickle.loads(pickle.dumps(error)).reason == "auth_rejected"
+    with pytest.raises(ValueError, match="reason"):
+        ReconfigurationRequired(reason=" ")

@@ -37,6 +37,9 @@ def test_every_state_is_reachable_from_starting() -> None:
         (S.RUNNING, S.STARTING),
         (S.RUNNING, S.RUNNING),
         (S.STOPPING, S.RUNNING),
+        (S.NEEDS_RECONFIGURATION, S.RUNNING),
+        (S.NEEDS_RECONFIGURATION, S.BACKOFF),
+        (S.BACKOFF, S.NEEDS_RECONFIGURATION),
     ],
 )
 def test_illegal_transitions_raise_as_bugs(current: ActorState, target: ActorState) -> None:

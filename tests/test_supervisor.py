@@ -187,7 +187,10 @@ async def test_unavailable_event_carries_the_reason_and_health_shows_it(
     (event,) = sink.events("device.unavailable")
     assert event.severity == "warning"
     assert event.data["code"] == "device_unavailable"
-    assert "no answer" in event.data["reason"]
+    # `reason` says why in one word (issue 13); the error's own words are in `message`.
+    assert event.data["reason"] == "offline"
+    assert "no answer" in event.data["message"]
+    assert event.data["hint"] == DeviceUnavailable.default_hint
     assert event.identity.config_id == "p"
     health = sup.health()
     assert not health.available

@@ -38,6 +38,7 @@ DIAGNOSTICS_PAGE = 100
 DIAGNOSTICS_PAGE_MAX = 1000
 
 Status = Literal["ok", "degraded"]
+AvailabilityReason = Literal["offline", "crashing", "failed", "needs_reconfiguration"]
 LinkState = Literal["unknown", "up", "down", "auth_rejected", "no_identity", "misrouted"]
 
 
@@ -164,6 +165,10 @@ class ActorRecord(Answer):
     state: str
     state_since: UtcTime
     available: bool
+    availability_reason: AvailabilityReason | None = Field(
+        description="Why the device is unavailable: offline, crashing, failed, "
+        "needs_reconfiguration (null while available)."
+    )
     restarts_total: int
     restarts_in_window: int
     consecutive_failures: int
@@ -177,6 +182,8 @@ class ActorRecord(Answer):
     polls: int
     overruns: int
     readings: int
+    blocking_calls: int = Field(description="Times the actor blocked the event loop.")
+    longest_stall: float | None = Field(description="Its longest block, in seconds.")
     latest_readings_at: UtcTime | None
     delivery: DeviceDelivery
 

@@ -251,7 +251,7 @@ async def test_silence_is_one_outage_and_the_next_packet_ends_it(
 
     assert sink.event_types("porch") == ["device.unavailable", "device.available"]
     (outage,) = sink.events("device.unavailable")
-    assert outage.data["reason"] == (
+    assert outage.data["message"] == (
         f"no packet from Acurite-Tower id 1234 channel A on {TOPIC} for 0.3 s"
     )
     assert outage.data["phase"] == "run"
@@ -280,7 +280,7 @@ async def test_the_actor_reconnects_after_the_broker_restarts(
 
     assert sink.event_types("porch") == ["device.unavailable", "device.available"]
     (outage,) = sink.events("device.unavailable")
-    assert outage.data["reason"] == f"MQTT broker 127.0.0.1:{broker.port}: connection lost"
+    assert outage.data["message"] == f"MQTT broker 127.0.0.1:{broker.port}: connection lost"
     assert sink.telemetry_records[-1].readings == (Reading("temperature_c", 20.5, "C"),)
     assert sup.state is ActorState.RUNNING and sup.health().restarts_total == 0
     assert listening(sup)
@@ -345,7 +345,7 @@ async def test_a_refused_login_is_an_outage(
         sup.cancel()
 
     (outage,) = sink.events("device.unavailable")
-    assert outage.data["reason"] == f"MQTT broker 127.0.0.1:{strict.port} refused: not authorized"
+    assert outage.data["message"] == f"MQTT broker 127.0.0.1:{strict.port} refused: not authorized"
     assert sup.health().restarts_total == 0
     assert SECRET not in caplog.text
 
@@ -368,7 +368,7 @@ async def test_a_broker_that_never_answers_is_bounded_by_the_connect_timeout(
         nursery.cancel_scope.cancel()
 
     (outage,) = sink.events("device.unavailable")
-    assert outage.data["reason"] == (
+    assert outage.data["message"] == (
         f"MQTT broker 127.0.0.1:{port} did not accept a connection and subscription within 0.2 s"
     )
 
