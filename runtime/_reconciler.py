@@ -12,9 +12,9 @@ stops halfway. Snapshots that arrive while one runs coalesce: only the newest (h
 generation, latest on ties) is applied next, and the others answer ``stale_ignored``.
 
 Which snapshot is stale: one whose generation is lower than the last applied one's,
-unless it comes from another Core process (a different ``driver_pid``: Core restarted and
-its counter started over) or Core made it later (a newer ``updated_at``: Core restored
-from a backup). Either of those is applied and its generation becomes the one to beat,
+unless it comes from another Core process (a different ``driver_pid``, or one where the
+other had none: Core restarted and its counter started over) or Core made it later (a
+newer ``updated_at``: Core restored from a backup). Either of those is applied and its generation becomes the one to beat,
 so no generation, however large, can shut Core out for ever. The last applied generation,
 ``driver_pid`` and ``updated_at`` are kept in the local copy, so the rule holds across
 restarts. Snapshots without a generation (Core's config rows) are never stale.
@@ -183,13 +183,11 @@ class _Origin:
 
     def older_than(self, applied: _Origin) -> bool:
         """Whether a snapshot from here is stale against the one applied (module docstring):
-        a lower generation is stale unless another Core process sent it (its counter
-        started over) or Core made it later (restored from a backup)."""
+        a lower generation is stale only if the same Core process sent it (the same
+        ``driver_pid``, or none on both) and Core did not make it later."""
         if self.generation is None or applied.generation is None:
             return False
-        if self.generation >= applied.generation:
-            return False
-        if self.driver_pid and applied.driver_pid and self.driver_pid != applied.driver_pid:
+        if self.generation >= applied.generation or self.driver_pid != applied.driver_pid:
             return False
         return not (self.updated_at and applied.updated_at and self.updated_at > applied.updated_at)
 

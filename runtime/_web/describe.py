@@ -33,7 +33,8 @@ from .._contract import (
 )
 from .._integration import Integration
 from .._redact import is_secret_key
-from .context import current_integration
+from .._runtime import Runtime
+from .context import RUNTIME_KEY, current_integration
 
 __all__ = [
     "ContractOpenAPI",
@@ -228,7 +229,8 @@ def _title(name: str) -> str:
 
 class ContractOpenAPI(OpenAPIProvider):
     """quart-schema's document plus what every route shares: problem+json errors (any
-    status) and the integration token's security scheme (``/health`` is open)."""
+    status) and the integration token's security scheme (``/health`` is open; in adopted
+    mode the token is optional everywhere)."""
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)
@@ -246,6 +248,9 @@ class ContractOpenAPI(OpenAPIProvider):
 
     def schema(self) -> dict[str, Any]:
         document = super().schema()
+        rt = self._app.extensions.get(RUNTIME_KEY)
+        if isinstance(rt, Runtime) and not rt.managed:
+            document["security"] = [{}, *document.get("security", [])]  # adopted: optional
         schemas = document["components"]["schemas"]
         problem = ProblemDocument.model_json_schema(
             ref_template="#/components/schemas/{model}", mode="serialization"

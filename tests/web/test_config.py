@@ -84,6 +84,10 @@ async def test_a_lower_generation_applies_from_another_core_or_a_later_one(
     _, applied = await served.post("/config/sync", snap(1, "c", driver_pid=12))
     assert (applied["status"], applied["active_config_ids"]) == ("synced", ["c"])
     assert served.runtime.sync.last_generation == 1
+    # Whatever a sender without a driver_pid claimed, Core's own process is another one.
+    await served.post("/config/sync", snap(2**53 - 1, "x", updated_at="9999-01-01T00:00:00Z"))
+    _, applied = await served.post("/config/sync", snap(3, "d", driver_pid=12))
+    assert (applied["status"], applied["active_config_ids"]) == ("synced", ["d"])
 
 
 async def test_the_rule_holds_across_a_restart_and_an_old_huge_generation_is_dropped(
