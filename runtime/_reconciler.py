@@ -14,8 +14,9 @@ generation, latest on ties) is applied next, and the others answer ``stale_ignor
 Which snapshot is stale: one whose generation is lower than the last applied one's,
 unless it comes from another Core process (a different ``driver_pid``, or one where the
 other had none: Core restarted and its counter started over) or Core made it later (a
-newer ``updated_at``: Core restored from a backup). Either of those is applied and its generation becomes the one to beat,
-so no generation, however large, can shut Core out for ever. The last applied generation,
+newer ``updated_at``: Core restored from a backup). Either of those is applied and its
+generation becomes the one to beat, so no generation, however large, can shut Core out
+for ever. The last applied generation,
 ``driver_pid`` and ``updated_at`` are kept in the local copy, so the rule holds across
 restarts. Snapshots without a generation (Core's config rows) are never stale.
 """

@@ -30,6 +30,7 @@ class DeviceSlice:
     identity: DeviceIdentity
     actor: str
     latest_state: Mapping[str, Any]
+    """Its latest value per key: readings and published state, the latest winning."""
     state_updated: datetime | None
     readings: tuple[Reading, ...]
     """The device's own most recent readings."""

@@ -274,7 +274,9 @@ class Supervisor:
         )
 
     def published_state(self) -> tuple[Mapping[str, Any], datetime | None]:
-        """The latest state the actor published and when (a read-only copy)."""
+        """The device's latest value per key and when the last one came (a read-only copy):
+        its own readings and what the actor published, the latest winning per key
+        whichever path it came by."""
         return MappingProxyType(dict(self._state_values or {})), wall_clock(self._state_updated)
 
     def latest_readings(self) -> tuple[tuple[Reading, ...], datetime | None]:
@@ -874,7 +876,14 @@ class Supervisor:
     ) -> None:
         self._counters.readings += len(batch)
         if device_id is None or device_id == self.identity.device_id:
-            self._last_readings, self._last_readings_at = batch, trio.current_time()
+            now = trio.current_time()
+            self._last_readings, self._last_readings_at = batch, now
+            values = self._state_values
+            if values is None:
+                values = self._state_values = {}
+            for reading in batch:
+                values[reading.metric] = reading.value
+            self._state_updated = now
         self._deliver(
             self._sink.telemetry,
             TelemetryRecord(

@@ -241,15 +241,12 @@ def _describe(spec: Any) -> str:
 
 
 def _state_entry(device: DeviceSlice) -> StateEntry:
-    state: dict[str, Any] = {r.metric: r.value for r in device.readings}
-    state.update(device.latest_state)
-    times = [t for t in (device.readings_at, device.state_updated) if t is not None]
     return build(
         StateEntry,
         config_id=device.identity.config_id,
         device_id=device.identity.device_id,
-        latest_state=redact(state),
-        last_updated=max(times) if times else None,
+        latest_state=redact(dict(device.latest_state)),
+        last_updated=device.state_updated,
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from runtime import Integration
+from runtime import DeviceActor, Integration, Reading, RuntimeConfig, command
 from runtime.testing import FakeCore
 from tests.helpers import Probe
 from tests.served import Push, Served, env_for, serve
@@ -83,3 +85,45 @@ async def test_entities_are_paged_by_config_id_on_request(
     assert page["page"]["next_offset"] == 3
     status, problem = await served.get("/entities", query_string={"limit": "0"})
     assert (status, problem["code"]) == (400, "bad_query_argument")
+
+
+class SwitchConfig(RuntimeConfig):
+    poll_interval_seconds: float = 5.0
+
+
+class Switch(DeviceActor[SwitchConfig]):
+    """A switch someone can also flip by hand: ``self.position`` is the real world."""
+
+    position = False
+
+    async def poll(self) -> list[Reading]:
+        return [Reading("switch_on", type(self).position), Reading("power_w", 3.5)]
+
+    @command("turn_on")
+    async def turn_on(self, args: Mapping[str, Any]) -> dict[str, bool]:
+        type(self).position = True
+        self.publish_state({"switch_on": True, "mode": "manual"})
+        return {"switch_on": True}
+
+
+async def test_the_latest_value_wins_per_key_whichever_path_it_came_by(
+    core: FakeCore, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    integration = Integration(id="switches", name="Switches", version="1", actor=Switch)
+    async with serve(core, env_for(tmp_path, core), integration) as served:
+        await served.post("/config", {"id": "sw"})
+        await trio.sleep(6)
+        status, _ = await served.post("/command", {"command": "turn_on", "config_id": "sw"})
+        assert status == 200
+        _, body = await served.get("/state")
+        assert body["entries"]["sw"]["latest_state"]["switch_on"] is True
+        Switch.position = False  # switched off by hand; the next read says so
+        _, body = await served.get(
+            "/state", query_string={"refresh": "true", "refresh_request_id": "r-off"}
+        )
+        assert body["refresh"]["status"] == "refreshed"
+        assert body["entries"]["sw"]["latest_state"] == {
+            "switch_on": False,  # the newer reading, not the older published value
+            "mode": "manual",  # published only: kept
+            "power_w": 3.5,
+        }
