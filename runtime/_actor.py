@@ -24,7 +24,7 @@ from ._config import MIN_POLL_INTERVAL, RuntimeConfig
 from ._errors import ActorNotAttached, InvalidActor, InvalidEvent, InvalidReading
 from ._logs import protect
 from ._policy import RestartPolicy
-from ._reading import Reading, validate_readings
+from ._reading import MAX_NAME, Reading, json_problem, validate_readings
 from ._sink import SEVERITIES, ActorOutputs, Severity
 
 __all__ = ["CommandSpec", "DeviceActor", "command"]
@@ -228,6 +228,12 @@ class DeviceActor(Generic[ConfigT]):
             raise InvalidReading(
                 f"publish_state() takes a mapping with string keys, got {type(state).__name__}"
             )
+        problem = json_problem(state)
+        if problem is not None:
+            raise InvalidReading(
+                f"publish_state() got {problem}",
+                hint="State is served as JSON: use None for a value that is not known.",
+            )
         self._attached().on_state(state)
 
     def report(
@@ -274,6 +280,15 @@ class DeviceActor(Generic[ConfigT]):
             )
         if data is not None and not isinstance(data, Mapping):
             raise InvalidEvent(f"emit_event() data must be a mapping, got {type(data).__name__}")
+        problem = json_problem(data) or (
+            None if len(event_type) <= MAX_NAME and event_type.isprintable() else "a bad type"
+        )
+        if problem is not None:
+            raise InvalidEvent(
+                f"emit_event({event_type[:40]!r}) got {problem}",
+                hint=f"Event types are printable and at most {MAX_NAME} characters; data is "
+                "plain JSON (strings, finite numbers, booleans, null, lists, objects).",
+            )
         return self._attached().on_event(event_type, dict(data or {}), severity, device_id)
 
     @property

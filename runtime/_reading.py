@@ -10,7 +10,12 @@ import attrs
 
 from ._errors import InvalidReading
 
-__all__ = ["Reading", "Value", "validate_readings"]
+__all__ = ["MAX_NAME", "Reading", "Value", "json_problem", "validate_readings"]
+
+#: The longest metric name (and state key, event type) Core is sent.
+MAX_NAME = 128
+#: How deep published state and event data may nest.
+MAX_NESTING = 16
 
 #: What Core accepts as a metric value (docs/contract.md, telemetry ``metrics``).
 Value: TypeAlias = bool | int | float | str
@@ -35,6 +40,12 @@ class Reading:
         if type(metric) is not str or not metric.strip():
             raise InvalidReading(
                 f"A reading's metric name must be a non-empty string, got {metric!r}"
+            )
+        if len(metric) > MAX_NAME or not metric.isprintable():
+            raise InvalidReading(
+                f"A reading's metric name must be printable and at most {MAX_NAME} characters, "
+                f"got {metric[:40]!r}...",
+                hint="Use short, stable names such as temperature_c.",
             )
         kind = type(value)
         # Exact type checks first (this runs for every reading of every poll); subclasses
@@ -82,3 +93,33 @@ def validate_readings(readings: Iterable[Reading], *, source: str) -> tuple[Read
         twice = next(r.metric for r in batch if r.metric in seen or seen.add(r.metric))  # type: ignore[func-returns-value]
         raise InvalidReading(f"{source} gave metric {twice!r} twice in one payload")
     return batch
+
+
+def json_problem(value: object, depth: int = 0) -> str | None:
+    """Why ``value`` cannot be sent as JSON everywhere (strict parsers included), or None:
+    only objects with string keys, lists, strings, booleans, finite numbers and null,
+    nested at most ``MAX_NESTING`` deep."""
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is int:
+        return None
+    if kind is float or isinstance(value, float):
+        return None if math.isfinite(value) else f"a non-finite number ({value!r})"  # type: ignore[arg-type]
+    if depth >= MAX_NESTING:
+        return f"nesting deeper than {MAX_NESTING} levels"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"a key that is not a string ({key!r})"
+            problem = json_problem(item, depth + 1)
+            if problem is not None:
+                return f"{problem} under {key!r}"
+        return None
+    if isinstance(value, list | tuple):
+        for item in value:
+            problem = json_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, int | str):
+        return None
+    return f"a {kind.__name__}, which JSON has no type for"

@@ -215,3 +215,38 @@ def test_output_methods_hand_their_output_to_whatever_is_attached() -> None:
         ("report", ((Reading("is_on", True),), "child", None)),
         ("event", ("plug.clicked", {"n": 1}, "warning", None)),
     ]
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda p: p.publish_state({"t": float("nan")}), InvalidReading),
+        (lambda p: p.publish_state({"t": [1.0, float("inf")]}), InvalidReading),
+        (lambda p: p.publish_state({"when": datetime(2026, 1, 1)}), InvalidReading),
+        (lambda p: p.publish_state({"deep": _nested(20)}), InvalidReading),
+        (lambda p: p.emit_event("x", {"ratio": float("-inf")}), InvalidEvent),
+        (lambda p: p.emit_event("x", {1: "key not a string"}), InvalidEvent),
+        (lambda p: p.emit_event("x" * 200), InvalidEvent),
+        (lambda p: p.emit_event("line\nbreak"), InvalidEvent),
+        (lambda p: p.report([Reading("m" * 129, 1)]), InvalidReading),
+        (lambda p: p.report([Reading("tab\there", 1)]), InvalidReading),
+    ],
+)
+def test_what_is_not_json_everywhere_is_refused_at_the_source(call: Any, error: type) -> None:
+    plug = Plug(PlugConfig(id="p"))
+    sent: list[Any] = []
+    plug._outputs = type("Outputs", (), {
+        "on_state": lambda self, s: sent.append(s),
+        "on_report": lambda self, *a: sent.append(a),
+        "on_event": lambda self, *a: sent.append(a) or "e",
+    })()  # fmt: skip
+    with pytest.raises(error):
+        call(plug)
+    assert sent == [], "nothing reached the supervisor"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"k": value}
+    return value
