@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 ROOT = Path(__file__).resolve().parent.parent.parent
 TOKEN = "fuzz-token"
 HEADERS = {"X-Container-Id": "ctr-fuzz", "X-PiPhi-Integration-Token": TOKEN}
-EXAMPLES = 25
+EXAMPLES = 15
 
 
 def start(state: Path, *, managed: bool) -> tuple[subprocess.Popen[str], str]:
@@ -134,6 +134,10 @@ def fuzz(url: str, mode: GenerationMode) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_every_route_keeps_its_contract(runtime_url: str, mode: GenerationMode) -> None:
+def test_every_route_keeps_its_contract(
+    runtime_url: str, mode: GenerationMode, request: pytest.FixtureRequest
+) -> None:
+    if mode is GenerationMode.NEGATIVE and "adopted" in request.node.name:
+        pytest.skip("invalid bodies meet the same code in both auth modes: fuzzed once")
     failures = fuzz(runtime_url, mode)
     assert not failures, "\n\n".join(failures)
