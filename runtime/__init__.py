@@ -20,6 +20,7 @@ from ._errors import (
     CoreAuthRejected,
     CoreError,
     CoreIdentityUnknown,
+    CorePayloadTooLarge,
     CoreRejected,
     CoreRouteNotFound,
     CoreServerError,
@@ -35,16 +36,22 @@ from ._errors import (
     PiPhiError,
     PollTimeout,
     RefreshUnsupported,
+    SpoolBusy,
+    SpoolCorrupt,
     SpoolError,
+    SpoolFull,
+    SpoolIOError,
     TeardownTimeout,
     UnknownCommand,
 )
 from ._health import ActorHealth, ErrorRecord
 from ._integration import Integration
 from ._lifecycle import ActorState, can_transition
+from ._limits import MAX_PAYLOAD_BYTES
 from ._nursery import ActorNursery, open_actor_nursery
 from ._outbox import LinkStatus, Outbox, OutboxSettings, OutboxStats, open_outbox
 from ._policy import RestartPolicy
+from ._process import MemoryMonitor
 from ._reading import Reading
 from ._reconciler import (
     ApplyResult,
@@ -55,6 +62,7 @@ from ._reconciler import (
     SyncResult,
     select_by_field,
 )
+from ._recovery import Recovery
 from ._registry import DeviceSlice, Registry
 from ._rehydrate import LocalCopy, RehydrationReport, SourceReport, mounted_snapshot_path, rehydrate
 from ._runtime import Runtime, open_runtime
@@ -65,6 +73,7 @@ from ._supervisor import Refresh, Supervisor
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_PAYLOAD_BYTES",
     "ActorBusy",
     "ActorCallError",
     "ActorCrashed",
@@ -84,6 +93,7 @@ __all__ = [
     "CoreClient",
     "CoreError",
     "CoreIdentityUnknown",
+    "CorePayloadTooLarge",
     "CoreRejected",
     "CoreRouteNotFound",
     "CoreServerError",
@@ -104,6 +114,7 @@ __all__ = [
     "InvalidReading",
     "LinkStatus",
     "LocalCopy",
+    "MemoryMonitor",
     "Outbox",
     "OutboxSettings",
     "OutboxStats",
@@ -111,6 +122,7 @@ __all__ = [
     "PollInterval",
     "PollTimeout",
     "Reading",
+    "Recovery",
     "Refresh",
     "RefreshUnsupported",
     "Registry",
@@ -123,7 +135,11 @@ __all__ = [
     "Severity",
     "Sink",
     "SourceReport",
+    "SpoolBusy",
+    "SpoolCorrupt",
     "SpoolError",
+    "SpoolFull",
+    "SpoolIOError",
     "Supervisor",
     "SyncResult",
     "TeardownTimeout",

@@ -217,9 +217,13 @@ class ConfigSync:
         *,
         history: int = 100,
         on_applied: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        on_removed: Callable[[str], None] | None = None,
     ) -> None:
         """``on_applied`` receives the running set as a snapshot after every change (to
-        keep a local copy for rehydration, see ``LocalCopy.save``)."""
+        keep a local copy for rehydration, see ``LocalCopy.save``); ``on_removed`` the
+        config id (Core's ``config_id``) of each config removed, once its actor stopped
+        and its ``device.deconfigured`` event was sent (to prune per-device state, see
+        ``Outbox.forget``)."""
         self._actors = actors
         self._select = _fixed(select) if isinstance(select, type) else select
         self._sink = sink
@@ -231,6 +235,7 @@ class ConfigSync:
         self._last_hash: str | None = None
         self.recent_events: deque[EventRecord] = deque(maxlen=history)
         self._on_applied = on_applied
+        self._on_removed = on_removed
 
     @property
     def active_config_ids(self) -> tuple[str, ...]:
@@ -435,6 +440,8 @@ class ConfigSync:
                     nursery.start_soon(running.stop)
         for identity in stopping:
             self._event("device.deconfigured", identity)
+            if self._on_removed is not None:
+                self._on_removed(identity.config_id)
 
     async def _persist(self) -> None:
         if self._on_applied is None:

@@ -706,6 +706,7 @@ def _runtime_figures(
         "queue_depth": stats.queue_depth,
         "spool_depth": stats.spool_depth,
         "dropped": stats.dropped,
+        **rt.figures(),  # memory, and storage recovered at start-up
     }
 
 

@@ -19,16 +19,18 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import httpx
+import trio
 
 from ._core import CoreClient, header_value
 from ._health import Concern, fleet_concerns
 from ._ledger import CommandLedger
 from ._nursery import ActorNursery, open_actor_nursery
 from ._outbox import Outbox, OutboxSettings, open_outbox
+from ._process import MemoryMonitor
 from ._reconciler import ConfigSync
 from ._redact import install_log_redaction, secrets
 from ._registry import Registry
@@ -62,11 +64,25 @@ class Runtime:
     rehydration: RehydrationReport | None = None
     failure: str | None = None
     """Set when the runtime's core has died: health then answers 503."""
+    memory: MemoryMonitor = attrs.field(factory=MemoryMonitor)
+    """The process's RSS, its trend and its limit (``PIPHI_MEMORY_LIMIT_MB``)."""
 
     def concerns(self, by_state: Mapping[str, int]) -> list[Concern]:
         """Why the runtime is degraded now (empty: ``ok``), given its actors counted by
         state: every part that can be unhealthy adds its own."""
-        return [*fleet_concerns(by_state), *self.outbox.concerns()]
+        return [*fleet_concerns(by_state), *self.outbox.concerns(), *self.memory.concerns()]
+
+    def figures(self) -> dict[str, Any]:
+        """Runtime-wide figures beside the routes' own, for ``/health`` and ``/diagnostics``:
+        memory, and what was lost from damaged state files at start-up (None if nothing)."""
+        ledger = self.ledger.recovery
+        return {
+            "memory": self.memory.to_dict(),
+            "storage": {
+                "spool": self.outbox.stats_recovery(),
+                "command_ledger": ledger.to_dict() if ledger else None,
+            },
+        }
 
     def learn_auth(
         self, container_id: str | None, token: str | None, *, from_sync: bool = False
@@ -100,6 +116,8 @@ async def open_runtime(
     """Run ``integration``: open everything, rehydrate, yield the ``Runtime``."""
     env = os.environ if env is None else env
     install_log_redaction()
+    settings = outbox_settings or OutboxSettings.from_env(env)
+    memory = MemoryMonitor.from_env(env)
     client = CoreClient.from_env(env, integration_id=integration.id, transport=transport)
     token = header_value(env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN"))
     if token:
@@ -110,12 +128,20 @@ async def open_runtime(
         async with (
             client,
             CommandLedger.opened(directory / "commands.db") as ledger,
-            open_outbox(
-                client, spool_path=directory / "spool.db", settings=outbox_settings
-            ) as outbox,
+            open_outbox(client, spool_path=directory / "spool.db", settings=settings) as outbox,
             open_actor_nursery(outbox, rng=rng) as actors,
+            trio.open_nursery() as background,
         ):
-            sync = ConfigSync(actors, integration.selector, outbox, on_applied=local.save)
+            if ledger.recovery is not None:
+                outbox.report_recovery(ledger.recovery)
+            background.start_soon(memory.run)
+            sync = ConfigSync(
+                actors,
+                integration.selector,
+                outbox,
+                on_applied=local.save,
+                on_removed=outbox.forget,
+            )
             runtime = Runtime(
                 integration=integration,
                 client=client,
@@ -127,6 +153,7 @@ async def open_runtime(
                 state_dir=directory,
                 managed=token is not None,
                 token_source="environment" if token else "none",
+                memory=memory,
             )
             runtime.rehydration = await rehydrate(
                 sync,
@@ -134,7 +161,10 @@ async def open_runtime(
                 local=local,
                 fetch_core_rows=client.fetch_configs if client.container_id else None,
             )
-            yield runtime
+            try:
+                yield runtime
+            finally:
+                background.cancel_scope.cancel(reason="runtime closing")
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -75,10 +76,11 @@ async def test_rejected_rows_move_to_their_own_table(tmp_path: Path) -> None:
     batch = rows(1, 3)
     await spool.commit(batch)
     never_spooled = SpoolRow(9, 0, "k", 1.0, b"{}")
+    now = time.time()
     await spool.commit(
         reject=[
-            Rejection(batch[1], True, 2000.0, 422, "bad metric"),
-            Rejection(never_spooled, False, 2000.0, 400, "bad"),
+            Rejection(batch[1], True, now, 422, "bad metric"),
+            Rejection(never_spooled, False, now, 400, "bad"),
         ]
     )
     assert [r.seq for r in await spool.read_after(0, 10)] == [1, 3]
