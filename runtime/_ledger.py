@@ -12,6 +12,7 @@ ledger never keeps the runtime down.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,8 @@ from ._database import Database, rollback
 from ._recovery import Recovery, Table
 
 __all__ = ["CommandLedger", "LedgerEntry"]
+
+log = logging.getLogger("runtime.ledger")
 
 #: Keys older than this are forgotten (a retry a week later is a new command).
 KEEP_SECONDS = 7 * 24 * 3600.0
@@ -87,6 +90,8 @@ class CommandLedger:
     @asynccontextmanager
     async def opened(cls, path: Path) -> AsyncIterator[CommandLedger]:
         db = await Database.open(path, "command ledger", _SCHEMA, tables=_TABLES)
+        if db.recovery is not None:
+            log.error("%s; keys lost may run again if Core retries them", db.recovery.describe())
         try:
             yield cls(db)
         finally:

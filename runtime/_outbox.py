@@ -221,6 +221,9 @@ class OutboxStats:
     recovery: dict[str, Any] | None = None
     """What was lost since the last run: a damaged spool moved aside and salvaged, or
     one that vanished or was emptied (``_recovery.Recovery``); None if nothing."""
+    configs_tracked: int = 0
+    """Configs whose delivery figures are held: those running, and removed ones until
+    nothing of theirs is queued."""
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -259,17 +262,32 @@ class _Item:
 class _Figures:
     """One config's delivery counts, for its line in /diagnostics."""
 
-    __slots__ = ("accepted", "config_id", "delivered", "last_delivered", "queued", "removed")
+    __slots__ = (
+        "accepted",
+        "config_id",
+        "delivered",
+        "last_delivered",
+        "on_disk",
+        "queued",
+        "removed",
+    )
 
-    def __init__(self, config_id: str, *, removed: bool = False) -> None:
+    def __init__(self, config_id: str, *, removed: bool = False, on_disk: int = 0) -> None:
         self.config_id = config_id
         self.accepted = 0
         self.delivered = 0
         self.last_delivered: float | None = None
         self.queued = 0
         """Items of this config in memory (on a lane or waiting for the spool)."""
+        self.on_disk = on_disk
+        """Rows of this config only in the spool (not yet read back)."""
         self.removed = removed
-        """The config is gone: forget these figures once nothing of it is queued."""
+        """The config is gone (or not running yet, for rows found in the spool at start):
+        forget these figures once nothing of it is queued, in memory or on disk."""
+
+    @property
+    def idle(self) -> bool:
+        return self.queued <= 0 and self.on_disk <= 0
 
 
 class _Lane:
@@ -337,7 +355,11 @@ class Outbox:
         self._overflow_warned = False
         self._refusals: dict[str, int] = {}
         self._refusals_since = self._refusals_logged = 0.0
-        self._devices: dict[str, _Figures] = {}
+        # Every config with rows in the spool has figures, to know when to forget them.
+        self._devices: dict[str, _Figures] = {
+            config_id: _Figures(config_id, removed=True, on_disk=rows)
+            for config_id, rows in spool.rows_by_config.items()
+        }
         self.recovery: Recovery | None = spool.recovery
         self.accepted = self.delivered = self.retried = self.spooled = 0
         self.replayed = self.dropped = self.rejected = self.written_behind = 0
@@ -453,15 +475,18 @@ class Outbox:
             self._feed()
         self._writer_bell.ring()
 
-    def _release(self, item: _Item) -> None:
-        """``item`` left memory for good (delivered, refused, dropped or only on disk)."""
+    def _release(self, item: _Item, *, to_disk: bool = False) -> None:
+        """``item`` left memory: for good (delivered, refused, dropped), or ``to_disk``
+        (only its spool row is left, to be read back)."""
         figures = item.figures
         figures.queued -= 1
-        if (
-            figures.removed
-            and figures.queued <= 0
-            and self._devices.get(figures.config_id) is figures
-        ):
+        if to_disk:
+            figures.on_disk += 1
+        elif figures.removed and figures.idle:
+            self._prune(figures)
+
+    def _prune(self, figures: _Figures) -> None:
+        if self._devices.get(figures.config_id) is figures:
             del self._devices[figures.config_id]
 
     def _feed(self) -> None:
@@ -485,7 +510,7 @@ class Outbox:
         if figures is None:
             return
         figures.removed = True
-        if figures.queued <= 0:
+        if figures.idle:
             del self._devices[config_id]
 
     # -- what health shows -------------------------------------------------------------
@@ -535,6 +560,7 @@ class Outbox:
             written_behind=self.written_behind,
             spool_error=self._spool_error if self._spool_failing else None,
             recovery=self.stats_recovery(),
+            configs_tracked=len(self._devices),
         )
 
     def concerns(self) -> list[Concern]:
@@ -870,10 +896,11 @@ class Outbox:
         if items:
             self._disk_max = max(self._disk_max, max(item.seq for item in items))
         if outcome.dropped:
+            self._dropped_from_disk(outcome.dropped_by_config)
             self._dropped(outcome.dropped, "cap")
         if final or not items or self._cursor < before or outcome.dropped:
             for item in items:
-                self._release(item)  # only on disk now; the reader brings it back
+                self._release(item, to_disk=True)  # the reader brings it back
             return
         # Every older row is on a lane already: hand the fresh rows over directly rather
         # than reading them back. (Not after a trim, which may have taken some of them;
@@ -883,9 +910,17 @@ class Outbox:
             item.spooled = True
             self._enqueue(item)
         for item in items[room:]:
-            self._release(item)
+            self._release(item, to_disk=True)
         if room:
             self._cursor = items[min(room, len(items)) - 1].seq
+
+    def _dropped_from_disk(self, by_config: Mapping[str, int]) -> None:
+        for config_id, count in by_config.items():
+            figures = self._devices.get(config_id)
+            if figures is not None:
+                figures.on_disk -= count
+                if figures.removed and figures.idle:
+                    self._prune(figures)
 
     def _wrote_behind(self, behind: list[_Item]) -> None:
         """Rows of items still on their lanes are on disk now: never replay them, and
@@ -968,8 +1003,9 @@ class Outbox:
                 continue  # written behind: the item is on its lane already
             config_id = row.lane_key.partition("\x00")[0]
             figures = self._devices.get(config_id)
-            if figures is None:  # not accepted by this process: forget it once delivered
+            if figures is None:  # cannot be: every config with rows on disk has figures
                 figures = self._devices[config_id] = _Figures(config_id, removed=True)
+            figures.on_disk -= 1
             self._enqueue(
                 _Item(row.seq, row.kind, row.lane_key, row.created, row.payload, True, figures)
             )

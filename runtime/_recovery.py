@@ -102,7 +102,8 @@ class Recovery:
 def open_or_recover(
     path: Path, role: str, schema: str, *, exclusive: bool, tables: Sequence[Table]
 ) -> tuple[sqlite3.Connection, Recovery | None]:
-    """Open ``path``; if SQLite finds it damaged, rebuild it (see the module docstring)."""
+    """Open ``path``; if SQLite finds it damaged, rebuild it (see the module docstring).
+    The caller logs the ``Recovery`` (once it knows what was expected)."""
     try:
         con = connect(path, role, schema, exclusive=exclusive)
     except SpoolCorrupt as err:
@@ -137,9 +138,7 @@ def _rebuild(
     except BaseException:
         con.close()
         raise
-    recovery = Recovery(role, str(path), "corrupt", detail, str(moved), recovered, skipped)
-    log.error("%s", recovery.describe())
-    return con, recovery
+    return con, Recovery(role, str(path), "corrupt", detail, str(moved), recovered, skipped)
 
 
 def move_aside(path: Path) -> Path:

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ import trio
 from . import _offload
 from ._database import Database, rollback
 from ._recovery import Recovery, SpoolMarker, Table, noticed_loss
+
+log = logging.getLogger("runtime.spool")
 
 __all__ = [
     "REJECTED_BODY_MAX",
@@ -153,6 +156,8 @@ class Rejection:
 class CommitOutcome:
     dropped: int
     """Rows deleted by the cap (bytes or age) in this commit."""
+    dropped_by_config: Mapping[str, int] = attrs.field(factory=dict)
+    """The same, per config id (the part of ``lane_key`` before its NUL)."""
 
 
 @attrs.frozen(slots=True)
@@ -186,6 +191,8 @@ class Spool:
         self.recovery = recovery
         """What was lost since the last run (a damaged, emptied or missing spool), if any."""
         self.rejected_caps = RejectedCaps()
+        self.rows_by_config: dict[str, int] = {}
+        """Rows per config id when the spool was opened (for the outbox's bookkeeping)."""
         self._marked = totals.depth
         self._marked_at = time.monotonic()
 
@@ -230,9 +237,12 @@ class Spool:
             expected = marker.depth if marker is not None else None
             lost = None if expected is None else max(0, expected - recovered)
             recovery = attrs.evolve(recovery, expected=expected, lost=lost)
+            log.error("%s", recovery.describe())
         else:
             recovery = noticed_loss(path, marker, existed, size, totals.depth)
         spool = cls(db, totals, recovery)
+        if totals.depth:
+            spool.rows_by_config = await db.run(_rows_by_config)
         await spool._mark(clean=False)
         return spool
 
@@ -269,7 +279,7 @@ class Spool:
             depth == 0 or time.monotonic() - self._marked_at >= MARKER_EVERY
         ):
             await self._mark(clean=False)
-        return CommitOutcome(dropped=dropped)
+        return CommitOutcome(dropped=sum(dropped.values()), dropped_by_config=dropped)
 
     async def probe(self, size: int = PROBE_BYTES) -> None:
         """Write ``size`` bytes and delete them in one transaction: SpoolError if the
@@ -335,6 +345,14 @@ def _probe_sync(con: sqlite3.Connection, size: int) -> None:
         raise
 
 
+def _rows_by_config(con: sqlite3.Connection) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for lane_key, rows in con.execute("SELECT lane_key, COUNT(*) FROM items GROUP BY lane_key"):
+        config_id = lane_key.partition("\x00")[0]
+        counts[config_id] = counts.get(config_id, 0) + rows
+    return counts
+
+
 def _oldest(con: sqlite3.Connection) -> float | None:
     row = con.execute("SELECT created FROM items ORDER BY seq LIMIT 1").fetchone()
     return None if row is None else float(row[0])
@@ -350,7 +368,7 @@ def _commit_sync(
     older_than: float | None,
     protected: tuple[int, Container[int]],
     caps: RejectedCaps,
-) -> tuple[int, _Totals]:
+) -> tuple[dict[str, int], _Totals]:
     depth, size, max_seq = totals.depth, totals.bytes, totals.max_seq
     con.execute("BEGIN IMMEDIATE")
     try:
@@ -374,15 +392,14 @@ def _commit_sync(
         rejected, rejected_bytes, consistent_rejected = _park(con, totals, reject, caps)
         if reject:
             max_seq = max(max_seq, max(j.row.seq for j in reject))
-        dropped = 0
+        dropped: dict[str, int] = {}
         excess_bytes = 0 if max_bytes is None else size - max_bytes
         oldest = _oldest(con)
         if excess_bytes > 0 or (
             older_than is not None and oldest is not None and oldest < older_than
         ):
-            rows, freed = _drop_oldest(con, protected, excess_bytes, older_than)
-            dropped += rows
-            depth -= rows
+            dropped, freed = _drop_oldest(con, protected, excess_bytes, older_than)
+            depth -= sum(dropped.values())
             size -= freed
             oldest = _oldest(con)
         # If a row we counted on was not there, recount rather than drift.
@@ -480,18 +497,21 @@ def _drop_oldest(
     protected: tuple[int, Container[int]],
     excess_bytes: int,
     older_than: float | None,
-) -> tuple[int, int]:
-    """Delete the oldest unprotected rows while over the byte cap or older than the cutoff."""
+) -> tuple[dict[str, int], int]:
+    """Delete the oldest unprotected rows while over the byte cap or older than the cutoff;
+    returns the rows deleted per config id and the bytes freed."""
     cursor, protect = protected
-    rows_dropped = freed = 0
+    by_config: dict[str, int] = {}
+    freed = 0
     while True:
         batch = con.execute(
-            "SELECT seq, created, length(payload) FROM items WHERE seq > ? ORDER BY seq LIMIT 512",
+            "SELECT seq, created, length(payload), lane_key FROM items WHERE seq > ? "
+            "ORDER BY seq LIMIT 512",
             (cursor,),
         ).fetchall()
         doomed: list[tuple[int]] = []
         last = None
-        for seq, created, length in batch:
+        for seq, created, length, lane_key in batch:
             too_old = older_than is not None and created < older_than
             if excess_bytes - freed <= 0 and not too_old:
                 break
@@ -500,13 +520,14 @@ def _drop_oldest(
                 continue
             doomed.append((seq,))
             freed += length
+            config_id = lane_key.partition("\x00")[0]
+            by_config[config_id] = by_config.get(config_id, 0) + 1
         if doomed:
             con.executemany("DELETE FROM items WHERE seq = ?", doomed)
-            rows_dropped += len(doomed)
         if last is None or last != batch[-1][0]:
             break
         cursor = last
-    return rows_dropped, freed
+    return by_config, freed
 
 
 def _read_sync(con: sqlite3.Connection, seq: int, limit: int) -> list[SpoolRow]:

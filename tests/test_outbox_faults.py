@@ -337,3 +337,38 @@ async def test_a_removed_config_is_forgotten_once_nothing_of_it_is_queued(
             await outbox.wait_settled()
         assert outbox.tracked_configs == 0
     assert len(core.telemetry()) == 6 + 1000
+
+
+async def test_figures_follow_rows_on_disk_across_removal_and_restart(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    await core.down()
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        for n in range(5):
+            outbox.telemetry(record(1, n))
+            outbox.telemetry(record(2, n))
+            await trio.sleep(1)
+        outbox.forget("cfg-1")  # removed while its items wait in the spool
+        assert outbox.device_figures("cfg-1")["accepted"] == 5
+        outbox.telemetry(record(1, 5))  # configured again before they were delivered
+        outbox.forget("cfg-2")
+        await core.up()
+        with trio.fail_after(60):
+            await outbox.wait_settled()
+        assert outbox.device_figures("cfg-1") == {
+            "accepted": 6,
+            "delivered": 6,
+            "last_delivered": outbox.device_figures("cfg-1")["last_delivered"],
+        }
+        assert outbox.tracked_configs == 1, "cfg-2's figures went with its last item"
+    await core.down()
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        outbox.telemetry(record(3, 0))
+        await trio.sleep(5)
+    await core.up()
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        assert outbox.device_figures("cfg-3")["accepted"] == 0  # held for its spooled row
+        assert outbox.tracked_configs == 1
+        with trio.fail_after(60):
+            await outbox.wait_settled()
+        assert outbox.tracked_configs == 0, "a config not running here is forgotten once sent"
