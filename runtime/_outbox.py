@@ -143,8 +143,9 @@ class OutboxSettings:
         default="memory", validator=attrs.validators.in_(("memory", "write_ahead"))
     )
     memory_window: float = attrs.field(default=1.0, validator=_positive)
-    """With ``memory`` durability: an item waiting on a lane this long (seconds) is
-    written to the spool behind it, so a hard kill loses at most about this much."""
+    """With ``memory`` durability: an item that has waited on a lane for between half
+    and all of this (seconds) is written to the spool behind it, so a hard kill loses at
+    most about this much."""
     spool_max_bytes: int = attrs.field(default=512 * MiB, validator=_positive)
     spool_max_age: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive)
     retry: RestartPolicy = attrs.field(
@@ -230,7 +231,7 @@ class OutboxStats:
 
 
 class _Item:
-    __slots__ = ("body", "created", "done", "figures", "key", "kind", "seq", "spooled")
+    __slots__ = ("body", "created", "done", "due", "figures", "key", "kind", "seq", "spooled")
 
     def __init__(
         self,
@@ -251,6 +252,8 @@ class _Item:
         """A row for it is committed to the spool."""
         self.done = False
         """Delivered or refused: it has left the outbox's memory for good."""
+        self.due = 0.0
+        """trio time from which it is written behind if still only in memory on a lane."""
         self.figures = figures
         """Its config's counters, looked up once when the item is made."""
         figures.queued += 1
@@ -327,10 +330,12 @@ class Outbox:
         self._pending: deque[_Item] = deque()
         self._deletes: list[tuple[int, int]] = []
         self._rejects: deque[Rejection] = deque()
-        # Items on lanes, in the order they were put there, with when they are due to be
-        # written behind; and those picked to be written by the next commit.
-        self._young: deque[tuple[float, _Item]] = deque()
+        # Items put on lanes only in memory, in that order (each knows when it is due to
+        # be written behind); those picked for the next commit; and the trio time as the
+        # ager last read it (the hot path reads this rather than the clock).
+        self._young: deque[_Item] = deque()
         self._behind: list[_Item] = []
+        self._clock = 0.0
         # Rows written behind (seq: size): on disk, and also on a lane until their delete
         # commits. Replay skips them, the cap neither takes nor counts them.
         self._resident: dict[int, int] = {}
@@ -457,9 +462,11 @@ class Outbox:
         lane.bell.ring()
         if not item.spooled:  # in memory only: written behind if it waits too long
             young = self._young
-            if not young:
+            if not young:  # the ager was idle: its clock is stale
+                self._clock = trio.current_time()
                 self._ager_bell.ring()
-            young.append((trio.current_time() + self._window, item))
+            item.due = self._clock + self._window
+            young.append(item)
 
     def _spill(self, item: _Item) -> None:
         self._spilling = True
@@ -1017,25 +1024,23 @@ class Outbox:
         self._read_failing = False
 
     async def _run_ager(self) -> None:
-        """Write behind what has waited on a lane for ``memory_window``; wakes at most
-        four times per window, and only while something is young."""
+        """Write behind what has waited on a lane for about ``memory_window`` (between
+        half and all of it: the clock it stamps items with is a quarter window coarse);
+        wakes four times per window, and only while something is young."""
         young, slack = self._young, self._window / 4
         while True:
             while not young:
                 await self._ager_bell.wait()
-            now = trio.current_time()
-            due = young[0][0]
-            if due > now:
-                await trio.sleep(max(due - now, slack))
-                continue
+            now = self._clock = trio.current_time()
             picked = self._behind
             horizon = now + slack
-            while young and young[0][0] <= horizon:
-                item = young.popleft()[1]
+            while young and young[0].due <= horizon:
+                item = young.popleft()
                 if not (item.done or item.spooled):
                     picked.append(item)
             if picked:
                 self._writer_bell.ring()
+            await trio.sleep(slack)
 
     def _dropped(self, count: int, cause: Literal["cap", "slow_disk", "disk"]) -> None:
         self.dropped += count

@@ -179,7 +179,7 @@ async def test_items_waiting_over_the_memory_window_are_written_behind(
         on_disk = {s for (s,) in spool_connection(outbox).execute("SELECT seq FROM items")}
         waiting = [item for lane in outbox._lanes for item in lane.queue]
         old = [i.seq for i in waiting if accepted_at[i.seq] <= now - 1.3]
-        young = [i.seq for i in waiting if accepted_at[i.seq] > now - 0.7]
+        young = [i.seq for i in waiting if accepted_at[i.seq] > now - 0.45]
         assert old and young
         assert set(old) <= on_disk, "items that waited over the window are on disk"
         assert not set(young) & on_disk, "fresh items stay in memory only"
