@@ -118,11 +118,12 @@ class Runtime:
 
     def figures(self) -> dict[str, Any]:
         body = self.http.get("/diagnostics", params={"device_id": "-"}).json()["diagnostics"]
-        return {
-            "memory": body["runtime"]["memory"],
-            "configs_tracked": body["delivery"]["configs_tracked"],
+        delivery = body["delivery"]
+        return {  # .get(): a runtime from before issue 15 has neither figure (A/B runs)
+            "memory": body["runtime"].get("memory") or {},
+            "configs_tracked": delivery.get("configs_tracked"),
             "devices": body["runtime"]["devices"],
-            "pending": body["delivery"]["queue_depth"] + body["delivery"]["spool_depth"],
+            "pending": delivery["queue_depth"] + delivery["spool_depth"],
         }
 
     def close(self) -> None:
@@ -157,6 +158,7 @@ def main() -> None:
     warmup = 10.0 if args.quick else 120.0
     window = 10.0 if args.quick else 300.0
     per_step = max(1, round(args.rate * args.step / 60))
+    step = per_step * 60 / args.rate  # so that exactly --rate configs go a minute
 
     def terminate(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)  # run the finally blocks that stop the subprocesses
@@ -164,8 +166,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, terminate)
     log_dir = Path(tempfile.mkdtemp(prefix="churn-"))
     log(
-        f"{population} configs, {per_step} replaced every {args.step:g} s "
-        f"({per_step * 60 / args.step:.0f}/min) for {minutes:g} min"
+        f"{population} configs, {per_step} replaced every {step:.2f} s "
+        f"({per_step * 60 / step:.0f}/min) for {minutes:g} min"
     )
     samples: list[dict[str, Any]] = []
     latencies: list[float] = []
@@ -187,7 +189,7 @@ def main() -> None:
                     next_id += 1
                 added, removed = added + per_step, removed + per_step
                 latencies.append(runtime.sync(list(running), args.interval))
-                next_step += args.step
+                next_step += step
             if now >= next_sample:
                 figures = runtime.figures()
                 sample = {"t": round(now, 1), "rss_mib": round(runtime.rss_mib(), 2), **figures}
@@ -216,14 +218,14 @@ def main() -> None:
     for s in samples[:: max(1, int(60 / SAMPLE_EVERY))]:
         memory = s["memory"]
         print(
-            f"| {s['t'] / 60:.0f} | {s['rss_mib']:.1f} | {memory['rss_mb']} | "
-            f"{memory['trend_mb_per_min']} | {s['configs_tracked']:,} | {s['devices']:,} |"
+            f"| {s['t'] / 60:.0f} | {s['rss_mib']:.1f} | {memory.get('rss_mb')} | "
+            f"{memory.get('trend_mb_per_min')} | {s['configs_tracked']} | {s['devices']:,} |"
         )
     ordered = sorted(latencies)
     summary = {
         "minutes": minutes,
         "population": population,
-        "replaced_per_min": round(per_step * 60 / args.step),
+        "replaced_per_min": round(per_step * 60 / step),
         "added": added,
         "removed": removed,
         "snapshots": len(latencies),
@@ -243,7 +245,8 @@ def main() -> None:
     print("RESULT " + " ".join(f"{k}={v}" for k, v in summary.items()))
     flat = growth is not None and growth <= FLAT
     # Figures are kept while a config's items are queued: a few steps' worth at most.
-    bounded = final["configs_tracked"] <= population + 2 * per_step + 1
+    tracked = final["configs_tracked"]
+    bounded = tracked is None or tracked <= population + 2 * per_step + 1
     if not (flat and bounded):
         raise SystemExit(1)
 
