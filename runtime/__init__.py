@@ -21,6 +21,7 @@ from ._errors import (
     CoreAuthRejected,
     CoreError,
     CoreIdentityUnknown,
+    CorePayloadTooLarge,
     CoreRejected,
     CoreRouteNotFound,
     CoreServerError,
@@ -37,16 +38,22 @@ from ._errors import (
     PollTimeout,
     ReconfigurationRequired,
     RefreshUnsupported,
+    SpoolBusy,
+    SpoolCorrupt,
     SpoolError,
+    SpoolFull,
+    SpoolIOError,
     TeardownTimeout,
     UnknownCommand,
 )
 from ._health import ActorHealth, ErrorRecord
 from ._integration import Integration
 from ._lifecycle import ActorState, can_transition
+from ._limits import MAX_PAYLOAD_BYTES
 from ._nursery import ActorNursery, open_actor_nursery
 from ._outbox import LinkStatus, Outbox, OutboxSettings, OutboxStats, open_outbox
 from ._policy import RestartPolicy
+from ._process import MemoryMonitor
 from ._reading import Reading
 from ._reconciler import (
     ApplyResult,
@@ -57,6 +64,7 @@ from ._reconciler import (
     SyncResult,
     select_by_field,
 )
+from ._recovery import Recovery
 from ._registry import DeviceSlice, Registry
 from ._rehydrate import LocalCopy, RehydrationReport, SourceReport, mounted_snapshot_path, rehydrate
 from ._runtime import Runtime, open_runtime
@@ -67,6 +75,7 @@ from ._supervisor import Refresh, Supervisor
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_PAYLOAD_BYTES",
     "MIN_POLL_INTERVAL",
     "ActorBusy",
     "ActorCallError",
@@ -88,6 +97,7 @@ __all__ = [
     "CoreClient",
     "CoreError",
     "CoreIdentityUnknown",
+    "CorePayloadTooLarge",
     "CoreRejected",
     "CoreRouteNotFound",
     "CoreServerError",
@@ -108,6 +118,7 @@ __all__ = [
     "InvalidReading",
     "LinkStatus",
     "LocalCopy",
+    "MemoryMonitor",
     "Outbox",
     "OutboxSettings",
     "OutboxStats",
@@ -116,6 +127,7 @@ __all__ = [
     "PollTimeout",
     "Reading",
     "ReconfigurationRequired",
+    "Recovery",
     "Refresh",
     "RefreshUnsupported",
     "Registry",
@@ -128,7 +140,11 @@ __all__ = [
     "Severity",
     "Sink",
     "SourceReport",
+    "SpoolBusy",
+    "SpoolCorrupt",
     "SpoolError",
+    "SpoolFull",
+    "SpoolIOError",
     "Supervisor",
     "SyncResult",
     "TeardownTimeout",

@@ -86,6 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     serve.add_argument("--port", type=int, default=None, help="port (default: $PORT, else 8000)")
     serve.add_argument("--app-dir", default=".", help="where to import it from (default: .)")
+    serve.add_argument(
+        "--durability",
+        choices=["memory", "write_ahead"],
+        default=None,
+        help="memory: items reach the spool after waiting 1 s (a kill -9 loses about the "
+        "last second); write_ahead: every item is committed before it is sent (a kill -9 "
+        "loses at most the batch being committed). Default: $PIPHI_DURABILITY, else memory",
+    )
     devcore = commands.add_parser("devcore", help="run a local PiPhi Core for development")
     devcore.add_argument("--host", default="127.0.0.1")
     devcore.add_argument("--port", type=int, default=31419, help="the port runtimes call")
@@ -111,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             print(_check(args.target, args.app_dir))
         elif args.command == "serve":
-            return _serve(args.target, args.host, args.port, args.app_dir)
+            return _serve(args.target, args.host, args.port, args.app_dir, args.durability)
         elif args.command == "devcore":
             return _devcore(args)
         elif args.command == "core":
@@ -122,8 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _serve(target: str, host: str, port: int | None, app_dir: str = ".") -> int:
+def _serve(
+    target: str, host: str, port: int | None, app_dir: str = ".", durability: str | None = None
+) -> int:
     from ._integration import Integration
+    from ._outbox import OutboxSettings
+    from ._process import MemoryMonitor
     from ._serve import parse_port, serve
 
     integration = _load(target, app_dir)
@@ -131,11 +143,18 @@ def _serve(target: str, host: str, port: int | None, app_dir: str = ".") -> int:
         raise InvalidActor(f"{target} is not a runtime.Integration")
     if port is None:
         parse_port(os.environ.get("PORT"))  # fail before anything starts
+    # PIPHI_DURABILITY and PIPHI_MEMORY_LIMIT_MB are checked before anything starts too.
+    chosen = OutboxSettings.from_env(
+        os.environ, **({"durability": durability} if durability else {})
+    ).durability
+    MemoryMonitor.from_env(os.environ)
     configure_logs(os.environ)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            urls = await nursery.start(partial(serve, integration, host=host, port=port))
+            urls = await nursery.start(
+                partial(serve, integration, host=host, port=port, durability=chosen)
+            )
             print(f"serving {integration.id} on {' '.join(urls)}", flush=True)
 
     try:

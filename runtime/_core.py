@@ -40,6 +40,7 @@ from ._errors import (
     CoreAuthRejected,
     CoreError,
     CoreIdentityUnknown,
+    CorePayloadTooLarge,
     CoreRejected,
     CoreRouteNotFound,
     CoreServerError,
@@ -325,6 +326,8 @@ def _status_error(method: str, path: str, response: httpx.Response, token: str |
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429 or status >= 500:
         return CoreServerError(where, status=status, retry_after=retry_after)
+    if status == 413:  # terminal: the same body will never fit
+        return CorePayloadTooLarge(f"{where}: payload too large", status=status)
     if 400 <= status < 500:
         return CoreRejected(f"{where}: {_reason(response, token)}", status=status)
     return CoreUnexpectedResponse(f"{where}, which the runtime does not follow", status=status)

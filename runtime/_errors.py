@@ -28,9 +28,14 @@
     │   ├── CoreAuthRejected        401/403: not retried until the token changes
     │   ├── CoreRouteNotFound       404: this Core does not serve the route
     │   ├── CoreRejected            another 4xx: Core refused this payload
+    │   │   └── CorePayloadTooLarge 413: Core refused this payload for its size
     │   ├── CoreUnexpectedResponse  an answer the runtime cannot read
     │   └── CoreIdentityUnknown     no container id yet, so nothing can be sent
-    └── SpoolError                  the durable spool cannot be opened or written
+    └── SpoolError                  a state file (spool, ledger) cannot be opened or written
+        ├── SpoolFull               disk full (or a file-size limit): SQLITE_FULL, ENOSPC
+        ├── SpoolIOError            the disk failed a read or write: SQLITE_IOERR, EIO
+        ├── SpoolBusy               another process holds the file: SQLITE_BUSY/LOCKED
+        └── SpoolCorrupt            the file is damaged: SQLITE_CORRUPT/NOTADB
 
 Errors carry a stable machine-readable ``code`` and a ``hint`` a person can act on.
 Subclasses set defaults as class attributes; an instance may override both.
@@ -55,6 +60,7 @@ __all__ = [
     "CoreAuthRejected",
     "CoreError",
     "CoreIdentityUnknown",
+    "CorePayloadTooLarge",
     "CoreRejected",
     "CoreRouteNotFound",
     "CoreServerError",
@@ -71,7 +77,11 @@ __all__ = [
     "PollTimeout",
     "ReconfigurationRequired",
     "RefreshUnsupported",
+    "SpoolBusy",
+    "SpoolCorrupt",
     "SpoolError",
+    "SpoolFull",
+    "SpoolIOError",
     "TeardownTimeout",
     "UnknownCommand",
     "error_code",
@@ -374,6 +384,15 @@ class CoreRejected(CoreError):
     )
 
 
+class CorePayloadTooLarge(CoreRejected):
+    code = "core_payload_too_large"
+    default_hint = (
+        "Core refused this payload as too large (413). It is not retried; a summary is kept "
+        "in the spool's rejected table. Report less per payload: the runtime refuses "
+        "payloads over runtime.MAX_PAYLOAD_BYTES at the source, and this Core's limit is lower."
+    )
+
+
 class CoreUnexpectedResponse(CoreError):
     code = "core_unexpected_response"
     default_hint = (
@@ -396,6 +415,39 @@ class SpoolError(PiPhiError, OSError):
         "The delivery spool could not be opened or written. Check that its directory is "
         "writable, on a local disk with free space, and not used by another runtime "
         "(one spool per runtime)."
+    )
+
+
+class SpoolFull(SpoolError):
+    code = "spool_disk_full"
+    default_hint = (
+        "The disk holding the runtime's state directory is full (or the process hit a file-size "
+        "limit). Free space there or move PIPHI_STATE_DIR to a larger volume; delivery goes on "
+        "from memory meanwhile and the spool resumes by itself once space is back."
+    )
+
+
+class SpoolIOError(SpoolError):
+    code = "spool_io_error"
+    default_hint = (
+        "The disk holding the runtime's state directory failed a read or write. Check the "
+        "device (dmesg, SMART) and its mount; delivery goes on from memory meanwhile."
+    )
+
+
+class SpoolBusy(SpoolError):
+    code = "spool_busy"
+    default_hint = (
+        "Another process holds the state file locked: run one runtime per state directory "
+        "(PIPHI_STATE_DIR), and keep backup or inspection tools off it while it runs."
+    )
+
+
+class SpoolCorrupt(SpoolError):
+    code = "spool_corrupt"
+    default_hint = (
+        "The state file is damaged. The runtime moves a damaged file aside at start-up "
+        "(never deleting it) and recovers what SQLite can still read; restart it to do so."
     )
 
 

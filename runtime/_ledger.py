@@ -4,12 +4,15 @@ A command carrying ``X-PiPhi-Idempotency-Key`` is recorded as *started* (committ
 before it runs and as *done* with its reply after. A repeated key replays the stored
 reply and never runs the command again; a key found *started* without an outcome means
 an earlier attempt may have reached the device when the runtime stopped, so it is
-reported, not silently re-run. Stored like the spool (``_database.Database``).
+reported, not silently re-run. Stored like the spool (``_database.Database``); a damaged
+file is moved aside and rebuilt from what can be read (``recovery`` says what), so a bad
+ledger never keeps the runtime down.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -19,9 +22,12 @@ from typing import Any, Literal
 
 import attrs
 
-from ._database import Database
+from ._database import Database, rollback
+from ._recovery import Recovery, Table
 
 __all__ = ["CommandLedger", "LedgerEntry"]
+
+log = logging.getLogger("runtime.ledger")
 
 #: Keys older than this are forgotten (a retry a week later is a new command).
 KEEP_SECONDS = 7 * 24 * 3600.0
@@ -39,6 +45,28 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 
 
+def _is_command(row: tuple[Any, ...]) -> bool:
+    key, fingerprint, state, status, reply, started, finished = row
+    return (
+        type(key) is str
+        and type(fingerprint) is str
+        and state in ("started", "done")
+        and (status is None or type(status) is int)
+        and (reply is None or type(reply) is str)
+        and isinstance(started, (int, float))
+        and (finished is None or isinstance(finished, (int, float)))
+    )
+
+
+_TABLES = (
+    Table(
+        "commands",
+        ("key", "fingerprint", "state", "status", "reply", "started", "finished"),
+        _is_command,
+    ),
+)
+
+
 @attrs.frozen
 class LedgerEntry:
     key: str
@@ -53,10 +81,17 @@ class CommandLedger:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def recovery(self) -> Recovery | None:
+        """What was done about a damaged ledger found at open; None if it was sound."""
+        return self._db.recovery
+
     @classmethod
     @asynccontextmanager
     async def opened(cls, path: Path) -> AsyncIterator[CommandLedger]:
-        db = await Database.open(path, "command ledger", _SCHEMA)
+        db = await Database.open(path, "command ledger", _SCHEMA, tables=_TABLES)
+        if db.recovery is not None:
+            log.error("%s; keys lost may run again if Core retries them", db.recovery.describe())
         try:
             yield cls(db)
         finally:
@@ -96,7 +131,7 @@ def _begin_sync(
             )
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise
     return tuple(row) if row is not None else None
 

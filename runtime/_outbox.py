@@ -3,38 +3,54 @@
 How an item travels::
 
     actor ──telemetry()/event()──► lane queues (memory) ──sender──► Core
-                   │                      ▲
+                   │                      ▲     │ waited over memory_window
+                   │                      │     ▼ (written behind, stays on the lane)
                    └──► pending ──writer──► spool (SQLite) ──reader/hand-off──┘
 
 * ``telemetry()`` and ``event()`` never block: they encode the payload, give it the next
   sequence number and put it on one of ``senders`` lanes (chosen by device, so a device's
   items stay in order) or, when the outbox is *spilling*, on the pending list for the spool.
+  A payload over ``MAX_PAYLOAD_BYTES`` is refused there (``InvalidReading``/``InvalidEvent``).
 * A lane is one sender task with one request in flight on the shared client. It retries
   its head item with capped, full-jitter backoff that honours ``Retry-After``; items
   behind it wait, which is what keeps per-device order. So do other devices' items on
   the same lane: a failure is assumed to be Core's, not one device's, and one probe per
-  lane is what keeps a Core that is down from facing a retry per device.
+  lane is what keeps a Core that is down from facing a retry per device. After 401/403
+  (or a 404 on telemetry) the lanes probe on one shared schedule, 1 s doubling to 60 s,
+  shown as ``link.next_probe``; a changed token is tried at once.
 * The outbox spills (new items go to the spool, not to memory) from the moment memory is
   full, Core fails, auth is missing or rejected, or the spool still holds rows from an
   earlier run. It stops spilling only once every spooled row has been handed back to the
   lanes, so no item can overtake an older one of the same device.
+* An item that has waited on a lane for ``memory_window`` (1 s) is written to the spool
+  behind it, and stays on its lane: a slow Core can no longer keep thousands of items
+  only in memory for the whole slowdown. Its row is deleted once Core accepted it.
 * The spool's rows are deleted only after Core accepted them. A crash therefore means
   redelivery, never loss; payloads carry ``telemetry_id``/``event_id`` so Core can tell.
 
-Data is dropped in one place only: the spool's cap (bytes and age), oldest first, counted,
-with one ``runtime.delivery_dropped`` warning event per episode (sent from memory, so the
-cap cannot take it too). The same goes for the list of items waiting to be written to the
-spool, which only a failing disk can fill. Payloads Core refuses
-with a 4xx other than 401/403/404 are moved to the spool's rejected table, not retried.
+When the spool cannot be written (a full disk, an I/O error), the failure is classified,
+logged with its cause and shown as a concern (``/health`` degraded), and delivery goes on
+from memory while Core answers: what waits for the disk is handed to the lanes in order.
+Memory then holds at most ``memory_limit`` items waiting for the disk besides the lanes;
+past that the oldest are dropped, counted, with one warning event. The writer retries
+with backoff and everything resumes by itself once the disk takes writes again.
+
+Data is dropped in these places only, oldest first, counted, with one
+``runtime.delivery_dropped`` warning event per episode (sent from memory, so the cap
+cannot take it too): the spool's cap (bytes and age), the list of items waiting to be
+written to the spool (``spill_limit``, which only a failing or hopelessly slow disk fills;
+``memory_limit`` while the disk fails). Payloads Core refuses with a 4xx other than
+401/403/404 (413 included: never retried) are moved to the spool's rejected table, not
+retried; a Core refusing many logs one warning per episode, with counts.
 
 Durability: ``memory`` (default) keeps the fast path free of disk I/O; a hard kill loses
-what is only in memory: the lane queues (at most ``memory_limit`` items, including those
-accepted before Core was found down) and items not yet committed to the spool (one batch,
-milliseconds). A clean shutdown writes them to the spool within the grace period.
-``write_ahead`` puts every item through the spool first (one transaction per batch: group
-commit); a hard kill loses at most the batch being committed, a few milliseconds of items.
-Either way a committed batch survives a killed process; a power cut may take the last
-batches too (WAL with ``synchronous=NORMAL``).
+what is only in memory: items that had waited less than ``memory_window`` (plus the
+writer's batch in progress, milliseconds), never more than ``memory_limit`` items. A
+clean shutdown writes them to the spool within the grace period. ``write_ahead`` puts
+every item through the spool first (one transaction per batch: group commit); a hard
+kill loses at most the batch being committed, a few milliseconds of items. Either way a
+committed batch survives a killed process; a power cut may take the last batches too
+(WAL with ``synchronous=NORMAL``). README, "Durability windows", has the measured figures.
 """
 
 from __future__ import annotations
@@ -45,8 +61,9 @@ import random
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import attrs
@@ -61,16 +78,27 @@ from ._errors import (
     CoreIdentityUnknown,
     CoreRejected,
     CoreRouteNotFound,
+    InvalidEvent,
+    InvalidReading,
     SpoolError,
 )
 from ._health import Concern
+from ._limits import MAX_PAYLOAD_BYTES
 from ._logs import runtime_logger
 from ._policy import RestartPolicy
+from ._recovery import Recovery
 from ._scheduler import Doorbell
-from ._sink import EventRecord, TelemetryRecord
+from ._sink import EventRecord, Severity, TelemetryRecord
 from ._spool import Rejection, Spool, SpoolRow
 
-__all__ = ["LinkStatus", "Outbox", "OutboxSettings", "OutboxStats", "open_outbox"]
+__all__ = [
+    "DURABILITY_ENV",
+    "LinkStatus",
+    "Outbox",
+    "OutboxSettings",
+    "OutboxStats",
+    "open_outbox",
+]
 
 log = runtime_logger("runtime.outbox")
 
@@ -80,11 +108,18 @@ EVENT = 1
 NEEDS_IDENTITY = 2
 
 LinkState = Literal["unknown", "up", "down", "auth_rejected", "no_identity", "misrouted"]
+Durability = Literal["memory", "write_ahead"]
 
 MiB = 1024 * 1024
 #: Delivered spool rows are deleted in batches of about this many, or after this wait.
 DELETE_BATCH = 500
 DELETE_WAIT = 0.05
+#: Refused payloads waiting for the spool while it cannot be written; beyond, the oldest go.
+REJECTS_HELD = 1000
+#: A refusal episode that goes on is summarised in the log this often.
+REFUSALS_LOG_EVERY = 300.0
+#: The environment variable ``open_runtime`` and ``serve`` read the durability from.
+DURABILITY_ENV = "PIPHI_DURABILITY"
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -101,11 +136,16 @@ class OutboxSettings:
     memory_limit: int = attrs.field(default=10_000, validator=_positive)
     """Items held in memory on the lanes; beyond it new items go to the spool."""
     spill_limit: int = attrs.field(default=50_000, validator=_positive)
-    """Items waiting to be written to the spool. Only a failing or hopelessly slow disk
-    fills it; past it the oldest waiting items are dropped (and counted)."""
-    durability: Literal["memory", "write_ahead"] = attrs.field(
+    """Items waiting to be written to the spool. Only a slow disk fills it; past it the
+    oldest waiting items are dropped (and counted). While the disk fails outright, at
+    most ``memory_limit`` wait."""
+    durability: Durability = attrs.field(
         default="memory", validator=attrs.validators.in_(("memory", "write_ahead"))
     )
+    memory_window: float = attrs.field(default=1.0, validator=_positive)
+    """With ``memory`` durability: an item that has waited on a lane for between half
+    and all of this (seconds) is written to the spool behind it, so a hard kill loses at
+    most about this much."""
     spool_max_bytes: int = attrs.field(default=512 * MiB, validator=_positive)
     spool_max_age: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive)
     retry: RestartPolicy = attrs.field(
@@ -114,11 +154,30 @@ class OutboxSettings:
     """Backoff between attempts at one item while Core fails (full jitter). The cap is
     short because it bounds how long a Core that is back goes unnoticed; a lane probes
     at most once per wait, and an overloaded Core slows us with ``Retry-After``."""
+    probe: RestartPolicy = attrs.field(
+        factory=lambda: RestartPolicy(initial_delay=1.0, max_delay=60.0)
+    )
+    """After 401/403 (or a 404 on telemetry): the wait before each probe, doubling from
+    ``initial_delay`` to ``max_delay`` (no jitter), unless the auth changes first."""
     slow_retry: float = attrs.field(default=300.0, validator=_positive)
-    """Wait between attempts after 401/403 or 404, unless the auth changes first."""
+    """The longest ``Retry-After`` honoured."""
     replay_batch: int = attrs.field(default=1000, validator=_positive)
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     """How long leaving ``open_outbox`` may take to write what is in memory to the spool."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> OutboxSettings:
+        """Settings with the durability from ``PIPHI_DURABILITY`` (``memory`` or
+        ``write_ahead``) when set; ValueError names the variable if it is neither."""
+        chosen = (env.get(DURABILITY_ENV) or "").strip().lower().replace("-", "_")
+        if chosen and "durability" not in overrides:
+            if chosen not in ("memory", "write_ahead"):
+                raise ValueError(
+                    f"{DURABILITY_ENV} must be 'memory' or 'write_ahead', "
+                    f"got {env.get(DURABILITY_ENV)!r}"
+                )
+            overrides["durability"] = chosen
+        return cls(**overrides)
 
 
 @attrs.frozen(slots=True)
@@ -130,6 +189,8 @@ class LinkStatus:
     """Unix time the state began."""
     last_error: dict[str, Any] | None
     """The most recent delivery error (``code``, ``message``, ``hint``, ``at``)."""
+    next_probe: str | None = None
+    """ISO-8601 UTC: when delivery next tries Core after 401/403 or 404 (else None)."""
 
 
 @attrs.frozen(slots=True)
@@ -150,13 +211,27 @@ class OutboxStats:
     spool_oldest_age: float | None
     durability: str
     link: LinkStatus
+    rejected_kept: int = 0
+    """Refused payloads in the spool's rejected table (capped in count, bytes and age)."""
+    rejected_bytes: int = 0
+    written_behind: int = 0
+    """Items written to the spool after waiting ``memory_window`` on a lane."""
+    spool_error: dict[str, Any] | None = None
+    """Why the spool cannot be written now (``code``: spool_disk_full, spool_io_error,
+    spool_busy, spool_corrupt), None while it can."""
+    recovery: dict[str, Any] | None = None
+    """What was lost since the last run: a damaged spool moved aside and salvaged, or
+    one that vanished or was emptied (``_recovery.Recovery``); None if nothing."""
+    configs_tracked: int = 0
+    """Configs whose delivery figures are held: those running, and removed ones until
+    nothing of theirs is queued."""
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
 
 class _Item:
-    __slots__ = ("body", "created", "figures", "key", "kind", "seq", "spooled")
+    __slots__ = ("body", "created", "done", "due", "figures", "key", "kind", "seq", "spooled")
 
     def __init__(
         self,
@@ -174,8 +249,14 @@ class _Item:
         self.created = created
         self.body = body
         self.spooled = spooled
+        """A row for it is committed to the spool."""
+        self.done = False
+        """Delivered or refused: it has left the outbox's memory for good."""
+        self.due = 0.0
+        """trio time from which it is written behind if still only in memory on a lane."""
         self.figures = figures
         """Its config's counters, looked up once when the item is made."""
+        figures.queued += 1
 
     def row(self) -> SpoolRow:
         return SpoolRow(self.seq, self.kind, self.key, self.created, self.body)
@@ -184,12 +265,32 @@ class _Item:
 class _Figures:
     """One config's delivery counts, for its line in /diagnostics."""
 
-    __slots__ = ("accepted", "delivered", "last_delivered")
+    __slots__ = (
+        "accepted",
+        "config_id",
+        "delivered",
+        "last_delivered",
+        "on_disk",
+        "queued",
+        "removed",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, config_id: str, *, removed: bool = False, on_disk: int = 0) -> None:
+        self.config_id = config_id
         self.accepted = 0
         self.delivered = 0
         self.last_delivered: float | None = None
+        self.queued = 0
+        """Items of this config in memory (on a lane or waiting for the spool)."""
+        self.on_disk = on_disk
+        """Rows of this config only in the spool (not yet read back)."""
+        self.removed = removed
+        """The config is gone (or not running yet, for rows found in the spool at start):
+        forget these figures once nothing of it is queued, in memory or on disk."""
+
+    @property
+    def idle(self) -> bool:
+        return self.queued <= 0 and self.on_disk <= 0
 
 
 class _Lane:
@@ -223,11 +324,22 @@ class Outbox:
         self._lanes = [_Lane() for _ in range(settings.senders or client.connections)]
         self._limit = settings.memory_limit
         self._write_ahead = settings.durability == "write_ahead"
+        self._window = settings.memory_window
         self._seq = spool.max_seq
         self._memory = 0
         self._pending: deque[_Item] = deque()
         self._deletes: list[tuple[int, int]] = []
-        self._rejects: list[Rejection] = []
+        self._rejects: deque[Rejection] = deque()
+        # Items put on lanes only in memory, in that order (each knows when it is due to
+        # be written behind); those picked for the next commit; and the trio time as the
+        # ager last read it (the hot path reads this rather than the clock).
+        self._young: deque[_Item] = deque()
+        self._behind: list[_Item] = []
+        self._clock = 0.0
+        # Rows written behind (seq: size): on disk, and also on a lane until their delete
+        # commits. Replay skips them, the cap neither takes nor counts them.
+        self._resident: dict[int, int] = {}
+        self._resident_bytes = 0
         # Every spooled row with seq <= cursor is on a lane or gone; rows above are on disk.
         self._cursor = 0
         self._disk_max = spool.max_seq
@@ -236,14 +348,26 @@ class Outbox:
         self._spool_lock = trio.Lock()
         self._writer_bell = Doorbell()
         self._reader_bell = Doorbell()
+        self._ager_bell = Doorbell()
         self._progress = trio.lowlevel.ParkingLot()
         self._recovered = trio.Event()
         self._link: LinkStatus = LinkStatus("unknown", time.time(), None)
+        self._probe_attempt = 0
+        self._probe_at: float | None = None
         self._spool_error: dict[str, Any] | None = None
+        self._spool_failing: SpoolError | None = None
+        self._read_failing = False
         self._overflow_warned = False
-        self._devices: dict[str, _Figures] = {}
+        self._refusals: dict[str, int] = {}
+        self._refusals_since = self._refusals_logged = 0.0
+        # Every config with rows in the spool has figures, to know when to forget them.
+        self._devices: dict[str, _Figures] = {
+            config_id: _Figures(config_id, removed=True, on_disk=rows)
+            for config_id, rows in spool.rows_by_config.items()
+        }
+        self.recovery: Recovery | None = spool.recovery
         self.accepted = self.delivered = self.retried = self.spooled = 0
-        self.replayed = self.dropped = self.rejected = 0
+        self.replayed = self.dropped = self.rejected = self.written_behind = 0
 
     # -- the Sink protocol: called from actors, never blocks ---------------------------
 
@@ -266,11 +390,24 @@ class Outbox:
             units,
             iso(record.observed_at),
         )
+        if len(body) > MAX_PAYLOAD_BYTES:
+            raise InvalidReading(
+                f"telemetry of {record.device_id!r} is {len(body)} bytes encoded, over "
+                f"MAX_PAYLOAD_BYTES ({MAX_PAYLOAD_BYTES}); it was not sent",
+                hint="Report fewer or smaller readings per payload.",
+            )
         kind = TELEMETRY if container_id else TELEMETRY | NEEDS_IDENTITY
         self._accept(kind, identity.config_id, record.device_id, body)
 
     def event(self, record: EventRecord) -> None:
-        self._accept(*self._encode_event(record))
+        kind, config_id, device_id, body = self._encode_event(record)
+        if len(body) > MAX_PAYLOAD_BYTES:
+            raise InvalidEvent(
+                f"event {record.event_type!r} is {len(body)} bytes encoded, over "
+                f"MAX_PAYLOAD_BYTES ({MAX_PAYLOAD_BYTES}); it was not sent",
+                hint="Send a summary or a reference instead of the whole data.",
+            )
+        self._accept(kind, config_id, device_id, body)
 
     def _encode_event(self, record: EventRecord) -> tuple[int, str, str, bytes]:
         identity = record.identity
@@ -298,7 +435,11 @@ class Outbox:
     ) -> None:
         self._seq += 1
         self.accepted += 1
-        figures = self._figures_for(config_id)
+        figures = self._devices.get(config_id)
+        if figures is None:
+            figures = self._devices[config_id] = _Figures(config_id)
+        elif figures.removed:
+            figures.removed = False  # configured again before its figures were forgotten
         figures.accepted += 1
         item = _Item(
             self._seq, kind, config_id + "\x00" + device_id, time.time(), body, False, figures
@@ -319,23 +460,67 @@ class Outbox:
         lane.queue.append(item)
         self._memory += 1
         lane.bell.ring()
+        if not item.spooled:  # in memory only: written behind if it waits too long
+            young = self._young
+            if not young:  # the ager was idle: its clock is stale
+                self._clock = trio.current_time()
+                self._ager_bell.ring()
+            item.due = self._clock + self._window
+            young.append(item)
 
     def _spill(self, item: _Item) -> None:
         self._spilling = True
-        if len(self._pending) >= self.settings.spill_limit:
+        pending = self._pending
+        failing = self._spool_failing is not None
+        cap = self._limit if failing else self.settings.spill_limit
+        while len(pending) >= cap:
             # The disk cannot keep up (or is failing): the oldest unwritten item goes.
-            self._pending.popleft()
-            self._dropped(1)
-        self._pending.append(item)
+            self._release(pending.popleft())
+            self._dropped(1, "disk" if failing else "slow_disk")
+        pending.append(item)
+        if failing:
+            self._feed()
         self._writer_bell.ring()
 
-    # -- what health shows -------------------------------------------------------------
+    def _release(self, item: _Item, *, to_disk: bool = False) -> None:
+        """``item`` left memory: for good (delivered, refused, dropped), or ``to_disk``
+        (only its spool row is left, to be read back)."""
+        figures = item.figures
+        figures.queued -= 1
+        if to_disk:
+            figures.on_disk += 1
+        elif figures.removed and figures.idle:
+            self._prune(figures)
 
-    def _figures_for(self, config_id: str) -> _Figures:
+    def _prune(self, figures: _Figures) -> None:
+        if self._devices.get(figures.config_id) is figures:
+            del self._devices[figures.config_id]
+
+    def _feed(self) -> None:
+        """While the spool cannot be written: hand what waits for it to the lanes, oldest
+        first, as long as Core answers and nothing older is left on disk."""
+        if (
+            self._committing
+            or self._link.state not in ("up", "unknown")
+            or (self._cursor < self._disk_max and not self._read_failing)
+        ):
+            return
+        pending = self._pending
+        while pending and self._memory < self._limit:
+            self._enqueue(pending.popleft())
+
+    # -- config lifecycle ----------------------------------------------------------------
+
+    def forget(self, config_id: str) -> None:
+        """The config is removed: drop its figures once nothing of it is queued."""
         figures = self._devices.get(config_id)
         if figures is None:
-            figures = self._devices[config_id] = _Figures()
-        return figures
+            return
+        figures.removed = True
+        if figures.idle:
+            del self._devices[config_id]
+
+    # -- what health shows -------------------------------------------------------------
 
     def device_figures(self, config_id: str) -> dict[str, Any]:
         """What this process accepted from and delivered for one config (its Core id)."""
@@ -347,6 +532,15 @@ class Outbox:
             "delivered": figures.delivered,
             "last_delivered": figures.last_delivered,
         }
+
+    def stats_recovery(self) -> dict[str, Any] | None:
+        """What was lost from the spool since the last run (``OutboxStats.recovery``)."""
+        return self.recovery.to_dict() if self.recovery else None
+
+    @property
+    def tracked_configs(self) -> int:
+        """Configs with delivery figures held (the running ones and those still queued)."""
+        return len(self._devices)
 
     def stats(self) -> OutboxStats:
         oldest = self._spool.oldest_created
@@ -368,21 +562,37 @@ class Outbox:
             spool_oldest_age=None if oldest is None else max(0.0, time.time() - oldest),
             durability=self.settings.durability,
             link=link,
+            rejected_kept=self._spool.rejected,
+            rejected_bytes=self._spool.rejected_bytes,
+            written_behind=self.written_behind,
+            spool_error=self._spool_error if self._spool_failing else None,
+            recovery=self.stats_recovery(),
+            configs_tracked=len(self._devices),
         )
 
     def concerns(self) -> list[Concern]:
         """Why delivery is not healthy now; empty while it is."""
-        state = self._link.state
-        if state in ("up", "unknown"):
-            return []
-        error = self._link.last_error or {}
-        return [
-            Concern(
-                f"core_link_{state}",
-                f"Core link {state}: {error.get('message', 'no answer')}",
-                str(error.get("hint") or "Check that Core is running and reachable."),
+        found: list[Concern] = []
+        failing = self._spool_failing
+        if failing is not None:
+            found.append(
+                Concern(
+                    failing.code,
+                    f"The delivery spool cannot be written: {failing.message}",
+                    failing.hint,
+                )
             )
-        ]
+        state = self._link.state
+        if state not in ("up", "unknown"):
+            error = self._link.last_error or {}
+            found.append(
+                Concern(
+                    f"core_link_{state}",
+                    f"Core link {state}: {error.get('message', 'no answer')}",
+                    str(error.get("hint") or "Check that Core is running and reachable."),
+                )
+            )
+        return found
 
     @property
     def settled(self) -> bool:
@@ -402,21 +612,31 @@ class Outbox:
         last = self._link.last_error
         if error is not None:
             last = {**error.to_dict(), "at": time.time()}
+        next_probe = self._next_probe_iso() if state in ("auth_rejected", "misrouted") else None
         if state != self._link.state:
             if state == "up":
                 log.info("Core link up (was %s)", self._link.state)
+                self._probe_attempt, self._probe_at = 0, None
             else:
                 log.warning("Core link %s: %s", state, error)
-            self._link = LinkStatus(state, time.time(), last)
+            self._link = LinkStatus(state, time.time(), last, next_probe)
             if state == "up":
                 self._recovered.set()
                 self._reader_bell.ring()
+                if self._spool_failing is not None:
+                    self._feed()
             elif self._recovered.is_set():
                 self._recovered = trio.Event()
             if state != "up":
                 self._spilling = True
-        elif last is not self._link.last_error:
-            self._link = attrs.evolve(self._link, last_error=last)
+        elif last is not self._link.last_error or next_probe != self._link.next_probe:
+            self._link = attrs.evolve(self._link, last_error=last, next_probe=next_probe)
+
+    def _next_probe_iso(self) -> str | None:
+        if self._probe_at is None:
+            return None
+        wall = time.time() + max(0.0, self._probe_at - trio.current_time())
+        return datetime.fromtimestamp(wall, UTC).isoformat()
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -439,16 +659,22 @@ class Outbox:
             lane.woken_early = False
             self._memory -= 1
             self.delivered += 1
+            item.done = True
             figures = item.figures
             figures.delivered += 1
             figures.last_delivered = time.time()
+            self._release(item)
             if item.spooled:
                 self._deletes.append((item.seq, len(item.body)))
                 self._writer_bell.ring()
             if self._link.state != "up":
                 self._set_link("up", None)
+            if self._refusals:
+                self._refusals_ended()
             if self._spilling:
                 self._reader_bell.ring()
+                if self._spool_failing is not None:
+                    self._feed()
             if self._progress:
                 self._progress.unpark_all()
 
@@ -474,74 +700,157 @@ class Outbox:
         # A Core without the events route (404) must not hold up the telemetry queued
         # behind an event: park the event as refused. Telemetry's 404 is probed slowly
         # instead, since a Core still starting up may not have mounted its routes yet.
-        park = isinstance(err, CoreRejected) or (
+        if isinstance(err, CoreRejected) or (
             isinstance(err, CoreRouteNotFound) and item.kind & EVENT
-        )
-        if park:
-            # Core answered: this payload will never be accepted as it is.
-            lane.queue.popleft()
-            self._memory -= 1
-            self.rejected += 1
-            self._rejects.append(
-                Rejection(item.row(), item.spooled, time.time(), err.status, err.message)
-            )
-            self._writer_bell.ring()
-            self._set_link("up", err)
-            log.warning("Core refused a payload; kept in the spool's rejected table: %s", err)
-            if self._progress:
-                self._progress.unpark_all()
+        ):
+            self._park(lane, item, err)
             return
         if err.retryable:
-            self.retried += 1
-            self._set_link("down", err)
-            delay = self.settings.retry.delay(lane.attempt, self._rng)
-            lane.attempt += 1
-            if err.retry_after is not None:
-                delay = max(delay, min(err.retry_after, self.settings.slow_retry))
-            if err.retry_after is not None or lane.woken_early:
-                # Core asked for this wait, or this lane already retried early once after
-                # another lane's success and failed again: wait it out in full.
-                lane.woken_early = False
-                await trio.sleep(delay)
-                return
-            with trio.move_on_after(delay):
-                await self._recovered.wait()
-            lane.woken_early = self._recovered.is_set()
+            await self._retry_later(lane, err)
             return
         state: LinkState
         if isinstance(err, CoreIdentityUnknown):
             state, wait = "no_identity", float("inf")
-        elif isinstance(err, CoreAuthRejected):
-            state, wait = "auth_rejected", self.settings.slow_retry
-        else:  # 404 or an answer we cannot follow: Core is misconfigured, not down.
-            state, wait = "misrouted", self.settings.slow_retry
+        else:
+            # 401/403, or 404 / an answer we cannot follow: Core is misconfigured, not down.
+            state = "auth_rejected" if isinstance(err, CoreAuthRejected) else "misrouted"
+            wait = self._probe_wait()
         self._set_link(state, err)
         if self._client.auth_version != auth_version:
+            self._probe_attempt, self._probe_at = 0, None
             return  # the auth changed while the request was out: try the new one now
         with trio.move_on_after(wait):
             await self._client.auth_changed()
+            self._probe_attempt, self._probe_at = 0, None
+
+    def _probe_wait(self) -> float:
+        """Seconds to the shared next probe, scheduling it (1 s doubling to 60 s) if none
+        is pending: every lane refused in one round waits for the same moment."""
+        now = trio.current_time()
+        if self._probe_at is None or self._probe_at <= now:
+            self._probe_at = now + self.settings.probe.ceiling(self._probe_attempt)
+            self._probe_attempt += 1
+        return self._probe_at - now
+
+    async def _retry_later(self, lane: _Lane, err: CoreError) -> None:
+        self.retried += 1
+        self._set_link("down", err)
+        delay = self.settings.retry.delay(lane.attempt, self._rng)
+        lane.attempt += 1
+        if err.retry_after is not None:
+            delay = max(delay, min(err.retry_after, self.settings.slow_retry))
+        if err.retry_after is not None or lane.woken_early:
+            # Core asked for this wait, or this lane already retried early once after
+            # another lane's success and failed again: wait it out in full.
+            lane.woken_early = False
+            await trio.sleep(delay)
+            return
+        with trio.move_on_after(delay):
+            await self._recovered.wait()
+        lane.woken_early = self._recovered.is_set()
+
+    def _park(self, lane: _Lane, item: _Item, err: CoreError) -> None:
+        """Core answered: this payload will never be accepted as it is. Keep it in the
+        rejected table and let the rest flow."""
+        lane.queue.popleft()
+        self._memory -= 1
+        self.rejected += 1
+        item.done = True
+        self._release(item)
+        rejects = self._rejects
+        if self._spool_failing is not None and len(rejects) >= REJECTS_HELD:
+            rejects.popleft()  # counted as rejected already; only its body is not kept
+        rejects.append(Rejection(item.row(), item.spooled, time.time(), err.status, err.message))
+        self._writer_bell.ring()
+        self._set_link("up", err)
+        self._refused(err)
+        if self._progress:
+            self._progress.unpark_all()
+
+    def _refused(self, err: CoreError) -> None:
+        """One warning when Core starts refusing payloads, a summary when it stops (or
+        every few minutes while it goes on): never one line per payload."""
+        now = time.monotonic()
+        key = str(err.status) if err.status is not None else err.code
+        if not self._refusals:
+            self._refusals_since = self._refusals_logged = now
+            log.warning(
+                "Core refused a payload; kept in the spool's rejected table: %s (further "
+                "refusals are counted until Core accepts one)",
+                err,
+            )
+        self._refusals[key] = self._refusals.get(key, 0) + 1
+        if now - self._refusals_logged >= REFUSALS_LOG_EVERY:
+            self._refusals_logged = now
+            log.warning("Core is still refusing payloads: %s", self._refusal_counts(now))
+
+    def _refusals_ended(self) -> None:
+        log.warning(
+            "Core accepted a payload again after refusing some: %s; the refused ones are in "
+            "the spool's rejected table",
+            self._refusal_counts(time.monotonic()),
+        )
+        self._refusals = {}
+
+    def _refusal_counts(self, now: float) -> str:
+        total = sum(self._refusals.values())
+        by = ", ".join(f"{n} x {key}" for key, n in sorted(self._refusals.items()))
+        return f"{total} refused in {now - self._refusals_since:.0f} s ({by})"
 
     async def _run_writer(self) -> None:
         failures = 0
         while True:
             await self._writer_bell.wait()
-            if not (self._pending or self._rejects) and len(self._deletes) < DELETE_BATCH:
+            failing = self._spool_failing is not None
+            if (
+                not (self._pending or self._rejects or self._behind)
+                and len(self._deletes) < DELETE_BATCH
+                and not failing
+            ):
                 # Only deliveries to forget: gather them, one transaction per batch.
                 await trio.sleep(DELETE_WAIT)
             try:
+                if failing:
+                    # Small writes (and deletes) may still fit on a full disk: only a
+                    # batch's worth of new pages says that it is back.
+                    await self._spool.probe()
+                    self._spool_recovered()
                 await self._commit()
             except SpoolError as err:
                 failures += 1
-                self._spool_error = {**err.to_dict(), "at": time.time()}
-                log.error("cannot write the delivery spool: %s", err)
+                self._spool_failed(err)
                 await trio.sleep(self.settings.retry.ceiling(failures))
                 self._writer_bell.ring()
             else:
                 failures = 0
-                self._spool_error = None
+
+    def _spool_failed(self, err: SpoolError) -> None:
+        """A spool write failed: say why once per episode, keep delivering from memory."""
+        self._spool_error = {**err.to_dict(), "at": time.time()}
+        if self._spool_failing is None or type(self._spool_failing) is not type(err):
+            log.error(
+                "cannot write the delivery spool (%s): %s; delivering from memory while Core "
+                "answers, retrying the spool with backoff",
+                err.code,
+                err,
+            )
+        self._spool_failing = err
+        # What waits for the disk beyond the failing limit goes now, oldest first.
+        while len(self._pending) > self._limit:
+            self._release(self._pending.popleft())
+            self._dropped(1, "disk")
+        self._feed()
+
+    def _spool_recovered(self) -> None:
+        log.warning("the delivery spool takes writes again (%s is over)", self._spool_failing)
+        self._spool_failing = None
+        self._spool_error = None
+        self._read_failing = False
+        self._overflow_warned = False
+        self._reader_bell.ring()
 
     async def _commit(self, *, final: bool = False) -> None:
-        if not (self._pending or self._deletes or self._rejects):
+        if not (self._pending or self._deletes or self._rejects or self._behind):
             return
         # One spool operation at a time: a replay read must not run between the moment a
         # commit learns what is protected (the cursor) and the moment it trims.
@@ -551,39 +860,54 @@ class Outbox:
 
     async def _commit_locked(self, final: bool) -> None:
         items = list(self._pending)
-        deletes, rejects = self._deletes, self._rejects
-        if not (items or deletes or rejects):
+        behind = [item for item in self._behind if not (item.done or item.spooled)]
+        deletes, rejects = self._deletes, list(self._rejects)
+        if not (items or deletes or rejects or behind):
+            self._behind = []
             return
         self._pending.clear()
-        self._deletes, self._rejects = [], []
+        self._behind = []
+        self._deletes = []
+        self._rejects.clear()
         before = self._disk_max
         self._committing = True
+        self._resident_add(behind)
         try:
             # Shielded: a commit is short, and its outcome must be known to keep counts true.
             with trio.CancelScope(shield=True):
                 outcome = await self._spool.commit(
-                    [item.row() for item in items],
+                    [item.row() for item in items] + [item.row() for item in behind],
                     deletes,
                     rejects,
-                    max_bytes=self.settings.spool_max_bytes,
+                    max_bytes=self.settings.spool_max_bytes + self._resident_bytes,
                     older_than=time.time() - self.settings.spool_max_age,
                     protect_upto=self._cursor,
+                    protect=self._resident,
                 )
         except BaseException:
+            self._resident_drop(item.seq for item in behind)
             self._pending.extendleft(reversed(items))
+            self._behind[:0] = behind
             self._deletes[:0] = deletes
-            self._rejects[:0] = rejects
+            self._rejects.extendleft(reversed(rejects))
             raise
         finally:
             self._committing = False
         self.spooled += len(items)
+        if self._resident:  # their rows are gone now: nothing left to keep replay from
+            self._resident_drop(seq for seq, _ in deletes)
+            self._resident_drop(rejection.row.seq for rejection in rejects)
+        self._wrote_behind(behind)
         if self._progress:
             self._progress.unpark_all()
         if items:
             self._disk_max = max(self._disk_max, max(item.seq for item in items))
         if outcome.dropped:
-            self._dropped(outcome.dropped)
+            self._dropped_from_disk(outcome.dropped_by_config)
+            self._dropped(outcome.dropped, "cap")
         if final or not items or self._cursor < before or outcome.dropped:
+            for item in items:
+                self._release(item, to_disk=True)  # the reader brings it back
             return
         # Every older row is on a lane already: hand the fresh rows over directly rather
         # than reading them back. (Not after a trim, which may have taken some of them;
@@ -592,8 +916,44 @@ class Outbox:
         for item in items[:room]:
             item.spooled = True
             self._enqueue(item)
+        for item in items[room:]:
+            self._release(item, to_disk=True)
         if room:
             self._cursor = items[min(room, len(items)) - 1].seq
+
+    def _dropped_from_disk(self, by_config: Mapping[str, int]) -> None:
+        for config_id, count in by_config.items():
+            figures = self._devices.get(config_id)
+            if figures is not None:
+                figures.on_disk -= count
+                if figures.removed and figures.idle:
+                    self._prune(figures)
+
+    def _wrote_behind(self, behind: list[_Item]) -> None:
+        """Rows of items still on their lanes are on disk now: never replay them, and
+        delete them once delivered (at once for those done while the commit ran)."""
+        self.written_behind += len(behind)
+        for item in behind:
+            if item.done:
+                self._deletes.append((item.seq, len(item.body)))
+            else:
+                item.spooled = True
+        if behind:
+            self._writer_bell.ring()
+
+    def _resident_add(self, items: list[_Item]) -> None:
+        resident = self._resident
+        for item in items:
+            size = len(item.body)
+            resident[item.seq] = size
+            self._resident_bytes += size
+
+    def _resident_drop(self, seqs: Iterable[int]) -> None:
+        resident = self._resident
+        for seq in seqs:
+            size = resident.pop(seq, None)
+            if size is not None:
+                self._resident_bytes -= size
 
     def _room(self, *, batch: bool = True) -> int:
         """How many spooled items the lanes may take now; only probes while Core is down.
@@ -610,11 +970,21 @@ class Outbox:
         return max(0, room)
 
     async def _run_reader(self) -> None:
+        failures = 0
         while True:
             await self._reader_bell.wait()
-            while self._cursor < self._disk_max and self._room() > 0:
-                async with self._spool_lock:
-                    await self._replay_batch()
+            try:
+                while self._cursor < self._disk_max and self._room() > 0:
+                    async with self._spool_lock:
+                        await self._replay_batch()
+            except SpoolError as err:
+                failures += 1
+                self._read_failing = True
+                self._spool_failed(err)
+                await trio.sleep(self.settings.retry.ceiling(failures))
+                self._reader_bell.ring()
+                continue
+            failures = 0
             if (
                 self._spilling
                 and not self._write_ahead
@@ -634,55 +1004,114 @@ class Outbox:
         upto = self._disk_max
         limit = min(room, self.settings.replay_batch)
         rows = await self._spool.read_after(self._cursor, limit)
+        resident = self._resident
         for row in rows:
-            figures = self._figures_for(row.lane_key.partition("\x00")[0])
+            if row.seq in resident:
+                continue  # written behind: the item is on its lane already
+            config_id = row.lane_key.partition("\x00")[0]
+            figures = self._devices.get(config_id)
+            if figures is None:  # cannot be: every config with rows on disk has figures
+                figures = self._devices[config_id] = _Figures(config_id, removed=True)
+            figures.on_disk -= 1
             self._enqueue(
                 _Item(row.seq, row.kind, row.lane_key, row.created, row.payload, True, figures)
             )
-        self.replayed += len(rows)
+            self.replayed += 1
         last = rows[-1].seq if rows else self._cursor
         # A short read returned every row committed before it ran: the cursor moves past
         # all of them, and never below what was handed out.
         self._cursor = last if len(rows) == limit else max(self._cursor, upto, last)
+        self._read_failing = False
 
-    def _dropped(self, count: int) -> None:
+    async def _run_ager(self) -> None:
+        """Write behind what has waited on a lane for about ``memory_window`` (between
+        half and all of it: the clock it stamps items with is a quarter window coarse);
+        wakes four times per window, and only while something is young."""
+        young, slack = self._young, self._window / 4
+        while True:
+            while not young:
+                await self._ager_bell.wait()
+            now = self._clock = trio.current_time()
+            picked = self._behind
+            horizon = now + slack
+            while young and young[0].due <= horizon:
+                item = young.popleft()
+                if not (item.done or item.spooled):
+                    picked.append(item)
+            if picked:
+                self._writer_bell.ring()
+            await trio.sleep(slack)
+
+    def _dropped(self, count: int, cause: Literal["cap", "slow_disk", "disk"]) -> None:
         self.dropped += count
         if self._progress:
             self._progress.unpark_all()
         if self._overflow_warned:
             return  # once per episode: while the disk fails this runs for every new item
         self._overflow_warned = True
+        if cause == "cap":
+            why = "delivery spool full"
+            hint = (
+                "Core has been unreachable long enough to fill the spool; raise "
+                "spool_max_bytes/spool_max_age or restore Core."
+            )
+        elif cause == "disk":
+            why = f"the spool cannot be written ({self._spool_failing})"
+            hint = (
+                "Free space on the state directory's disk (or fix it): until then at most "
+                "memory_limit items wait for the disk, the oldest dropped first."
+            )
+        else:
+            why = "the spool's disk cannot keep up"
+            hint = "Put the state directory on a faster disk or raise spill_limit."
         log.warning(
-            "delivery spool full: dropping the oldest undelivered items (%d so far; the "
-            "'dropped' figure counts the rest; warned again after the spool drains)",
+            "%s: dropping the oldest undelivered items (%d so far; the 'dropped' figure "
+            "counts the rest; warned again after the episode ends)",
+            why,
             count,
         )
-        warning = self._encode_event(
-            EventRecord(
-                identity=DeviceIdentity(
-                    id="runtime",
-                    config_id="runtime",
-                    device_id="runtime",
-                    container_id=self._client.container_id,
-                    integration_id=self._client.integration_id,
-                ),
-                device_id="runtime",
-                event_type="runtime.delivery_dropped",
-                severity="warning",
-                data={
-                    "dropped": count,
-                    "spool_max_bytes": self.settings.spool_max_bytes,
-                    "spool_max_age": self.settings.spool_max_age,
-                    "hint": "Core has been unreachable long enough to fill the spool; raise "
-                    "spool_max_bytes/spool_max_age or restore Core.",
-                },
-                source="runtime",
-            )
+        self.runtime_event(
+            "runtime.delivery_dropped",
+            {
+                "dropped": count,
+                "cause": cause,
+                "spool_max_bytes": self.settings.spool_max_bytes,
+                "spool_max_age": self.settings.spool_max_age,
+                "hint": hint,
+            },
+            severity="warning",
         )
-        self._accept(*warning, urgent=True)
+
+    def runtime_event(
+        self, event_type: str, data: Mapping[str, Any], *, severity: Severity = "warning"
+    ) -> None:
+        """An event about the runtime itself (``device_id`` "runtime"), sent from memory
+        ahead of any spill, so neither a full spool nor its cap can take it."""
+        record = EventRecord(
+            identity=DeviceIdentity(
+                id="runtime",
+                config_id="runtime",
+                device_id="runtime",
+                container_id=self._client.container_id,
+                integration_id=self._client.integration_id,
+            ),
+            device_id="runtime",
+            event_type=event_type,
+            severity=severity,
+            data=data,
+            source="runtime",
+        )
+        self._accept(*self._encode_event(record), urgent=True)
+
+    def report_recovery(self, recovery: Recovery) -> None:
+        """Make a loss found at start-up loud: one error event with the counts (the log
+        line was written when it was found). The spool's own shows in ``stats()``."""
+        role = "spool" if recovery.role == "spool" else "ledger"
+        self.runtime_event(f"runtime.{role}_recovered", recovery.to_dict(), severity="error")
 
     async def _flush(self) -> None:
         """Write everything still only in memory to the spool (at shutdown)."""
+        self._behind = []
         for lane in self._lanes:
             self._pending.extend(item for item in lane.queue if not item.spooled)
             lane.queue.clear()
@@ -700,19 +1129,24 @@ async def open_outbox(
 ) -> AsyncIterator[Outbox]:
     """Run an outbox delivering through ``client``, spooling to ``spool_path``.
 
-    On entry the spool is opened and anything left in it is replayed first. On exit the
-    senders stop and whatever is still in memory is written to the spool, within
+    On entry the spool is opened (a damaged one is moved aside and salvaged, and the loss
+    reported) and anything left in it is replayed first. On exit the senders stop and
+    whatever is still in memory is written to the spool, within
     ``settings.shutdown_grace`` seconds: it is delivered on the next start.
     """
     settings = settings or OutboxSettings()
     spool = await Spool.open(spool_path)
     outbox = Outbox(client, spool, settings, rng)
+    if spool.recovery is not None:
+        outbox.report_recovery(spool.recovery)
     try:
         async with trio.open_nursery() as nursery:
             for lane in outbox._lanes:
                 nursery.start_soon(outbox._run_lane, lane)
             nursery.start_soon(outbox._run_writer)
             nursery.start_soon(outbox._run_reader)
+            if not outbox._write_ahead:
+                nursery.start_soon(outbox._run_ager)
             outbox._reader_bell.ring()
             try:
                 yield outbox

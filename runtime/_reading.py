@@ -9,6 +9,7 @@ from typing import TypeAlias
 import attrs
 
 from ._errors import InvalidReading
+from ._limits import ENVELOPE_ALLOWANCE, MAX_PAYLOAD_BYTES, encoded_size
 
 __all__ = ["MAX_NAME", "Reading", "Value", "json_problem", "validate_readings"]
 
@@ -70,7 +71,8 @@ def validate_readings(readings: Iterable[Reading], *, source: str) -> tuple[Read
 
     ``source`` names where the batch came from (``poll()``, ``report()``) for the message.
     Metric names must be unique within a payload: Core receives them as a mapping, so a
-    repeated name would silently drop one value.
+    repeated name would silently drop one value. The batch must fit in one payload
+    (``MAX_PAYLOAD_BYTES`` encoded).
     """
     kind = type(readings)
     if (
@@ -82,17 +84,41 @@ def validate_readings(readings: Iterable[Reading], *, source: str) -> tuple[Read
             f"{source} must give an iterable of Reading objects, got {kind.__name__}"
         )
     batch = tuple(readings)
+    chars = 0
     for item in batch:
         if type(item) is not Reading:
             raise InvalidReading(
                 f"{source} must give Reading objects, got {type(item).__name__}: {item!r}",
                 hint='Return e.g. [Reading("temperature_c", 21.4, "C")].',
             )
+        value = item.value
+        chars += len(item.metric) + (len(value) if type(value) is str else 0)
+        if item.unit is not None:
+            chars += len(item.unit)
+    if 12 * chars + 32 * len(batch) > _ROOM:  # could be too large: measure it exactly
+        _check_size(batch, source)
     if len({item.metric for item in batch}) != len(batch):
         seen: set[str] = set()
         twice = next(r.metric for r in batch if r.metric in seen or seen.add(r.metric))  # type: ignore[func-returns-value]
         raise InvalidReading(f"{source} gave metric {twice!r} twice in one payload")
     return batch
+
+
+_ROOM = MAX_PAYLOAD_BYTES - ENVELOPE_ALLOWANCE
+
+
+def _check_size(batch: tuple[Reading, ...], source: str) -> None:
+    metrics = {r.metric: r.value for r in batch}
+    units = {r.metric: r.unit for r in batch if r.unit is not None}
+    size = encoded_size(metrics) + encoded_size(units)
+    if size > _ROOM:
+        raise InvalidReading(
+            f"{source} gave readings of {size} bytes encoded; one payload may carry at most "
+            f"{_ROOM} (runtime.MAX_PAYLOAD_BYTES = {MAX_PAYLOAD_BYTES}, less room for its ids)",
+            hint="Report large values some other way (a URL, a summary) or split them over "
+            "several report() calls; nothing of this batch was sent.",
+            details={"size": size, "limit": _ROOM},
+        )
 
 
 def json_problem(value: object, depth: int = 0) -> str | None:

@@ -239,10 +239,14 @@ class ConfigSync:
         history: int = 100,
         on_applied: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         secrets: SecretValues | None = None,
+        on_removed: Callable[[str], None] | None = None,
     ) -> None:
         """``on_applied`` receives the running set as a snapshot after every change (to
-        keep a local copy for rehydration, see ``LocalCopy.save``); ``secrets`` remembers
-        every secret of every config validated (the runtime's, for its logs)."""
+        keep a local copy for rehydration, see ``LocalCopy.save``); ``on_removed`` the
+        config id (Core's ``config_id``) of each config removed, once its actor stopped
+        and its ``device.deconfigured`` event was sent (to prune per-device state, see
+        ``Outbox.forget``); ``secrets`` remembers every secret of every config validated
+        (the runtime's, for its logs)."""
         self._secrets = secrets
         self._actors = actors
         self._select = _fixed(select) if isinstance(select, type) else select
@@ -255,6 +259,7 @@ class ConfigSync:
         self._last_hash: str | None = None
         self.recent_events: deque[EventRecord] = deque(maxlen=history)
         self._on_applied = on_applied
+        self._on_removed = on_removed
 
     @property
     def active_config_ids(self) -> tuple[str, ...]:
@@ -472,6 +477,8 @@ class ConfigSync:
                     nursery.start_soon(running.stop)
         for identity in stopping:
             self._event("device.deconfigured", identity)
+            if self._on_removed is not None:
+                self._on_removed(identity.config_id)
 
     async def _persist(self) -> None:
         if self._on_applied is None:

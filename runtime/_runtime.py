@@ -19,10 +19,11 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import httpx
+import trio
 
 from ._core import CoreClient, header_value
 from ._health import Concern, fleet_concerns
@@ -30,6 +31,7 @@ from ._ledger import CommandLedger
 from ._logs import protect_known
 from ._nursery import ActorNursery, open_actor_nursery
 from ._outbox import Outbox, OutboxSettings, open_outbox
+from ._process import MemoryMonitor
 from ._reconciler import ConfigSync
 from ._redact import SecretValues
 from ._registry import Registry
@@ -65,11 +67,30 @@ class Runtime:
     rehydration: RehydrationReport | None = None
     failure: str | None = None
     """Set when the runtime's core has died: health then answers 503."""
+    memory: MemoryMonitor = attrs.field(factory=MemoryMonitor)
+    """The process's RSS, its trend and its limit (``PIPHI_MEMORY_LIMIT_MB``)."""
 
     def concerns(self, by_state: Mapping[str, int]) -> list[Concern]:
         """Why the runtime is degraded now (empty: ``ok``), given its actors counted by
         state: every part that can be unhealthy adds its own."""
-        return [*fleet_concerns(by_state), *self.actors.concerns(), *self.outbox.concerns()]
+        return [
+            *fleet_concerns(by_state),
+            *self.actors.concerns(),
+            *self.outbox.concerns(),
+            *self.memory.concerns(),
+        ]
+
+    def figures(self) -> dict[str, Any]:
+        """Runtime-wide figures beside the routes' own, for ``/health`` and ``/diagnostics``:
+        memory, and what was lost from damaged state files at start-up (None if nothing)."""
+        ledger = self.ledger.recovery
+        return {
+            "memory": self.memory.to_dict(),
+            "storage": {
+                "spool": self.outbox.stats_recovery(),
+                "command_ledger": ledger.to_dict() if ledger else None,
+            },
+        }
 
     def learn_auth(
         self, container_id: str | None, token: str | None, *, from_snapshot: bool
@@ -107,6 +128,8 @@ async def open_runtime(
     """Run ``integration``: open everything, rehydrate, yield the ``Runtime``."""
     env = os.environ if env is None else env
     protect_known()
+    settings = outbox_settings or OutboxSettings.from_env(env)
+    memory = MemoryMonitor.from_env(env)
     client = CoreClient.from_env(env, integration_id=integration.id, transport=transport)
     token = header_value(env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN"))
     secrets = SecretValues().open()
@@ -118,13 +141,20 @@ async def open_runtime(
         async with (
             client,
             CommandLedger.opened(directory / "commands.db") as ledger,
-            open_outbox(
-                client, spool_path=directory / "spool.db", settings=outbox_settings
-            ) as outbox,
+            open_outbox(client, spool_path=directory / "spool.db", settings=settings) as outbox,
             open_actor_nursery(outbox, rng=rng) as actors,
+            trio.open_nursery() as background,
         ):
+            if ledger.recovery is not None:
+                outbox.report_recovery(ledger.recovery)
+            background.start_soon(memory.run)
             sync = ConfigSync(
-                actors, integration.selector, outbox, on_applied=local.save, secrets=secrets
+                actors,
+                integration.selector,
+                outbox,
+                on_applied=local.save,
+                on_removed=outbox.forget,
+                secrets=secrets,
             )
             runtime = Runtime(
                 integration=integration,
@@ -138,6 +168,7 @@ async def open_runtime(
                 managed=token is not None,
                 token_source="environment" if token else "none",
                 secrets=secrets,
+                memory=memory,
             )
             runtime.rehydration = await rehydrate(
                 sync,
@@ -145,7 +176,10 @@ async def open_runtime(
                 local=local,
                 fetch_core_rows=client.fetch_configs if client.container_id else None,
             )
-            yield runtime
+            try:
+                yield runtime
+            finally:
+                background.cancel_scope.cancel(reason="runtime closing")
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ._integration import Integration
 from ._logs import runtime_logger
+from ._outbox import Durability, OutboxSettings
 from ._runtime import open_runtime
 from ._web import RUNTIME_KEY
 
@@ -74,23 +75,37 @@ async def serve(
     env: Mapping[str, str] | None = None,
     host: str = "0.0.0.0",  # Core reaches the container from outside it
     port: int | None = None,
+    durability: Durability | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``integration`` and serve its routes until SIGTERM/SIGINT."""
+    """Run ``integration`` and serve its routes until SIGTERM/SIGINT.
+
+    ``durability`` (``memory`` or ``write_ahead``) overrides ``PIPHI_DURABILITY``; see
+    ``OutboxSettings.durability`` and README, "Durability windows".
+    """
     env = os.environ if env is None else env
     config = hypercorn_config(
         f"{host}:{parse_port(env.get('PORT')) if port is None else port}", graceful_timeout=3.0
     )
+    if durability is None:
+        settings = OutboxSettings.from_env(env)
+    else:
+        settings = OutboxSettings.from_env(env, durability=durability)
     app = integration.app()
     stop = trio.Event()
-    async with open_runtime(integration, env=env) as runtime:
+    async with open_runtime(integration, env=env, outbox_settings=settings) as runtime:
         app.extensions[RUNTIME_KEY] = runtime
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
             urls = await nursery.start(
                 partial(hypercorn_serve, app, config, shutdown_trigger=stop.wait)
             )
-            log.info("serving %s on %s", integration.id, ", ".join(urls))
+            log.info(
+                "serving %s on %s (durability %s)",
+                integration.id,
+                ", ".join(urls),
+                settings.durability,
+            )
             task_status.started(urls)
             await stop.wait()
             # hypercorn returns from serve() once it has drained; the signal task is done.

@@ -18,6 +18,8 @@ import attrs
 
 from ._config import DeviceIdentity
 from ._contract import SEVERITIES, Severity
+from ._errors import InvalidEvent
+from ._limits import ENVELOPE_ALLOWANCE, MAX_PAYLOAD_BYTES, encoded_size
 from ._reading import Reading
 
 __all__ = ["SEVERITIES", "ActorOutputs", "EventRecord", "Severity", "Sink", "TelemetryRecord"]
@@ -48,6 +50,25 @@ class EventRecord:
     source: str
     created_at: float = attrs.field(factory=time.time)
     event_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+
+    def __attrs_post_init__(self) -> None:
+        """An event must fit in one payload (``MAX_PAYLOAD_BYTES``) as JSON: refused here,
+        where the actor's ``emit_event()`` made it, rather than in delivery."""
+        try:
+            size = encoded_size(self.data) + len(self.event_type)
+        except ValueError as exc:  # NaN or infinity: Core's JSON has neither
+            raise InvalidEvent(
+                f"event {self.event_type!r} has data that is not JSON: {exc}"
+            ) from None
+        room = MAX_PAYLOAD_BYTES - ENVELOPE_ALLOWANCE
+        if size > room:
+            raise InvalidEvent(
+                f"event {self.event_type!r} is {size} bytes encoded; one event may carry at "
+                f"most {room} (runtime.MAX_PAYLOAD_BYTES = {MAX_PAYLOAD_BYTES}, less room "
+                "for its ids)",
+                hint="Send a summary or a reference (a URL, an id) instead of the whole data.",
+                details={"size": size, "limit": room},
+            )
 
 
 class Sink(Protocol):

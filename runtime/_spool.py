@@ -4,30 +4,70 @@ One connection, owned by the outbox (``_database.Database``: a worker thread, ca
 never interleave, transactions that commit or roll back whole even when cancelled).
 
 Each ``commit()`` is one transaction that appends new rows, deletes delivered ones,
-parks rejected ones and enforces the cap, so a busy outbox pays for one fsync per batch
+parks rejected ones and enforces the caps, so a busy outbox pays for one fsync per batch
 (group commit), not per item. WAL with ``synchronous=NORMAL``: a committed batch
-survives the process being killed; a power cut may lose the last batches.
+survives the process being killed; a power cut may lose the last batches. A commit that
+fails (a full disk, an I/O error) raises a classified ``SpoolError`` and leaves the
+totals as they were: the outbox keeps the batch and tries again.
 
 The file is opened with ``locking_mode=EXCLUSIVE``, so a second runtime pointed at the
-same spool fails at start instead of interleaving deliveries with the first.
+same spool fails at start instead of interleaving deliveries with the first. A damaged
+file is moved aside and rebuilt from what can be read (``_recovery``); a small marker
+beside the spool (``spool.db.marker.json``: its depth, rewritten at most every few
+seconds while it changes, at once when it empties, and at close) lets the next start
+notice a spool that vanished or was emptied behind the runtime's back. Either way
+``recovery`` says what was lost.
+
+Refused payloads go to the ``rejected`` table for inspection, capped by count, bytes and
+age (oldest first); a body over ``REJECTED_BODY_MAX`` is kept as a summary (its size,
+its SHA-256, its ids and its first bytes), not whole.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
+import trio
 
-from ._database import Database
+from . import _offload
+from ._database import Database, rollback
+from ._recovery import Recovery, SpoolMarker, Table, noticed_loss
 
-__all__ = ["CommitOutcome", "Spool", "SpoolRow"]
+log = logging.getLogger("runtime.spool")
+
+__all__ = [
+    "REJECTED_BODY_MAX",
+    "REJECTED_KEEP",
+    "REJECTED_MAX_AGE",
+    "REJECTED_MAX_BYTES",
+    "CommitOutcome",
+    "Rejection",
+    "Spool",
+    "SpoolRow",
+]
 
 
 #: How many rejected payloads are kept for inspection; beyond it the oldest are dropped.
 REJECTED_KEEP = 10_000
+#: Bytes of rejected payloads kept; beyond it the oldest are dropped.
+REJECTED_MAX_BYTES = 16 * 1024 * 1024
+#: Seconds a rejected payload is kept.
+REJECTED_MAX_AGE = 7 * 24 * 3600.0
+#: A rejected body larger than this is kept as a summary, not whole.
+REJECTED_BODY_MAX = 16 * 1024
+#: The marker is rewritten at most this often while the depth changes (at once on empty).
+MARKER_EVERY = 5.0
+#: What a probe of a failing disk writes (and deletes): about one batch of items.
+PROBE_BYTES = 64 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -37,6 +77,7 @@ CREATE TABLE IF NOT EXISTS items (
     created REAL NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS probe (bytes BLOB);
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY,
     kind INTEGER NOT NULL,
@@ -47,6 +88,46 @@ CREATE TABLE IF NOT EXISTS rejected (
     payload BLOB NOT NULL
 );
 """
+
+
+def _is_item(row: tuple[Any, ...]) -> bool:
+    """A salvaged row is a well-formed item: types right and a JSON object as payload."""
+    seq, kind, key, created, payload = row
+    if not (
+        type(seq) is int
+        and type(kind) is int
+        and type(key) is str
+        and isinstance(created, (int, float))
+        and isinstance(payload, bytes)
+    ):
+        return False
+    try:
+        return isinstance(json.loads(payload), dict)
+    except ValueError:
+        return False
+
+
+def _is_rejected(row: tuple[Any, ...]) -> bool:
+    seq, kind, created, rejected_at, status, error, payload = row
+    return (
+        type(seq) is int
+        and type(kind) is int
+        and isinstance(created, (int, float))
+        and isinstance(rejected_at, (int, float))
+        and (status is None or type(status) is int)
+        and type(error) is str
+        and isinstance(payload, bytes)
+    )
+
+
+_TABLES = (
+    Table("items", ("seq", "kind", "lane_key", "created", "payload"), _is_item),
+    Table(
+        "rejected",
+        ("seq", "kind", "created", "rejected_at", "status", "error", "payload"),
+        _is_rejected,
+    ),
+)
 
 
 @attrs.frozen(slots=True)
@@ -75,6 +156,8 @@ class Rejection:
 class CommitOutcome:
     dropped: int
     """Rows deleted by the cap (bytes or age) in this commit."""
+    dropped_by_config: Mapping[str, int] = attrs.field(factory=dict)
+    """The same, per config id (the part of ``lane_key`` before its NUL)."""
 
 
 @attrs.frozen(slots=True)
@@ -84,6 +167,15 @@ class _Totals:
     oldest: float | None
     max_seq: int
     rejected: int
+    rejected_bytes: int = 0
+
+
+@attrs.frozen(slots=True)
+class RejectedCaps:
+    keep: int = REJECTED_KEEP
+    max_bytes: int = REJECTED_MAX_BYTES
+    max_age: float = REJECTED_MAX_AGE
+    body_max: int = REJECTED_BODY_MAX
 
 
 class Spool:
@@ -93,9 +185,16 @@ class Spool:
     totals as of the last call, so health reads them without touching disk.
     """
 
-    def __init__(self, db: Database, totals: _Totals) -> None:
+    def __init__(self, db: Database, totals: _Totals, recovery: Recovery | None = None) -> None:
         self._db = db
         self._totals = totals
+        self.recovery = recovery
+        """What was lost since the last run (a damaged, emptied or missing spool), if any."""
+        self.rejected_caps = RejectedCaps()
+        self.rows_by_config: dict[str, int] = {}
+        """Rows per config id when the spool was opened (for the outbox's bookkeeping)."""
+        self._marked = totals.depth
+        self._marked_at = time.monotonic()
 
     @property
     def depth(self) -> int:
@@ -117,10 +216,35 @@ class Spool:
     def rejected(self) -> int:
         return self._totals.rejected
 
+    @property
+    def rejected_bytes(self) -> int:
+        return self._totals.rejected_bytes
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> Spool:
-        db = await Database.open(Path(path), "spool", _SCHEMA, exclusive=True)
-        return cls(db, await db.run(_totals))
+        """Open (or create) the spool; a damaged one is rebuilt, a vanished one noticed."""
+        path = Path(path)
+        marker, existed, size = await _offload.offload(_before_open, path)
+        db = await Database.open(path, "spool", _SCHEMA, exclusive=True, tables=_TABLES)
+        totals = await db.run(_totals)
+        recovery = db.recovery
+        if recovery is not None:
+            recovered = recovery.recovered.get("items", 0)
+            expected = marker.depth if marker is not None else None
+            lost = None if expected is None else max(0, expected - recovered)
+            recovery = attrs.evolve(recovery, expected=expected, lost=lost)
+            log.error("%s", recovery.describe())
+        else:
+            recovery = noticed_loss(path, marker, existed, size, totals.depth)
+        spool = cls(db, totals, recovery)
+        if totals.depth:
+            spool.rows_by_config = await db.run(_rows_by_config)
+        await spool._mark(clean=False)
+        return spool
 
     async def commit(
         self,
@@ -131,11 +255,13 @@ class Spool:
         max_bytes: int | None = None,
         older_than: float | None = None,
         protect_upto: int = 0,
+        protect: Container[int] = (),
     ) -> CommitOutcome:
         """One transaction: append rows, delete ``(seq, size)`` pairs that were delivered,
         park rejected rows, then drop the oldest rows past ``max_bytes`` or created before
-        ``older_than``. Rows with ``seq <= protect_upto`` are in memory on their way to
-        Core, so the cap never takes them."""
+        ``older_than``. Rows with ``seq <= protect_upto`` or in ``protect`` are in memory
+        on their way to Core, so the cap never takes them. (``protect`` is only read, from
+        the worker thread: the caller must not change it until the commit returns.)"""
         result = await self._db.run(
             _commit_sync,
             self._totals,
@@ -144,20 +270,50 @@ class Spool:
             list(reject),
             max_bytes,
             older_than,
-            protect_upto,
+            (protect_upto, protect),
+            self.rejected_caps,
         )
         dropped, self._totals = result
-        return CommitOutcome(dropped=dropped)
+        depth = self._totals.depth
+        if depth != self._marked and (
+            depth == 0 or time.monotonic() - self._marked_at >= MARKER_EVERY
+        ):
+            await self._mark(clean=False)
+        return CommitOutcome(dropped=sum(dropped.values()), dropped_by_config=dropped)
+
+    async def probe(self, size: int = PROBE_BYTES) -> None:
+        """Write ``size`` bytes and delete them in one transaction: SpoolError if the
+        disk still refuses a batch's worth of new pages."""
+        await self._db.run(_probe_sync, size)
 
     async def read_after(self, seq: int, limit: int) -> list[SpoolRow]:
         """Up to ``limit`` rows with ``seq`` greater than the given one, in order."""
         return await self._db.run(_read_sync, seq, limit)
 
     async def close(self) -> None:
-        await self._db.close()
+        """Close, even from a cancelled scope, leaving a marker of what the spool holds."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._db.close()
+            finally:
+                await self._mark(clean=True)
+
+    async def _mark(self, *, clean: bool) -> None:
+        totals = self._totals
+        marker = SpoolMarker(totals.depth, totals.bytes, totals.rejected, clean, time.time())
+        self._marked, self._marked_at = totals.depth, time.monotonic()
+        await self._db.run_plain(marker.write, self._db.path)
 
 
 # -- run in the worker thread -----------------------------------------------------------
+
+
+def _before_open(path: Path) -> tuple[SpoolMarker | None, bool, int]:
+    try:
+        size = path.stat().st_size
+    except OSError:  # missing, or an unusable place (opening it will say why)
+        return SpoolMarker.read(path), False, 0
+    return SpoolMarker.read(path), True, size
 
 
 def _totals(con: sqlite3.Connection) -> _Totals:
@@ -165,8 +321,8 @@ def _totals(con: sqlite3.Connection) -> _Totals:
     depth, size, max_seq = con.execute(
         "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0), COALESCE(MAX(seq), 0) FROM items"
     ).fetchone()
-    rejected, rejected_max = con.execute(
-        "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM rejected"
+    rejected, rejected_bytes, rejected_max = con.execute(
+        "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0), COALESCE(MAX(seq), 0) FROM rejected"
     ).fetchone()
     return _Totals(
         depth=depth,
@@ -174,7 +330,27 @@ def _totals(con: sqlite3.Connection) -> _Totals:
         oldest=_oldest(con),
         max_seq=max(max_seq, rejected_max),
         rejected=rejected,
+        rejected_bytes=rejected_bytes,
     )
+
+
+def _probe_sync(con: sqlite3.Connection, size: int) -> None:
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        con.execute("INSERT INTO probe (bytes) VALUES (zeroblob(?))", (size,))
+        con.execute("DELETE FROM probe")
+        con.execute("COMMIT")
+    except BaseException:
+        rollback(con)
+        raise
+
+
+def _rows_by_config(con: sqlite3.Connection) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for lane_key, rows in con.execute("SELECT lane_key, COUNT(*) FROM items GROUP BY lane_key"):
+        config_id = lane_key.partition("\x00")[0]
+        counts[config_id] = counts.get(config_id, 0) + rows
+    return counts
 
 
 def _oldest(con: sqlite3.Connection) -> float | None:
@@ -190,10 +366,10 @@ def _commit_sync(
     reject: list[Rejection],
     max_bytes: int | None,
     older_than: float | None,
-    protect_upto: int,
-) -> tuple[int, _Totals]:
-    depth, size, rejected = totals.depth, totals.bytes, totals.rejected
-    max_seq = totals.max_seq
+    protected: tuple[int, Container[int]],
+    caps: RejectedCaps,
+) -> tuple[dict[str, int], _Totals]:
+    depth, size, max_seq = totals.depth, totals.bytes, totals.max_seq
     con.execute("BEGIN IMMEDIATE")
     try:
         consistent = True
@@ -213,79 +389,145 @@ def _commit_sync(
             consistent &= cur.rowcount == len(gone)
             depth -= len(gone)
             size -= sum(n for _, n in gone)
+        rejected, rejected_bytes, consistent_rejected = _park(con, totals, reject, caps)
         if reject:
-            con.executemany(
-                "INSERT OR REPLACE INTO rejected "
-                "(seq, kind, created, rejected_at, status, error, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        j.row.seq,
-                        j.row.kind,
-                        j.row.created,
-                        j.rejected_at,
-                        j.status,
-                        j.error,
-                        j.row.payload,
-                    )
-                    for j in reject
-                ],
-            )
-            rejected += len(reject)
             max_seq = max(max_seq, max(j.row.seq for j in reject))
-        dropped = 0
-        if rejected > REJECTED_KEEP:
-            excess = rejected - REJECTED_KEEP
-            con.execute(
-                "DELETE FROM rejected WHERE seq IN (SELECT seq FROM rejected ORDER BY seq LIMIT ?)",
-                (excess,),
-            )
-            rejected -= excess  # already counted as rejected, so not as dropped
+        dropped: dict[str, int] = {}
         excess_bytes = 0 if max_bytes is None else size - max_bytes
         oldest = _oldest(con)
         if excess_bytes > 0 or (
             older_than is not None and oldest is not None and oldest < older_than
         ):
-            rows, freed = _drop_oldest(con, protect_upto, excess_bytes, older_than)
-            dropped += rows
-            depth -= rows
+            dropped, freed = _drop_oldest(con, protected, excess_bytes, older_than)
+            depth -= sum(dropped.values())
             size -= freed
             oldest = _oldest(con)
         # If a row we counted on was not there, recount rather than drift.
-        after = _Totals(depth, size, oldest, max_seq, rejected) if consistent else _totals(con)
+        if consistent and consistent_rejected:
+            after = _Totals(depth, size, oldest, max_seq, rejected, rejected_bytes)
+        else:
+            after = _totals(con)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise
     return dropped, after
 
 
+def _park(
+    con: sqlite3.Connection, totals: _Totals, reject: list[Rejection], caps: RejectedCaps
+) -> tuple[int, int, bool]:
+    """Store refused rows (large bodies as summaries), then apply the rejected table's
+    caps (count, bytes, age; oldest first). Returns its new count and bytes, and False if
+    those may be off (the caller then recounts)."""
+    rejected, rejected_bytes = totals.rejected, totals.rejected_bytes
+    if reject:
+        rows = [_rejected_row(j, caps.body_max) for j in reject]
+        con.executemany(
+            "INSERT OR REPLACE INTO rejected "
+            "(seq, kind, created, rejected_at, status, error, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        rejected += len(rows)
+        rejected_bytes += sum(len(r[6]) for r in rows)
+    if not rejected:
+        return rejected, rejected_bytes, True
+    cutoff = time.time() - caps.max_age
+    first = con.execute("SELECT rejected_at FROM rejected ORDER BY seq LIMIT 1").fetchone()
+    if first is not None and first[0] < cutoff:
+        cur = con.execute("DELETE FROM rejected WHERE rejected_at < ?", (cutoff,))
+        if cur.rowcount:
+            rejected, rejected_bytes = con.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM rejected"
+            ).fetchone()
+    while rejected > caps.keep or rejected_bytes > caps.max_bytes:
+        excess_rows = rejected - caps.keep
+        excess_bytes = rejected_bytes - caps.max_bytes
+        batch = con.execute(
+            "SELECT seq, length(payload) FROM rejected ORDER BY seq LIMIT 256"
+        ).fetchall()
+        if not batch:
+            return 0, 0, False
+        last, freed, count = None, 0, 0
+        for seq, length in batch:
+            if count >= excess_rows and freed >= excess_bytes:
+                break
+            last, freed, count = seq, freed + length, count + 1
+        if last is None:
+            break
+        con.execute("DELETE FROM rejected WHERE seq <= ?", (last,))
+        rejected -= count
+        rejected_bytes -= freed  # already counted as rejected, so not as dropped
+    return rejected, rejected_bytes, True
+
+
+def _rejected_row(j: Rejection, body_max: int) -> tuple[Any, ...]:
+    payload, error = j.row.payload, j.error
+    if len(payload) > body_max:
+        payload = summarize(payload)
+        error = f"{error} [body of {len(j.row.payload)} bytes kept as a summary]"
+    return (j.row.seq, j.row.kind, j.row.created, j.rejected_at, j.status, error, payload)
+
+
+def summarize(payload: bytes) -> bytes:
+    """What is kept of a large refused body: its size, digest, ids and first bytes."""
+    summary: dict[str, Any] = {
+        "summary": True,
+        "bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "head": payload[:512].decode("utf-8", "replace"),
+    }
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("telemetry_id", "event_id", "type", "device_id", "config_id", "timestamp"):
+            if key in body:
+                summary[key] = body[key]
+        metrics = body.get("metrics")
+        if isinstance(metrics, dict):
+            summary["metrics"] = sorted(metrics)[:50]
+    return json.dumps(summary, separators=(",", ":")).encode()
+
+
 def _drop_oldest(
-    con: sqlite3.Connection, protect_upto: int, excess_bytes: int, older_than: float | None
-) -> tuple[int, int]:
-    """Delete the oldest unprotected rows while over the byte cap or older than the cutoff."""
-    rows_dropped = freed = 0
-    cursor = protect_upto
+    con: sqlite3.Connection,
+    protected: tuple[int, Container[int]],
+    excess_bytes: int,
+    older_than: float | None,
+) -> tuple[dict[str, int], int]:
+    """Delete the oldest unprotected rows while over the byte cap or older than the cutoff;
+    returns the rows deleted per config id and the bytes freed."""
+    cursor, protect = protected
+    by_config: dict[str, int] = {}
+    freed = 0
     while True:
         batch = con.execute(
-            "SELECT seq, created, length(payload) FROM items WHERE seq > ? ORDER BY seq LIMIT 512",
+            "SELECT seq, created, length(payload), lane_key FROM items WHERE seq > ? "
+            "ORDER BY seq LIMIT 512",
             (cursor,),
         ).fetchall()
+        doomed: list[tuple[int]] = []
         last = None
-        for seq, created, length in batch:
+        for seq, created, length, lane_key in batch:
             too_old = older_than is not None and created < older_than
             if excess_bytes - freed <= 0 and not too_old:
                 break
             last = seq
+            if seq in protect:
+                continue
+            doomed.append((seq,))
             freed += length
-            rows_dropped += 1
-        if last is None:
+            config_id = lane_key.partition("\x00")[0]
+            by_config[config_id] = by_config.get(config_id, 0) + 1
+        if doomed:
+            con.executemany("DELETE FROM items WHERE seq = ?", doomed)
+        if last is None or last != batch[-1][0]:
             break
-        con.execute("DELETE FROM items WHERE seq > ? AND seq <= ?", (cursor, last))
         cursor = last
-        if last != batch[-1][0]:
-            break
-    return rows_dropped, freed
+    return by_config, freed
 
 
 def _read_sync(con: sqlite3.Connection, seq: int, limit: int) -> list[SpoolRow]:

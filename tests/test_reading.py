@@ -45,7 +45,10 @@ def test_rejects_malformed_readings_with_a_clear_error(
     assert "hint:" in str(info.value)
 
 
-@given(st.floats(allow_nan=False, allow_infinity=False), st.text(min_size=1).filter(str.strip))
+@given(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(min_size=1, max_size=128).filter(lambda m: m.strip() and m.isprintable()),
+)
 def test_every_finite_float_is_accepted(value: float, metric: str) -> None:
     assert Reading(metric, value).value == value
 

@@ -299,3 +299,23 @@ async def test_one_config_at_a_time(
         "device.deconfigured",
     ]
     assert len(sync.recent_events) == 3
+
+
+async def test_removed_configs_are_reported_after_their_last_event(
+    actors: ActorNursery, sink: RecordingSink, autojump_clock: Any
+) -> None:
+    removed: list[tuple[str, int]] = []
+    sync = ConfigSync(
+        actors,
+        Probe,
+        sink,
+        on_removed=lambda config_id: removed.append((config_id, len(sink.event_records))),
+    )
+    await sync.apply_snapshot(snapshot(1, cfg("a", configId="uuid-a"), cfg("b"), cfg("c")))
+    await sync.apply_snapshot(snapshot(2, cfg("b"), cfg("c", pollIntervalSeconds=3)))
+    await sync.remove("b")
+    assert [config_id for config_id, _ in removed] == ["uuid-a", "b"]  # not c: restarted
+    for config_id, events_then in removed:
+        then = list(sink.event_records)[:events_then]
+        last = [e for e in then if e.identity.config_id == config_id]
+        assert last[-1].event_type == "device.deconfigured", "nothing of it follows"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,48 @@ def test_a_runtime_that_cannot_start_exits_non_zero(tmp_path: Path) -> None:
     assert "serving" not in result.stdout
     assert "the runtime failed" in result.stderr
     assert "writable" in result.stderr  # the spool error's hint reaches the operator
+
+
+def test_an_invalid_durability_is_an_error() -> None:
+    result = run_serve(["--port", "0"], PIPHI_DURABILITY="fsync-always")
+    assert result.returncode == 2
+    assert "PIPHI_DURABILITY must be 'memory' or 'write_ahead'" in result.stderr
+    result = run_serve(["--port", "0", "--durability", "fsync-always"])
+    assert result.returncode == 2
+    assert "--durability" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable", "chosen"),
+    [
+        (None, None, "memory"),
+        (None, "write_ahead", "write_ahead"),
+        ("write_ahead", None, "write_ahead"),
+        ("memory", "write_ahead", "memory"),  # the flag wins
+    ],
+)
+async def test_durability_comes_from_the_flag_or_the_environment(
+    flag: str | None, variable: str | None, chosen: str, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from examples.simulated_home import integration
+    from runtime._serve import serve
+
+    core = FakeCore()
+    await nursery.start(core.serve)
+    env = {
+        "PIPHI_CORE_BASE_URL": core.url,
+        "PIPHI_STATE_DIR": str(tmp_path / "state"),
+        "PIPHI_CONFIG_SNAPSHOT_PATH": str(tmp_path / "no-mount.json"),
+        "PIPHI_INTEGRATION_INTERNAL_TOKEN": TOKEN,
+    }
+    if variable:
+        env["PIPHI_DURABILITY"] = variable
+    async with trio.open_nursery() as inner:
+        urls = await inner.start(
+            partial(serve, integration, env=env, host="127.0.0.1", port=0, durability=flag)
+        )
+        headers = {"X-PiPhi-Integration-Token": TOKEN}
+        async with httpx.AsyncClient(base_url=urls[0], headers=headers) as http:
+            diagnostics = (await http.get("/diagnostics")).json()["diagnostics"]
+        inner.cancel_scope.cancel()
+    assert diagnostics["delivery"]["durability"] == chosen

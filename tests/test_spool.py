@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
-from runtime import SpoolError
-from runtime._spool import Rejection, Spool, SpoolRow
+from runtime import SpoolBusy, SpoolError
+from runtime._spool import REJECTED_BODY_MAX, RejectedCaps, Rejection, Spool, SpoolRow
 
 
 def rows(first: int, last: int, *, size: int = 10, created: float = 1000.0) -> list[SpoolRow]:
@@ -75,10 +78,11 @@ async def test_rejected_rows_move_to_their_own_table(tmp_path: Path) -> None:
     batch = rows(1, 3)
     await spool.commit(batch)
     never_spooled = SpoolRow(9, 0, "k", 1.0, b"{}")
+    now = time.time()
     await spool.commit(
         reject=[
-            Rejection(batch[1], True, 2000.0, 422, "bad metric"),
-            Rejection(never_spooled, False, 2000.0, 400, "bad"),
+            Rejection(batch[1], True, now, 422, "bad metric"),
+            Rejection(never_spooled, False, now, 400, "bad"),
         ]
     )
     assert [r.seq for r in await spool.read_after(0, 10)] == [1, 3]
@@ -87,3 +91,51 @@ async def test_rejected_rows_move_to_their_own_table(tmp_path: Path) -> None:
     reopened = await Spool.open(tmp_path / "spool.db")
     assert (reopened.depth, reopened.rejected, reopened.max_seq) == (2, 2, 9)
     await reopened.close()
+
+
+def rejection(seq: int, size: int, at: float) -> Rejection:
+    body = json.dumps({"telemetry_id": f"t{seq}", "metrics": {"blob": "x" * size}}).encode()
+    return Rejection(SpoolRow(seq, 0, "k", at, body), False, at, 422, "refused")
+
+
+async def test_the_rejected_table_is_capped_in_bytes_and_age(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    spool.rejected_caps = RejectedCaps(max_bytes=50_000, max_age=3600.0, body_max=20_000)
+    now = time.time()
+    await spool.commit(reject=[rejection(1, 1000, now - 7200)])  # older than max_age
+    assert spool.rejected == 0
+    for seq in range(2, 40):
+        await spool.commit(reject=[rejection(seq, 5000, now)])
+    # 38 bodies of about 5 kB against 50 kB: only the newest are kept.
+    assert spool.rejected_bytes <= 50_000
+    assert 8 <= spool.rejected <= 10
+    con = spool._db.con
+    kept = [s for (s,) in con.execute("SELECT seq FROM rejected ORDER BY seq")]
+    assert kept == list(range(40 - len(kept), 40))
+    await spool.close()
+    again = await Spool.open(tmp_path / "spool.db")
+    assert (again.rejected, again.rejected_bytes) == (len(kept), spool.rejected_bytes)
+    await again.close()
+
+
+async def test_a_large_rejected_body_is_kept_as_a_summary(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    big = rejection(7, REJECTED_BODY_MAX * 4, time.time())
+    await spool.commit(reject=[big])
+    con = spool._db.con
+    ((error, payload),) = con.execute("SELECT error, payload FROM rejected").fetchall()
+    summary = json.loads(payload)
+    assert len(payload) < 2048
+    assert summary["bytes"] == len(big.row.payload)
+    assert summary["sha256"] == hashlib.sha256(big.row.payload).hexdigest()
+    assert (summary["telemetry_id"], summary["metrics"]) == ("t7", ["blob"])
+    assert "summary" in error
+    assert spool.rejected_bytes == len(payload)
+    await spool.close()
+
+
+async def test_a_spool_error_says_what_failed(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    with pytest.raises(SpoolBusy, match="another runtime"):
+        await Spool.open(tmp_path / "spool.db")
+    await spool.close()

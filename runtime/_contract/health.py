@@ -26,11 +26,14 @@ __all__ = [
     "HealthFigures",
     "IntegrationInfo",
     "LinkError",
+    "MemoryFigures",
     "Page",
+    "Recovery",
     "Rehydration",
     "RehydrationSource",
     "RuntimeFigures",
     "StartingFigures",
+    "StorageFigures",
 ]
 
 #: Actor records in one ``/diagnostics`` answer unless ``limit`` asks for more.
@@ -71,6 +74,9 @@ class CoreLink(Answer):
     state: LinkState
     since: UtcTime
     last_error: LinkError | None
+    next_probe: UtcTime | None = Field(
+        default=None, description="After 401/403 or 404: when delivery next tries Core."
+    )
 
 
 class RehydrationSource(Answer):
@@ -87,6 +93,37 @@ class Rehydration(Answer):
     sources: list[RehydrationSource]
 
 
+class MemoryFigures(Answer):
+    """The process's resident memory, sampled every few seconds, and its trend."""
+
+    rss_mb: float | None
+    peak_rss_mb: float | None
+    trend_mb_per_min: float | None
+    trend_window_s: float
+    limit_mb: float | None
+    sampled_at: UtcTime | None
+
+
+class Recovery(Answer):
+    """A damaged, emptied or missing state file found at start-up, and what came back."""
+
+    role: str
+    path: str
+    reason: Literal["corrupt", "emptied", "missing"]
+    detail: str
+    moved_to: str | None = Field(description="Where the damaged file is kept (never deleted).")
+    recovered: dict[str, int] = Field(description="Rows copied into the fresh file, by table.")
+    skipped: int
+    expected: int | None
+    lost: int | None
+    at: UtcTime
+
+
+class StorageFigures(Answer):
+    spool: Recovery | None
+    command_ledger: Recovery | None
+
+
 class RuntimeFigures(Answer):
     uptime_s: float
     devices: int
@@ -97,6 +134,8 @@ class RuntimeFigures(Answer):
     spool_depth: int
     dropped: int
     concerns: list[HealthConcern]
+    memory: MemoryFigures
+    storage: StorageFigures
 
 
 class HealthFigures(RuntimeFigures):
@@ -132,6 +171,12 @@ class DeliveryStats(Answer):
     spool_oldest_age: float | None
     durability: Literal["memory", "write_ahead"]
     link: CoreLink
+    rejected_kept: int = Field(description="Refused payloads kept in the rejected table.")
+    rejected_bytes: int
+    written_behind: int = Field(description="Items written to the spool after waiting.")
+    spool_error: JsonObject | None = Field(description="Why the spool cannot be written now.")
+    recovery: Recovery | None
+    configs_tracked: int
 
 
 class AuthInfo(Answer):

@@ -47,10 +47,11 @@ WIRE_MODEL = ConfigDict(
 JsonObject: TypeAlias = dict[str, Any]
 
 
-def iso(moment: datetime | float | None) -> str | None:
-    """ISO-8601 UTC for an aware datetime or a Unix time; None stays None."""
-    if moment is None:
-        return None
+def iso(moment: datetime | float | str | None) -> str | None:
+    """ISO-8601 UTC for an aware datetime or a Unix time; None stays None, and a string
+    (already ISO-8601) is left as it is."""
+    if moment is None or isinstance(moment, str):
+        return moment
     if isinstance(moment, datetime):
         return moment.astimezone(UTC).isoformat()
     return datetime.fromtimestamp(moment, UTC).isoformat()

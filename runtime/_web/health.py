@@ -30,11 +30,14 @@ from .._contract import (
     HealthFigures,
     IntegrationInfo,
     LinkError,
+    MemoryFigures,
     Page,
+    Recovery,
     Rehydration,
     RehydrationSource,
     RuntimeFigures,
     StartingFigures,
+    StorageFigures,
     build,
     from_unix,
 )
@@ -195,6 +198,8 @@ def _figures(
         concerns=[
             build(HealthConcern, code=c.code, message=c.message, hint=c.hint) for c in concerns
         ],
+        memory=MemoryFigures.model_validate(rt.memory.to_dict()),
+        storage=StorageFigures.model_validate(rt.figures()["storage"]),
         **extra,
     )
 
@@ -206,12 +211,15 @@ def _link(link: LinkStatus) -> CoreLink:
         state=link.state,
         since=from_unix(link.since),
         last_error=None if error is None else LinkError.model_validate(error),
+        next_probe=link.next_probe,
     )
 
 
 def _delivery(stats: OutboxStats) -> DeliveryStats:
     fields = {name: getattr(stats, name) for name in DeliveryStats.model_fields}
     fields["link"] = _link(stats.link)
+    if stats.recovery is not None:
+        fields["recovery"] = Recovery.model_validate(stats.recovery)
     return build(DeliveryStats, **fields)
 
 

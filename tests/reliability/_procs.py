@@ -38,7 +38,8 @@ from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CLI = [sys.executable, "-c", "import sys; from runtime._cli import main; sys.exit(main())"]
-SERVE = [*CLI, "serve", "examples.simulated_home:integration"]
+SIMULATED_HOME = "examples.simulated_home:integration"
+SERVE = [*CLI, "serve", SIMULATED_HOME]
 
 TOKEN = "reliability-token"
 CONTAINER = "ctr-reliability"
@@ -68,13 +69,14 @@ OFFLINE = {"offline_every": 1, "offline_for": 1, "crash_every": 0, "slow_every":
 
 @asynccontextmanager
 async def runtime_process(
-    env: Mapping[str, str], *, log: Path | None = None
+    env: Mapping[str, str], *, log: Path | None = None, target: str = SIMULATED_HOME
 ) -> AsyncIterator[tuple[trio.Process, str]]:
-    """``piphi-runtime serve`` on 127.0.0.1, port 0; yields the process and its URL.
+    """``piphi-runtime serve`` of ``target`` on 127.0.0.1, port 0; yields the process and
+    its URL.
 
     Its stderr (the log) goes to ``log`` when given. Killed on the way out if still running.
     """
-    args = [*SERVE, "--host", "127.0.0.1", "--port", "0"]
+    args = [*CLI, "serve", target, "--host", "127.0.0.1", "--port", "0"]
     stderr: TextIO | int = subprocess.DEVNULL if log is None else log.open("a")
     try:
         proc = await trio.lowlevel.open_process(
@@ -220,9 +222,11 @@ class LiveRuntime:
 
 
 @asynccontextmanager
-async def live_runtime(env: Mapping[str, str], log: Path) -> AsyncIterator[LiveRuntime]:
+async def live_runtime(
+    env: Mapping[str, str], log: Path, *, target: str = SIMULATED_HOME
+) -> AsyncIterator[LiveRuntime]:
     async with (
-        runtime_process(env, log=log) as (proc, url),
+        runtime_process(env, log=log, target=target) as (proc, url),
         httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=10) as http,
     ):
         yield LiveRuntime(proc, url, http)

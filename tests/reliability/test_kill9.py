@@ -1,13 +1,13 @@
 """``kill -9`` of the runtime with telemetry in the spool, then a restart on the same state.
 
-``serve`` opens the outbox with the default settings, ``durability="memory"`` (there is
-no option or variable to choose ``write_ahead``), so the documented window applies
-(README, Delivery to Core, "Durability windows"): "a `kill -9` loses what was only in
-memory (the lane queues, at most `memory_limit` = 10,000 items, and the batch not yet
-committed)", and runtime/_outbox.py: "Either way a committed batch survives a killed
-process". This test checks both sentences, exactly: once the devices are quiet and the
-outbox has stopped moving, every spooled row is on disk after the kill and is delivered
-after the restart, and whatever was lost is no more than what the outbox held in memory.
+``serve`` opens the outbox with the default settings, ``durability="memory"`` (neither
+``--durability`` nor ``PIPHI_DURABILITY`` is given), so a `kill -9` loses at most what was
+only in memory (never more than `memory_limit` = 10,000 items), and runtime/_outbox.py:
+"Either way a committed batch survives a killed process". This test checks both, exactly:
+once the devices are quiet and the outbox has stopped moving, every spooled row is on disk
+after the kill and is delivered after the restart, and whatever was lost is no more than
+what the outbox held in memory. How recent the lost readings are (the window in time, in
+both modes, under load) is tests/reliability/test_crash_window.py's.
 """
 
 from __future__ import annotations
