@@ -5,8 +5,9 @@ a supervised trio actor that polls on schedule, restarts with backoff after cras
 reports offline devices once, and serializes commands with polls.
 """
 
-from ._actor import CommandSpec, DeviceActor, command
+from ._actor import CommandContext, CommandSpec, DeviceActor, command
 from ._capability import Capability
+from ._children import ChildView
 from ._config import MIN_POLL_INTERVAL, DeviceIdentity, PollInterval, RuntimeConfig
 from ._core import CoreClient
 from ._errors import (
@@ -90,6 +91,8 @@ __all__ = [
     "CallFailed",
     "CallTimeout",
     "Capability",
+    "ChildView",
+    "CommandContext",
     "CommandSpec",
     "ConfigSnapshot",
     "ConfigSync",

@@ -27,12 +27,16 @@ from ._policy import RestartPolicy
 from ._reading import MAX_NAME, Reading, json_problem, validate_readings
 from ._sink import SEVERITIES, ActorOutputs, Severity
 
-__all__ = ["CommandSpec", "DeviceActor", "command"]
+__all__ = ["DEFAULT_MAX_CHILDREN", "CommandContext", "CommandSpec", "DeviceActor", "command"]
 
 ConfigT = TypeVar("ConfigT", bound=RuntimeConfig)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _COMMAND_MARK = "__piphi_command__"
+
+
+#: Children one actor keeps unless its class says otherwise (``max_children``).
+DEFAULT_MAX_CHILDREN = 1000
 
 
 @attrs.frozen
@@ -44,33 +48,102 @@ class CommandSpec:
     """The attribute name of the handler on the actor class."""
     description: str | None = None
     timeout: float | None = None
+    idempotent: bool = False
+    """Running it twice has the effect of running it once (``turn_on``, ``set_level``)."""
+    takes_context: bool = False
+    """The handler declares a second parameter, for the ``CommandContext``."""
+
+
+@attrs.frozen(kw_only=True)
+class CommandContext:
+    """Who a command is for and where it came from, for a handler that asks for it
+    (``async def turn_on(self, args, ctx: CommandContext)``).
+
+    A gateway's commands reach its children through its actor: ``device_id`` says which
+    device the command targets, the actor's own or one of its children's.
+    """
+
+    command: str
+    """The command's name (one handler may serve several)."""
+    config_id: str
+    """The config the actor runs for (Core's config id)."""
+    device_id: str
+    """The target device: the actor's own ``device_id``, or a child's."""
+    entity_id: str | None = None
+    """The entity the request named, else the target's default entity id
+    (``<config_id>:<device_id>``); None for a call made without a route."""
+    idempotency_key: str | None = None
+    """``X-PiPhi-Idempotency-Key`` (or the body's ``idempotency_key``), when sent."""
+    correlation_id: str | None = None
+    """The request's ``correlation_id`` (else its ``command_id``), for the vendor's logs."""
+    parent_device_id: str | None = None
+    """The actor's own ``device_id`` when the target is one of its children, else None."""
+
+    @property
+    def is_child(self) -> bool:
+        """Whether the command targets one of the actor's children."""
+        return self.parent_device_id is not None
 
 
 def command(
-    name: str, *, description: str | None = None, timeout: float | None = None
+    name: str,
+    *,
+    description: str | None = None,
+    timeout: float | None = None,
+    idempotent: bool = False,
 ) -> Callable[[F], F]:
     """Declare an actor method as the handler of command ``name``.
 
-    The handler is ``async def handler(self, args: Mapping[str, Any]) -> Any``. The runtime
-    runs it through the actor's mailbox, so it never overlaps a poll of the same device,
-    and bounds it by ``timeout`` (default: the actor's ``command_timeout``).
+    The handler is ``async def handler(self, args: Mapping[str, Any]) -> Any``, or with a
+    second parameter ``async def handler(self, args, ctx: CommandContext)`` to learn which
+    device the command is for (a gateway's child) and the request's ids. The runtime runs
+    it through the actor's mailbox, so it never overlaps a poll of the same device, and
+    bounds it by ``timeout`` (default: the actor's ``command_timeout``).
+
+    ``idempotent=True`` declares that running it twice is harmless: when a command times
+    out or loses its connection after it may have reached the device, the reply's
+    ``retryable`` is then true (sending it again is safe); otherwise false.
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidActor(f"@command needs a non-empty name, got {name!r}")
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
         raise InvalidActor(f"@command({name!r}) timeout must be a positive number, got {timeout!r}")
+    if not isinstance(idempotent, bool):
+        raise InvalidActor(f"@command({name!r}) idempotent must be True or False")
 
     def mark(handler: F) -> F:
         is_async = inspect.iscoroutinefunction(handler)  # not inline: it would narrow away F
         if not is_async:
             raise InvalidActor(f"@command({name!r}) must decorate an 'async def' method")
         spec = CommandSpec(
-            name=name, method=handler.__name__, description=description, timeout=timeout
+            name=name,
+            method=handler.__name__,
+            description=description,
+            timeout=timeout,
+            idempotent=idempotent,
+            takes_context=_takes_context(name, handler),
         )
         setattr(handler, _COMMAND_MARK, spec)
         return handler
 
     return mark
+
+
+def _takes_context(name: str, handler: Callable[..., Any]) -> bool:
+    """Whether a handler declares a parameter for the context after ``self`` and the
+    args: its signature decides, once, so a call costs nothing to work it out."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = list(inspect.signature(handler).parameters.values())
+    named = [p for p in params if p.kind in positional]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    required = [p for p in named if p.default is inspect.Parameter.empty]
+    if len(required) > 3 or len(named) < 2:
+        raise InvalidActor(
+            f"@command({name!r}) handler must take (self, args) or (self, args, ctx)",
+            hint="async def handler(self, args: Mapping[str, Any], ctx: CommandContext) -> Any",
+        )
+    return len(named) >= 3
 
 
 class _DeviceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -122,6 +195,13 @@ class DeviceActor(Generic[ConfigT]):
     restart_policy: ClassVar[RestartPolicy] = RestartPolicy()
     #: What the device can do beyond its commands, for the manifest and its entities.
     capabilities: ClassVar[Mapping[str, Capability]] = MappingProxyType({})
+    #: Seconds a child (a device this actor reports for with ``report(device_id=...)``)
+    #: may go unheard before it is unavailable. None: three poll intervals, at least 60 s.
+    child_stale_after: ClassVar[float | None] = None
+    #: The most children kept per actor. Reports naming further new ones are delivered to
+    #: Core but make no child (a warning says so once): an outsider can make a receiver
+    #: hear arbitrary device ids.
+    max_children: ClassVar[int] = DEFAULT_MAX_CHILDREN
 
     #: Filled in per subclass: the declared commands, by name.
     commands: ClassVar[Mapping[str, CommandSpec]] = MappingProxyType({})
@@ -167,6 +247,7 @@ class DeviceActor(Generic[ConfigT]):
         cls.mode = "poll" if polls else "push" if runs else None
         cls.reconfigurable = cls.reconfigure is not DeviceActor.reconfigure
         cls.commands = MappingProxyType(_collect_commands(cls))
+        _check_children_settings(cls)
         poll_timeout = cls.poll_timeout
         if poll_timeout is not None and not (
             isinstance(poll_timeout, (int, float))
@@ -244,15 +325,18 @@ class DeviceActor(Generic[ConfigT]):
     ) -> None:
         """Send ``readings`` as one telemetry payload, now.
 
-        ``device_id`` reports for another device (a gateway's child sensor); it defaults
-        to this actor's device. ``timestamp`` is when the vendor observed the values, if
-        it says; it must be timezone-aware.
+        ``device_id`` reports for another device (a gateway's child sensor), which becomes
+        a child of this config: its own ``/state`` entry, entity and availability (see
+        ``child_stale_after``). It defaults to this actor's device. ``timestamp`` is when
+        the vendor observed the values, if it says; it must be timezone-aware.
+
+        A report proves life only for the device it names: a child's, always; this
+        actor's own, only from a push actor's ``run()`` (inside ``poll()`` the poll's
+        outcome decides). An empty ``readings`` naming a child is a heartbeat.
         """
         batch = validate_readings(readings, source="report()")
-        if device_id is not None and (not isinstance(device_id, str) or not device_id):
-            raise InvalidReading(
-                f"report() device_id must be a non-empty string, got {device_id!r}"
-            )
+        if device_id is not None:
+            _check_child_id(device_id, self.config.identity.device_id)
         observed_at: float | None = None
         if timestamp is not None:
             if not isinstance(timestamp, datetime) or timestamp.utcoffset() is None:
@@ -291,6 +375,13 @@ class DeviceActor(Generic[ConfigT]):
             )
         return self._attached().on_event(event_type, dict(data or {}), severity, device_id)
 
+    def forget_child(self, device_id: str) -> bool:
+        """Say that child ``device_id`` is gone for good (unpaired, removed from the
+        gateway): it leaves ``/state``, ``/entities`` and ``/diagnostics`` quietly, with no
+        ``device.unavailable`` for Core. Returns whether it was known. A later report
+        naming it makes it a new child."""
+        return self._attached().on_forget_child(device_id)
+
     @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         """A logger for this device: the actor's module logger, messages prefixed with its id."""
@@ -308,6 +399,34 @@ class DeviceActor(Generic[ConfigT]):
                 f"{type(self).__name__} for {self.config.id!r} is not running under a supervisor"
             )
         return self._outputs
+
+
+def _check_child_id(device_id: object, own: str) -> None:
+    """A child's id is a key in ``/state`` and an entity id: a printable string of at most
+    ``MAX_NAME`` characters (the actor's own device id is whatever its config says)."""
+    if device_id == own:
+        return
+    if not isinstance(device_id, str) or not device_id.strip():
+        raise InvalidReading(f"report() device_id must be a non-empty string, got {device_id!r}")
+    if len(device_id) > MAX_NAME or not device_id.isprintable():
+        raise InvalidReading(
+            f"report() device_id must be printable and at most {MAX_NAME} characters, "
+            f"got {device_id[:40]!r}",
+            hint="Use the vendor's stable id of the child device (a MAC, a serial number).",
+        )
+
+
+def _check_children_settings(cls: type[DeviceActor[Any]]) -> None:
+    stale = cls.child_stale_after
+    if stale is not None and not (
+        isinstance(stale, (int, float)) and stale > 0 and math.isfinite(stale)
+    ):
+        raise InvalidActor(
+            f"{cls.__name__}.child_stale_after must be None or a positive number, got {stale!r}"
+        )
+    cap = cls.max_children
+    if not (type(cap) is int and cap >= 0):
+        raise InvalidActor(f"{cls.__name__}.max_children must be a whole number >= 0, got {cap!r}")
 
 
 def _check_poll_intervals(cls: type[DeviceActor[Any]]) -> None:

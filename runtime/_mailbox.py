@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
+import httpx
 import trio
 
 from ._errors import (
@@ -29,7 +30,7 @@ from ._errors import (
 )
 from ._scheduler import Doorbell
 
-__all__ = ["MAILBOX_SIZE", "Call", "Mailbox", "MailboxOwner"]
+__all__ = ["MAILBOX_SIZE", "Call", "Mailbox", "MailboxOwner", "cut_off"]
 
 #: Requests (commands, refreshes) that may wait for one actor; more are refused at once.
 MAILBOX_SIZE = 16
@@ -167,10 +168,10 @@ async def _execute(owner: MailboxOwner, call: Call) -> None:
                 cause = (
                     raised if isinstance(raised, Exception) else errors_beside_cancellation(raised)
                 )
-                failure = CallFailed(
-                    f"{call.what} failed: {error_message(cause)}",
-                    details={"cause": error_code(cause)},
-                )
+                details: dict[str, Any] = {"cause": error_code(cause)}
+                if cut_off(cause):
+                    details["may_have_run"] = True
+                failure = CallFailed(f"{call.what} failed: {error_message(cause)}", details=details)
                 failure.__cause__ = cause
                 owner.log.warning("%s failed: %s", call.what, cause)
                 call.reply(error=failure)
@@ -186,3 +187,41 @@ async def _execute(owner: MailboxOwner, call: Call) -> None:
         )
     else:
         call.reply(value)
+
+
+#: Errors that say the exchange with the device never began: nothing reached it.
+_NEVER_SENT = (
+    ConnectionRefusedError,
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.LocalProtocolError,
+    httpx.UnsupportedProtocol,
+)
+#: Errors that cut an exchange short once it may have begun: a connection lost or reset,
+#: a read or write that timed out, the handler's own deadline.
+_CUT_OFF = (
+    ConnectionError,
+    TimeoutError,
+    trio.BrokenResourceError,
+    trio.TooSlowError,
+    httpx.TransportError,
+)
+
+
+def cut_off(error: BaseException) -> bool:
+    """Whether a handler's error means its exchange with the device was cut short after
+    the request may have reached it (so the command may have run), looking through the
+    chain of explicit causes (``raise DeviceUnavailable(...) from exc``) and the members
+    of a group. A refused or failed connect never reached it."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 8:
+        if isinstance(current, BaseExceptionGroup):
+            return any(cut_off(member) for member in current.exceptions)
+        if isinstance(current, _NEVER_SENT):
+            return False
+        if isinstance(current, _CUT_OFF):
+            return True
+        current, seen = current.__cause__, seen + 1
+    return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from ._actor import DeviceActor
+from ._children import Child
 from ._config import validate_config
 from ._errors import InvalidActor
 from ._health import AvailabilityReason, Concern
@@ -73,13 +74,15 @@ class ActorNursery:
         *,
         policy: RestartPolicy | None = None,
         unavailable: AvailabilityReason | None = None,
+        children: Iterable[Child] = (),
     ) -> Supervisor:
         """Start a supervised actor for ``config`` (a mapping or a config model instance).
 
         Returns at once; setup() runs in the actor's own task. Raises InvalidConfig if the
         config does not validate against the actor's ``config_model``, and ValueError if an
         actor for the same config id is still running (stop it first). ``unavailable``
-        carries over why a stopped predecessor for the same config was unavailable.
+        carries over why a stopped predecessor for the same config was unavailable, and
+        ``children`` the children it kept (``Supervisor.hand_over_children()``).
         """
         if not (isinstance(actor_class, type) and issubclass(actor_class, DeviceActor)):
             raise InvalidActor(f"spawn() needs a DeviceActor subclass, got {actor_class!r}")
@@ -98,6 +101,7 @@ class ActorNursery:
             policy=policy,
             on_exit=self._forget,
             unavailable=unavailable,
+            children=children,
         )
         self._nursery.start_soon(supervisor.run, name=f"actor {validated.id}")
         self._actors[validated.id] = supervisor  # after start_soon, which raises once closed

@@ -39,6 +39,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic.alias_generators import to_camel
 
 from ._actor import DeviceActor
+from ._children import Child
 from ._config import DeviceIdentity, RuntimeConfig, validate_config
 from ._contract import ConfigSnapshot
 from ._errors import ActorCallError, InvalidConfig
@@ -432,7 +433,9 @@ class ConfigSync:
         how: dict[str, Change] = {}
         # A restarted device that was unavailable stays so, for Core, until its new actor
         # has data: one device.available then, not a second device.unavailable meanwhile.
+        # Its children carry on likewise, stale ones included.
         unavailable: dict[str, AvailabilityReason] = {}
+        children: dict[str, tuple[Child, ...]] = {}
 
         async def change(config_id: str, desired: _Desired) -> None:
             running = self._actors.get(config_id)
@@ -452,6 +455,7 @@ class ConfigSync:
                 await running.stop()
                 if running.availability_reason is not None:
                     unavailable[config_id] = running.availability_reason
+                children[config_id] = running.hand_over_children()
             how[config_id] = "restarted"
 
         async with trio.open_nursery() as nursery:
@@ -460,7 +464,10 @@ class ConfigSync:
         for config_id, desired in changed.items():
             if how[config_id] == "restarted":
                 self._actors.spawn(
-                    desired.actor_class, desired.config, unavailable=unavailable.get(config_id)
+                    desired.actor_class,
+                    desired.config,
+                    unavailable=unavailable.get(config_id),
+                    children=children.get(config_id, ()),
                 )
             self._running[config_id] = desired
             self._event("device.reconfigured", desired.config.identity)

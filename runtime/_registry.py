@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from ._children import ChildView
 from ._config import DeviceIdentity
 from ._health import ActorHealth
 from ._nursery import ActorNursery
@@ -38,6 +39,8 @@ class DeviceSlice:
     entities: tuple[Mapping[str, Any], ...]
     recent_events: tuple[EventRecord, ...]
     health: ActorHealth
+    children: tuple[ChildView, ...] = ()
+    """The devices its actor reports for (a gateway's children), by device id."""
     supervisor: Supervisor = attrs.field(repr=False)
     """For calls into the actor (commands, refreshes); reading it changes nothing."""
 
@@ -70,6 +73,16 @@ class Registry:
     def slice(supervisor: Supervisor) -> DeviceSlice:
         return _slice(supervisor)
 
+    def with_child(self, device_id: str, config_id: str | None = None) -> list[DeviceSlice]:
+        """The slices of the devices that have child ``device_id`` (of config ``config_id``,
+        a local id or Core's, when given): the gateways a command or query for it means."""
+        return [
+            _slice(s)
+            for s in self._actors
+            if s.has_child(device_id)
+            and (config_id is None or config_id in (s.identity.config_id, s.identity.id))
+        ]
+
     def get(self, config_id: str) -> DeviceSlice | None:
         """The slice of the device whose local ``id`` or Core ``config_id`` is ``config_id``."""
         supervisor = self._actors.get(config_id)
@@ -91,5 +104,6 @@ def _slice(supervisor: Supervisor) -> DeviceSlice:
         entities=tuple(supervisor.actor.entities()),
         recent_events=supervisor.recent_events(),
         health=supervisor.health(),
+        children=supervisor.children(),
         supervisor=supervisor,
     )

@@ -95,3 +95,7 @@ class ActorOutputs(Protocol):
     ) -> str:
         """Returns the event's ``event_id``."""
         ...
+
+    def on_forget_child(self, device_id: str) -> bool:
+        """Drop a child quietly; returns whether it was known."""
+        ...

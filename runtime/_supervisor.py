@@ -35,7 +35,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -43,7 +43,8 @@ from typing import Any
 import attrs
 import trio
 
-from ._actor import DeviceActor
+from ._actor import CommandContext, DeviceActor
+from ._children import Child, Children, ChildView
 from ._config import MIN_POLL_INTERVAL, DeviceIdentity
 from ._errors import (
     ActorCallError,
@@ -83,6 +84,14 @@ _BLOCKING_HINT = (
     "CPU) and held every other device; await the work with trio.to_thread.run_sync()."
 )
 _DEFAULT_POLL_TIMEOUT_CAP = 10.0
+#: A child's default staleness window: this many poll intervals, and at least the floor.
+_CHILD_STALE_INTERVALS = 3
+_CHILD_STALE_FLOOR = 60.0
+_CHILD_STALE_HINT = (
+    "The gateway has not reported this device lately: check that it is powered, in "
+    "range and still paired. If it was removed on purpose, the integration should "
+    "forget_child() it."
+)
 
 S = ActorState
 
@@ -123,6 +132,7 @@ class Supervisor:
         "__weakref__",
         "_armed",
         "_bell",
+        "_children",
         "_counters",
         "_done",
         "_due",
@@ -173,10 +183,12 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         on_exit: Callable[[Supervisor], None] | None = None,
         unavailable: AvailabilityReason | None = None,
+        children: Iterable[Child] = (),
     ) -> None:
         """``unavailable``: why the actor this one replaces (same config, restarted for a
         changed one) had left the device unavailable; Core then hears ``device.available``
-        when data flows, not a second ``device.unavailable``."""
+        when data flows, not a second ``device.unavailable``. ``children``: the children
+        that actor kept, taken over as they were (Core heard of their availability)."""
         cls = type(actor)
         self.actor = actor
         self.identity: DeviceIdentity = actor.config.identity
@@ -220,7 +232,11 @@ class Supervisor:
         self._recent_events: deque[EventRecord] | None = None
         self._done: trio.Event | None = None
         self._finished = False
+        # Made at the first report naming a child: most actors never have one.
+        self._children: Children | None = None
         actor._outputs = self
+        if children:
+            self._children_kept().adopt(children)
 
     def __repr__(self) -> str:
         name = type(self.actor).__name__
@@ -283,18 +299,57 @@ class Supervisor:
         """The device's own most recent readings (a poll's or a report's) and when."""
         return self._last_readings, wall_clock(self._last_readings_at)
 
+    def children(self) -> tuple[ChildView, ...]:
+        """The devices this actor reported for (a gateway's children), by device id."""
+        return () if self._children is None else self._children.views()
+
+    def child(self, device_id: str) -> ChildView | None:
+        """Child ``device_id`` as of now, if this actor has it."""
+        if self._children is None:
+            return None
+        found = self._children.views(device_id)
+        return found[0] if found else None
+
+    def has_child(self, device_id: str) -> bool:
+        return self._children is not None and device_id in self._children
+
+    @property
+    def reports_children(self) -> bool:
+        """Whether the actor ever reported for a child (forgotten ones included)."""
+        return self._children is not None
+
+    @property
+    def child_stale_after(self) -> float:
+        """Seconds a child may go unheard before it is unavailable (``child_stale_after``,
+        else three poll intervals, at least 60 s)."""
+        return _child_window(type(self.actor), self._interval)
+
+    def children_unavailable(self) -> int:
+        return 0 if self._children is None else self._children.unavailable()
+
+    def hand_over_children(self) -> tuple[Child, ...]:
+        """The children as kept, for the actor that replaces this one (same config)."""
+        return () if self._children is None else self._children.records()
+
     async def command(
         self,
         name: str,
         args: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - the actor enforces it (see _call)
+        context: CommandContext | None = None,
     ) -> Any:
         """Run command ``name`` on the actor, serialized with its polls; return its result.
 
+        ``context`` says which device it targets (a child's id for a gateway) and the
+        request's ids; a handler that declares a second parameter receives it. Without
+        one, the target is the actor's own device.
+
         Raises an ``ActorCallError``: UnknownCommand, ActorBusy, ActorNotReady,
-        ActorStopped, CallTimeout (``details["started"]`` says whether it may have reached
-        the device) or CallFailed (the handler raised; the cause is chained).
+        ActorStopped, CallTimeout or CallFailed (the handler raised; the cause is
+        chained). ``details["started"]`` says whether an interrupted or timed-out call had
+        started (it may have reached the device); a CallFailed whose cause is a lost
+        connection or a timeout mid-exchange has ``details["may_have_run"]``.
         """
         cls = type(self.actor)
         spec = cls.commands.get(name)
@@ -307,7 +362,19 @@ class Supervisor:
         handler = getattr(self.actor, spec.method)
         payload: Mapping[str, Any] = MappingProxyType(dict(args or {}))
         limit = timeout or spec.timeout or cls.command_timeout
+        if spec.takes_context:
+            ctx = context or self._own_context(name)
+            return await self._call(f"command {name!r}", lambda: handler(payload, ctx), limit)
         return await self._call(f"command {name!r}", lambda: handler(payload), limit)
+
+    def _own_context(self, name: str) -> CommandContext:
+        identity = self.identity
+        return CommandContext(
+            command=name,
+            config_id=identity.config_id,
+            device_id=identity.device_id,
+            entity_id=f"{identity.config_id}:{identity.device_id}",
+        )
 
     async def refresh(self, *, timeout: float | None = None) -> Refresh:  # noqa: ASYNC109
         """Poll the device now, through the mailbox, and return what was read.
@@ -359,6 +426,8 @@ class Supervisor:
         actor._log = None
         self.identity = config.identity
         self._interval, self._poll_timeout = _timings_for(type(actor), config)
+        if self._children is not None:
+            self._children.retime(self.child_stale_after)
 
     def recent_events(self) -> tuple[EventRecord, ...]:
         """The last events this actor and its supervisor emitted, oldest first."""
@@ -392,14 +461,25 @@ class Supervisor:
     def on_report(
         self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
     ) -> None:
+        if device_id is not None and device_id != self.identity.device_id:
+            # A child's report proves the child alive, wherever it was made, and says
+            # nothing of the gateway's own device.
+            self._child_report(batch, device_id, observed_at)
+            return
         if batch:
-            self._emit_telemetry(batch, device_id, observed_at)
+            self._emit_telemetry(batch, observed_at)
         # Data arriving from a push actor's run() proves the device is back. Only there:
         # inside a poll the poll's own outcome decides (a failure heartbeat reported just
         # before raising DeviceUnavailable is no proof of life), and setup(), teardown()
         # or a command say nothing about the running session.
         if self._receiving:
             self._succeeded(trio.current_time())
+
+    def on_forget_child(self, device_id: str) -> bool:
+        forgotten = self._children is not None and self._children.forget(device_id)
+        if forgotten:
+            self.actor.log.info("forgot child %s", device_id)
+        return forgotten
 
     def on_event(
         self, event_type: str, data: dict[str, Any], severity: Severity, device_id: str | None
@@ -590,7 +670,7 @@ class Supervisor:
         was_unavailable = self._state is S.UNAVAILABLE
         if error is None:
             if batch:
-                self._emit_telemetry(batch, None, None)
+                self._emit_telemetry(batch, None)
             self._succeeded(ended)
             if not scheduled and was_unavailable:
                 # A refresh found the device back: resume the schedule, not the backoff.
@@ -854,6 +934,8 @@ class Supervisor:
             self.actor._outputs = None
             self._watchdog._supervisor = None
             self._mailbox = None
+            if self._children is not None:
+                self._children.close()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -871,27 +953,89 @@ class Supervisor:
         except Exception:
             log.exception("the sink refused a record from %s; it is lost", self.identity.config_id)
 
-    def _emit_telemetry(
-        self, batch: tuple[Reading, ...], device_id: str | None, observed_at: float | None
-    ) -> None:
+    def _emit_telemetry(self, batch: tuple[Reading, ...], observed_at: float | None) -> None:
+        """The actor's own readings (a poll's or a report's): its state, then Core."""
         self._counters.readings += len(batch)
-        if device_id is None or device_id == self.identity.device_id:
-            now = trio.current_time()
-            self._last_readings, self._last_readings_at = batch, now
-            values = self._state_values
-            if values is None:
-                values = self._state_values = {}
-            for reading in batch:
-                values[reading.metric] = reading.value
-            self._state_updated = now
+        now = trio.current_time()
+        self._last_readings, self._last_readings_at = batch, now
+        values = self._state_values
+        if values is None:
+            values = self._state_values = {}
+        for reading in batch:
+            values[reading.metric] = reading.value
+        self._state_updated = now
         self._deliver(
             self._sink.telemetry,
             TelemetryRecord(
                 identity=self.identity,
-                device_id=device_id or self.identity.device_id,
+                device_id=self.identity.device_id,
                 readings=batch,
                 observed_at=time.time() if observed_at is None else observed_at,
             ),
+        )
+
+    def _child_report(
+        self, batch: tuple[Reading, ...], device_id: str, observed_at: float | None
+    ) -> None:
+        """A report naming a child: it is alive and these are its values; the readings go
+        to Core stamped with its device id (also past the cap, where it is not kept)."""
+        self._children_kept().seen(device_id, batch, observed_at, trio.current_time())
+        if batch:
+            self._counters.readings += len(batch)
+            self._deliver(
+                self._sink.telemetry,
+                TelemetryRecord(
+                    identity=self.identity,
+                    device_id=device_id,
+                    readings=batch,
+                    observed_at=time.time() if observed_at is None else observed_at,
+                ),
+            )
+
+    def _children_kept(self) -> Children:
+        children = self._children
+        if children is None:
+            cls = type(self.actor)
+            children = self._children = Children(
+                self._scheduler,
+                stale_after=self.child_stale_after,
+                cap=cls.max_children,
+                tell=self._child_changed,
+                log=self.actor.log,
+            )
+        return children
+
+    def _child_changed(self, event_type: str, child: Child, data: dict[str, Any]) -> None:
+        """One child went unavailable or came back: one event for its device id, shaped
+        like the actor's own (``reason``, ``message``, ``code``, ``hint``, ``phase``)."""
+        parent = self.identity.device_id
+        if event_type == "device.unavailable":
+            window = data["stale_after_s"]
+            self.actor.log.info("child %s unavailable: not heard for %g s", child.device_id, window)
+            data = {
+                "message": f"{child.device_id} was not heard from for {window:g} s",
+                "code": "child_not_seen",
+                "hint": _CHILD_STALE_HINT,
+                "phase": "report",
+                "reason": "offline",
+                "last_seen": datetime.fromtimestamp(
+                    time.time() - (trio.current_time() - child.last_seen), UTC
+                ).isoformat(),
+                **data,
+            }
+            severity: Severity = "warning"
+        else:
+            self.actor.log.info("child %s is available again", child.device_id)
+            severity = "info"
+        self._send_event(
+            EventRecord(
+                identity=self.identity,
+                device_id=child.device_id,
+                event_type=event_type,
+                severity=severity,
+                data=MappingProxyType({**data, "parent_device_id": parent}),
+                source="supervisor",
+            )
         )
 
     def _send_event(self, record: EventRecord) -> None:
@@ -946,6 +1090,13 @@ def _timings_for(cls: type[DeviceActor[Any]], config: Any) -> tuple[float, float
     interval = max(MIN_POLL_INTERVAL, float(config.poll_interval_seconds or cls.poll_interval))
     timeout = cls.poll_timeout
     return interval, min(interval, _DEFAULT_POLL_TIMEOUT_CAP) if timeout is None else float(timeout)
+
+
+def _child_window(cls: type[DeviceActor[Any]], interval: float) -> float:
+    stale = cls.child_stale_after
+    if stale is not None:
+        return float(stale)
+    return max(_CHILD_STALE_INTERVALS * interval, _CHILD_STALE_FLOOR)
 
 
 def _check_timeout(timeout: float | None) -> None:

@@ -1,9 +1,11 @@
-"""Shared test doubles: a scriptable probe actor, a jitter-free rng, a virtual-time waiter."""
+"""Shared test doubles: a scriptable probe actor, a gateway with children, a jitter-free
+rng, a virtual-time waiter."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import trio
@@ -11,6 +13,7 @@ from pydantic import Field
 
 from runtime import (
     ActorCallError,
+    CommandContext,
     DeviceActor,
     DeviceUnavailable,
     Reading,
@@ -117,3 +120,55 @@ async def wait_until(
     with trio.fail_after(timeout):
         while not predicate():  # noqa: ASYNC110 - the predicates are plain attribute reads
             await trio.sleep(step)
+
+
+VENDOR_TIME = datetime(2026, 12, 7, 4, 11, 8, tzinfo=UTC)
+
+
+class GatewayConfig(RuntimeConfig):
+    poll_interval_seconds: float = 10.0
+    children: list[str] = Field(default_factory=lambda: ["c1", "c2"])
+    outages: int = 0  # run() attempts that fail at once (the gateway itself offline)
+    own_heartbeat: bool = True  # report the gateway's own readings too
+
+
+class Gateway(DeviceActor[GatewayConfig]):
+    """A push gateway: every poll interval it reports each child that is not muted (and
+    its own heartbeat), with the vendor's timestamp."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        super().__init__(config)
+        self.muted: set[str] = set()
+        self.runs = 0
+        self.contexts: list[CommandContext] = []
+
+    async def run(self) -> None:
+        attempt, self.runs = self.runs, self.runs + 1
+        if attempt < self.config.outages:
+            raise DeviceUnavailable("gateway offline")
+        tick = 0
+        while True:
+            for child in self.config.children:
+                if child not in self.muted:
+                    self.report(
+                        [Reading("temperature_c", 20 + tick), Reading("battery", 90, "%")],
+                        device_id=child,
+                        timestamp=VENDOR_TIME + timedelta(seconds=tick),
+                    )
+            if self.config.own_heartbeat:
+                self.report([Reading("connected", True)])
+            tick += 1
+            await trio.sleep(self.config.poll_interval_seconds or 10.0)
+
+    @command("turn_on", idempotent=True)
+    async def turn_on(self, args: Mapping[str, Any], ctx: CommandContext) -> dict[str, Any]:
+        self.contexts.append(ctx)
+        return {"device_id": ctx.device_id}
+
+    @command("unpair")
+    async def unpair(self, args: Mapping[str, Any], ctx: CommandContext) -> dict[str, bool]:
+        return {"forgotten": self.forget_child(ctx.device_id)}
+
+    @command("ping")
+    async def ping(self, args: Mapping[str, Any]) -> str:
+        return "pong"

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runtime import InvalidReading, PiPhiError, Reading
-from runtime._reading import validate_readings
+from runtime._reading import MAX_NAME, validate_readings
 
 
 class Level(IntEnum):
@@ -47,7 +47,7 @@ def test_rejects_malformed_readings_with_a_clear_error(
 
 @given(
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(min_size=1, max_size=128).filter(lambda m: m.strip() and m.isprintable()),
+    st.text(min_size=1, max_size=MAX_NAME).filter(lambda s: s.strip() and s.isprintable()),
 )
 def test_every_finite_float_is_accepted(value: float, metric: str) -> None:
     assert Reading(metric, value).value == value

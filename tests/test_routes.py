@@ -228,6 +228,7 @@ async def test_commands_new_and_old_bodies(served: Served, autojump_clock: trio.
     assert reply == {
         "ok": True,
         "status": "success",
+        "outcome": "succeeded",
         "command": "echo",
         "result": {"x": 1},
         "error": None,
@@ -255,8 +256,13 @@ async def test_commands_new_and_old_bodies(served: Served, autojump_clock: trio.
     status, reply = await served.post(
         "/command", {"command": "echo", "config_id": "u1", "args": {"fail": True}}
     )
-    assert (status, reply["ok"], reply["status"]) == (502, False, "failed")
-    assert reply["error"]["code"] == "call_failed"
+    assert (status, reply["ok"], reply["status"], reply["outcome"]) == (
+        502,
+        False,
+        "failed",
+        "failed",
+    )
+    assert reply["error"]["code"] == "call_failed" and "may_have_run" not in reply
     status, problem = await served.post("/command", {"config_id": "u1"})
     assert status == 422 and problem["errors"][0]["path"] == "command"
 

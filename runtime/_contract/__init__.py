@@ -8,6 +8,7 @@ nothing else in the runtime.
 """
 
 from .commands import (
+    CommandOutcome,
     CommandReply,
     CommandRequest,
     CommandTarget,
@@ -78,6 +79,8 @@ from .health import (
     DIAGNOSTICS_PAGE_MAX,
     ActorRecord,
     AuthInfo,
+    ChildHealth,
+    ChildrenHealth,
     CoreLink,
     DeliveryStats,
     DeviceDelivery,
@@ -140,8 +143,11 @@ __all__ = [
     "Answer",
     "AuthInfo",
     "CapabilityInfo",
+    "ChildHealth",
+    "ChildrenHealth",
     "CommandInfo",
     "CommandOption",
+    "CommandOutcome",
     "CommandReply",
     "CommandRequest",
     "CommandTarget",

@@ -8,10 +8,20 @@ from pydantic import Field
 
 from .wire import Answer, JsonObject, WireModel, omitted_when_none
 
-__all__ = ["CommandReply", "CommandRequest", "CommandTarget"]
+__all__ = ["CommandOutcome", "CommandReply", "CommandRequest", "CommandTarget"]
+
+#: What became of a command: ``succeeded`` (the handler returned), ``failed`` (the
+#: handler ran and the device refused or failed it), ``not_run`` (refused before the
+#: handler started: nothing reached the device) or ``unknown`` (cut short after it may
+#: have reached the device: a timeout, a lost connection, the actor stopping).
+CommandOutcome = Literal["succeeded", "failed", "not_run", "unknown"]
 
 
 class CommandTarget(WireModel):
+    """The device a command is for. A gateway's child is named by its ``device_id``
+    (alone when no other config has a device or child of that id, else with the
+    gateway's ``config_id``), or by its entity id ``<config_id>:<device_id>``."""
+
     config_id: str | None = None
     device_id: str | None = None
     entity_id: str | None = None
@@ -59,15 +69,27 @@ class CommandRequest(WireModel):
 
 
 class CommandReply(Answer):
-    """``retryable`` says whether sending the same command again is safe and may help."""
+    """What became of a command (``outcome``), and whether sending it again is safe and
+    may help (``retryable``)."""
 
     ok: bool
     status: Literal["success", "failed"]
+    outcome: CommandOutcome = Field(
+        description="succeeded; failed (the device refused or failed it); not_run (refused "
+        "before it started: nothing reached the device); unknown (cut short after it may "
+        "have reached the device: a timeout, a lost connection, the actor stopping)."
+    )
     command: str
     result: JsonObject
     error: JsonObject | None
-    retryable: bool
+    retryable: bool = Field(
+        description="Sending the same command again is safe and may help: it did not run "
+        "(busy, restarting), or its outcome is unknown and the command is declared "
+        "idempotent. A retryable outcome is not kept under its idempotency key, so a retry "
+        "with the same key runs."
+    )
     replayed: bool
     may_have_run: bool | None = omitted_when_none(
-        description="For a timeout: whether it may have reached the device."
+        description="Only when it did not succeed or fail: true when it may have reached "
+        "the device (outcome unknown), false when it certainly did not (not_run)."
     )

@@ -41,10 +41,26 @@ class StateQuery(WireModel):
 
 
 class StateEntry(Answer):
+    """One device's latest state. A gateway's child has an entry of its own, keyed
+    ``<config_id>:<device_id>`` with its gateway's ``config_id``; only a child's entry
+    has ``parent_device_id``, ``last_seen``, ``observed_at`` and ``available``."""
+
     config_id: str
     device_id: str
     latest_state: JsonObject = Field(description="Latest value per key, whichever path it came.")
     last_updated: UtcTime | None
+    parent_device_id: str | None = omitted_when_none(
+        description="A child's: the device id of the gateway that reports it."
+    )
+    last_seen: UtcTime | None = omitted_when_none(
+        description="A child's: when the runtime last heard of it."
+    )
+    observed_at: UtcTime | None = omitted_when_none(
+        description="A child's: the vendor's timestamp of its latest report, when it gave one."
+    )
+    available: bool | None = omitted_when_none(
+        description="A child's: false once it went unheard for its staleness window."
+    )
 
 
 class RefreshOutcome(Answer):
@@ -129,6 +145,9 @@ class Entity(Answer):
     available_commands: list[str | CommandOption] = Field(default_factory=list)
     dashboard: Dashboard = Field(default_factory=Dashboard)
     metadata: JsonObject = Field(default_factory=dict)
+    parent_device_id: str | None = omitted_when_none(
+        description="A gateway's child's entity: the device id of its gateway."
+    )
 
 
 class CapabilityInfo(Answer):

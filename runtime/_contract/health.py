@@ -6,13 +6,15 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from .wire import Answer, JsonObject, UtcTime, WireModel
+from .wire import Answer, JsonObject, UtcTime, WireModel, omitted_when_none
 
 __all__ = [
     "DIAGNOSTICS_PAGE",
     "DIAGNOSTICS_PAGE_MAX",
     "ActorRecord",
     "AuthInfo",
+    "ChildHealth",
+    "ChildrenHealth",
     "CoreLink",
     "DeliveryStats",
     "DeviceDelivery",
@@ -201,6 +203,28 @@ class DeviceDelivery(Answer):
     last_delivered: UtcTime | None
 
 
+class ChildHealth(Answer):
+    """One child of a gateway: when it was last heard of, and whether it is available."""
+
+    device_id: str
+    available: bool
+    last_seen: UtcTime
+    last_seen_age_s: float = Field(description="Seconds since last_seen.")
+    observed_at: UtcTime | None = Field(
+        description="The vendor's timestamp of its latest report, when it gave one."
+    )
+
+
+class ChildrenHealth(Answer):
+    """A gateway's children (the devices its actor reports for), by device id."""
+
+    total: int
+    unavailable: int
+    stale_after_s: float = Field(description="Unheard this long, a child is unavailable.")
+    max_children: int = Field(description="The most kept; reports naming more are not kept.")
+    devices: list[ChildHealth]
+
+
 class ActorRecord(Answer):
     """One actor's health; durations in seconds."""
 
@@ -231,6 +255,9 @@ class ActorRecord(Answer):
     longest_stall: float | None = Field(description="Its longest block, in seconds.")
     latest_readings_at: UtcTime | None
     delivery: DeviceDelivery
+    children: ChildrenHealth | None = omitted_when_none(
+        description="Only for an actor that reports children (a gateway)."
+    )
 
 
 class Page(Answer):

@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from quart import Blueprint, request
 from quart_schema import validate_request, validate_response
 
-from .._contract import IDEMPOTENCY_HEADER, CommandReply, CommandRequest, iso
-from .._errors import ActorBusy, ActorCallError, ActorNotReady, CallTimeout, UnknownCommand
+from .._actor import CommandContext
+from .._contract import IDEMPOTENCY_HEADER, CommandOutcome, CommandReply, CommandRequest, iso
+from .._errors import ActorCallError, CallFailed, UnknownCommand
 from .._ledger import LedgerEntry
 from .._redact import redact
 from .._registry import DeviceSlice
@@ -43,27 +44,47 @@ async def command(data: CommandRequest) -> tuple[CommandReply, int]:
     """Run a device command. A repeated ``X-PiPhi-Idempotency-Key`` replays the stored
     outcome and never runs the command twice."""
     rt = current_runtime()
-    device = _target(rt, data)
+    device, target = _target(rt, data)
     _check_capabilities(device, data)
     key = request.headers.get(IDEMPOTENCY_HEADER) or data.idempotency_key
+    child = target if target != device.identity.device_id else None
     if key:
-        fingerprint = command_fingerprint(data.command, device.identity.id, data.arguments)
+        fingerprint = command_fingerprint(
+            data.command, device.identity.id, data.arguments, device_id=child
+        )
         known = await rt.ledger.begin(key, fingerprint)
         if known is not None:
             return _replay(known, fingerprint, data.command)
-    status, reply, never_ran = await _run(device, data)
+    context = CommandContext(
+        command=data.command,
+        config_id=device.identity.config_id,
+        device_id=target,
+        entity_id=data.target_entity_id or f"{device.identity.config_id}:{target}",
+        idempotency_key=key,
+        correlation_id=data.correlation_id or data.command_id,
+        parent_device_id=device.identity.device_id if child else None,
+    )
+    status, reply = await _run(device, data, context)
     if key:
         with trio.CancelScope(shield=True):
-            if never_ran:  # busy or restarting: a retry with this key must run it
+            if reply.outcome == "not_run" or reply.retryable:
+                # It did not run, or running it twice is harmless: a retry with this key
+                # runs it.
                 await rt.ledger.forget(key)
             else:
                 await rt.ledger.finish(key, status, reply.model_dump(mode="json"))
     return reply, status
 
 
-def command_fingerprint(command: str, config_id: str, arguments: Mapping[str, Any]) -> str:
-    """What an idempotency key promises to mean: this command, this device, these args."""
-    canonical = json.dumps([command, config_id, arguments], sort_keys=True, default=str)
+def command_fingerprint(
+    command: str, config_id: str, arguments: Mapping[str, Any], *, device_id: str | None = None
+) -> str:
+    """What an idempotency key promises to mean: this command, this device (a gateway's
+    child, when ``device_id`` names one), these args."""
+    target: list[Any] = [command, config_id, arguments]
+    if device_id is not None:  # the actor's own device keeps the fingerprint it always had
+        target.append(device_id)
+    canonical = json.dumps(target, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -108,7 +129,9 @@ def _check_capabilities(device: DeviceSlice, data: CommandRequest) -> None:
         )
 
 
-def _target(rt: Runtime, data: CommandRequest) -> DeviceSlice:
+def _target(rt: Runtime, data: CommandRequest) -> tuple[DeviceSlice, str]:
+    """The device whose actor runs the command, and the device id it is for: the actor's
+    own, or one of its children's (a gateway's child is commanded through its actor)."""
     config_id, device_id = data.target_config_id, data.target_device_id
     entity_id = data.target_entity_id
     if entity_id and not (config_id or device_id):
@@ -118,6 +141,7 @@ def _target(rt: Runtime, data: CommandRequest) -> DeviceSlice:
         found = rt.registry.select(lambda i: config_id in (i.config_id, i.id))
     elif device_id:
         found = rt.registry.select(lambda i: i.device_id == device_id)
+        found += rt.registry.with_child(device_id)
     else:
         found = list(rt.registry)
     if device_id and config_id:
@@ -153,35 +177,57 @@ def _target(rt: Runtime, data: CommandRequest) -> DeviceSlice:
                 "message": f"supported: {sorted(cls.commands)}",
             },
         )
-    return device
+    # With the config named, any device id goes to its actor: a child that has not
+    # reported since the runtime started (a sleeping sensor) is still its to command.
+    return device, device_id or device.identity.device_id
 
 
-async def _run(device: DeviceSlice, data: CommandRequest) -> tuple[int, CommandReply, bool]:
-    """``(status, reply, never_ran)``: never_ran when the actor refused it unseen."""
+async def _run(
+    device: DeviceSlice, data: CommandRequest, context: CommandContext
+) -> tuple[int, CommandReply]:
+    spec = type(device.supervisor.actor).commands.get(data.command)
+    idempotent = spec is not None and spec.idempotent
     try:
-        result = await device.supervisor.command(data.command, data.arguments)
+        result = await device.supervisor.command(data.command, data.arguments, context=context)
     except UnknownCommand as exc:
-        return 400, _reply(data.command, None, exc, retryable=False), True
-    except (ActorBusy, ActorNotReady) as exc:
-        return 502, _reply(data.command, None, exc, retryable=True), True
+        return 400, _reply(data.command, None, exc, "not_run", retryable=False)
     except ActorCallError as exc:
-        return 502, _reply(data.command, None, exc, retryable=exc.retryable), False
-    return 200, _reply(data.command, result, None, retryable=False), False
+        outcome = _outcome(exc)
+        # Ran, or may have: again only if running twice is harmless (and it may help).
+        retryable = exc.retryable if outcome == "not_run" else outcome == "unknown" and idempotent
+        return 502, _reply(data.command, None, exc, outcome, retryable=retryable)
+    return 200, _reply(data.command, result, None, "succeeded", retryable=False)
+
+
+def _outcome(error: ActorCallError) -> CommandOutcome:
+    """What a failed call tells about the device: a call that never started did nothing;
+    one cut short once started (timeout, interruption), or whose handler lost its
+    connection mid-exchange, may have reached the device; any other handler error is the
+    device refusing or failing it."""
+    if isinstance(error, CallFailed):
+        return "unknown" if error.details.get("may_have_run") else "failed"
+    return "unknown" if error.details.get("started") else "not_run"
 
 
 def _reply(
-    command: str, result: Any, error: ActorCallError | None, *, retryable: bool
+    command: str,
+    result: Any,
+    error: ActorCallError | None,
+    outcome: CommandOutcome,
+    *,
+    retryable: bool,
 ) -> CommandReply:
-    outcome = result if isinstance(result, Mapping) else {"value": result}
+    body = result if isinstance(result, Mapping) else {"value": result}
     return CommandReply(
         ok=error is None,
         status="success" if error is None else "failed",
+        outcome=outcome,
         command=command,
-        result=redact(json.loads(json.dumps(outcome, default=str))) if error is None else {},
+        result=redact(json.loads(json.dumps(body, default=str))) if error is None else {},
         error=None if error is None else redact(error.to_dict()),
         retryable=retryable,
         replayed=False,
-        may_have_run=bool(error.details.get("started")) if isinstance(error, CallTimeout) else None,
+        may_have_run={"unknown": True, "not_run": False}.get(outcome),
     )
 
 
@@ -194,7 +240,7 @@ def _replay(known: LedgerEntry, fingerprint: str, command: str) -> tuple[Command
             hint=f"Use a new {IDEMPOTENCY_HEADER} for a new command.",
         )
     if known.state == "done" and known.reply is not None:
-        stored = {**known.reply, "replayed": True}
+        stored = {"outcome": _recorded_outcome(known.reply), **known.reply, "replayed": True}
         try:
             reply = CommandReply.model_validate(stored)
         except ValidationError:  # recorded by an older version: answer it as it was
@@ -212,8 +258,17 @@ def _replay(known: LedgerEntry, fingerprint: str, command: str) -> tuple[Command
             "status": "failed",
             "command": command,
             "error": "outcome_unknown",
+            "outcome": "unknown",
+            "may_have_run": True,
             "retryable": False,
             "replayed": True,
             "started_at": iso(known.started),
         },
     )
+
+
+def _recorded_outcome(reply: Mapping[str, Any]) -> CommandOutcome:
+    """The outcome of a reply recorded before replies said it."""
+    if reply.get("ok"):
+        return "succeeded"
+    return "unknown" if reply.get("may_have_run") else "failed"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from quart import Blueprint
 from quart_schema import validate_querystring, validate_response
 
+from .._children import ChildView
 from .._contract import (
     CapabilityInfo,
     CommandInfo,
@@ -34,7 +35,7 @@ from .._errors import ActorCallError, RefreshUnsupported
 from .._lifecycle import ActorState
 from .._logs import runtime_logger
 from .._redact import redact, redact_text
-from .._registry import DeviceSlice
+from .._registry import DeviceSlice, Registry
 from .._sink import EventRecord
 from .context import current_runtime
 from .problem import Problem
@@ -76,6 +77,10 @@ async def state(query_args: StateQuery) -> StateAnswer:
             hint="Add refresh_request_id=<id> to correlate the receipt.",
         )
     devices = rt.registry.select(lambda i: not wanted or wanted in (i.id, i.config_id, i.device_id))
+    child = None
+    if wanted and not devices:
+        # A gateway's child: its device id, or its key <config_id>:<device_id>.
+        devices, child = _gateways_of(rt.registry, wanted)
     if wanted and not devices:
         raise Problem(404, f"No configured device {wanted!r}.", code="unknown_device")
     receipt = None
@@ -83,8 +88,27 @@ async def state(query_args: StateQuery) -> StateAnswer:
         assert query_args.refresh_request_id is not None
         receipt = await _refresh(devices, query_args.refresh_request_id)
         devices = [rt.registry.get(d.identity.id) or d for d in devices]
-    entries = {d.identity.config_id: _state_entry(d) for d in devices}
+    entries: dict[str, StateEntry] = {}
+    for device in devices:
+        if child is None:
+            entries[device.identity.config_id] = _state_entry(device)
+        for view in device.children:
+            if child is None or view.device_id == child:
+                entries[f"{device.identity.config_id}:{view.device_id}"] = _child_entry(
+                    device, view
+                )
     return build(StateAnswer, entries=entries, refresh=receipt)
+
+
+def _gateways_of(registry: Registry, wanted: str) -> tuple[list[DeviceSlice], str | None]:
+    """The devices with child ``wanted`` (a device id, or ``<config_id>:<device_id>``)."""
+    found = registry.with_child(wanted)
+    if found:
+        return found, wanted
+    config_id, _, device_id = wanted.partition(":")
+    if device_id:
+        return registry.with_child(device_id, config_id), device_id
+    return [], None
 
 
 @blueprint.get("/events")
@@ -114,14 +138,17 @@ async def entities(query_args: EntitiesQuery) -> EntitiesAnswer:
     out: list[Entity] = []
     capabilities: dict[str, CapabilityInfo] = {}
     commands: dict[str, CommandInfo] = {}
-    for n, supervisor in enumerate(page):
-        if n % _YIELD_EVERY == _YIELD_EVERY - 1:
+    built = 0
+    for supervisor in page:
+        if built >= _YIELD_EVERY:
+            built = 0
             await trio.lowlevel.checkpoint()  # thousands of devices must not stall /health
         if supervisor.state is ActorState.STOPPED:
             continue  # removed while this answer was being built
         device = rt.registry.slice(supervisor)
         out += device_entities(device)
         _offered(device, capabilities, commands)
+        built += 1 + len(device.children)
     following = offset + len(page)
     return build(
         EntitiesAnswer,
@@ -149,6 +176,11 @@ def _offered(
     for reading in device.readings:
         if reading.metric not in capabilities:
             capabilities[reading.metric] = build(CapabilityInfo, kind="sensor", unit=reading.unit)
+    for child in device.children:
+        for metric in child.latest_state:
+            if metric not in capabilities:
+                unit = child.units.get(metric)
+                capabilities[metric] = build(CapabilityInfo, kind="sensor", unit=unit)
     for spec in cls.commands.values():
         if spec.name not in commands:
             timeout = spec.timeout if spec.timeout is not None else cls.command_timeout
@@ -160,23 +192,41 @@ def _offered(
 
 
 def device_entities(device: DeviceSlice) -> list[Entity]:
-    """A device's entities as Core sees them: those its actor declares, each completed
-    from the device (ids, type) and the defaults, or else one default entity. A declared
-    entity that cannot be read as one is logged and replaced by the default."""
+    """A device's entities as Core sees them, and its children's.
+
+    Those its actor declares are completed from the device (ids, type) and the defaults;
+    one naming a child's ``device_id`` is that child's. The device, and each child, with
+    no declared entity gets one default entity. A declared entity that cannot be read as
+    one is logged, and the defaults stand in for all of them.
+    """
     identity = device.identity
     filled = {
         "config_id": identity.config_id,
         "device_id": identity.device_id,
         "device_type": _device_type(device),
     }
-    declared = []
+    children = {child.device_id for child in device.children}
+    own: list[Entity] = []
+    others: list[Entity] = []
+    by_child: dict[str, list[Entity]] = {}
     for raw in device.entities:
         try:
-            declared.append(Entity.model_validate({**filled, **redact(dict(raw))}))
+            entity = Entity.model_validate({**filled, **redact(dict(raw))})
         except (ValidationError, TypeError, ValueError) as exc:
             log.warning("%s: an entity from entities() is malformed: %s", identity.id, exc)
-            return [_default_entity(device)]
-    return declared or [_default_entity(device)]
+            own, others, by_child = [], [], {}
+            break
+        if entity.device_id == identity.device_id:
+            own.append(entity)
+        elif entity.device_id in children:
+            entity.parent_device_id = identity.device_id
+            by_child.setdefault(entity.device_id, []).append(entity)
+        else:
+            others.append(entity)  # a device that has not reported (yet): as declared
+    out = (own or [_default_entity(device)]) + others
+    for child in device.children:
+        out += by_child.get(child.device_id) or [_child_entity(device, child)]
+    return out
 
 
 def _default_entity(device: DeviceSlice) -> Entity:
@@ -184,26 +234,60 @@ def _default_entity(device: DeviceSlice) -> Entity:
     identity = device.identity
     actor = device.supervisor.actor
     metrics = {r.metric: r for r in device.readings}
+    name = getattr(actor.config, "name", None) or identity.device_id
+    return _entity(
+        device,
+        device_id=identity.device_id,
+        name=str(name),
+        values={m: r.value for m, r in metrics.items()},
+        units={m: r.unit for m, r in metrics.items() if r.unit},
+        metadata={"available": device.health.available},
+    )
+
+
+def _child_entity(device: DeviceSlice, child: ChildView) -> Entity:
+    """A child's default entity: the metrics it reported, and the actor's commands,
+    which reach it (the handler learns the target from its ``CommandContext``)."""
+    return _entity(
+        device,
+        device_id=child.device_id,
+        name=child.device_id,
+        values=child.latest_state,
+        units=child.units,
+        metadata={"available": child.available, "last_seen": child.last_seen.isoformat()},
+        parent_device_id=device.identity.device_id,
+    )
+
+
+def _entity(
+    device: DeviceSlice,
+    *,
+    device_id: str,
+    name: str,
+    values: Mapping[str, Any],
+    units: Mapping[str, str],
+    metadata: dict[str, Any],
+    parent_device_id: str | None = None,
+) -> Entity:
+    actor = device.supervisor.actor
+    config_id = device.identity.config_id
     commands = list(type(actor).commands.values())
     widgets: list[str] = []
-    for reading in metrics.values():
-        for widget in _WIDGETS_BY_TYPE.get(type(reading.value), ("value", ["value"]))[1]:
+    for value in values.values():
+        for widget in _WIDGETS_BY_TYPE.get(type(value), ("value", ["value"]))[1]:
             if widget not in widgets:
                 widgets.append(widget)
-    first = next(iter(metrics.values()), None)
-    default_widget = (
-        _WIDGETS_BY_TYPE.get(type(first.value), ("value", []))[0] if first else "status"
-    )
-    name = getattr(actor.config, "name", None) or identity.device_id
+    first = next(iter(values.values()), None)
+    default_widget = _WIDGETS_BY_TYPE.get(type(first), ("value", []))[0] if values else "status"
     return build(
         Entity,
-        id=f"{identity.config_id}:{identity.device_id}",
-        name=redact_text(str(name)),
+        id=f"{config_id}:{device_id}",
+        name=redact_text(name),
         capabilities=list(
-            dict.fromkeys([*type(actor).capabilities, *metrics, *(c.name for c in commands)])
+            dict.fromkeys([*type(actor).capabilities, *values, *(c.name for c in commands)])
         ),
-        config_id=identity.config_id,
-        device_id=identity.device_id,
+        config_id=config_id,
+        device_id=device_id,
         device_type=_device_type(device),
         device_class="actuator" if commands else "sensor",
         entity_type="device",
@@ -223,11 +307,8 @@ def _default_entity(device: DeviceSlice) -> Entity:
             default_widget=default_widget,
             recommended_widgets=(widgets or ["status"])[:2],
         ),
-        metadata={
-            "actor": type(actor).__name__,
-            "units": {m: r.unit for m, r in metrics.items() if r.unit},
-            "available": device.health.available,
-        },
+        metadata={"actor": type(actor).__name__, "units": dict(units), **metadata},
+        parent_device_id=parent_device_id,
     )
 
 
@@ -247,6 +328,20 @@ def _state_entry(device: DeviceSlice) -> StateEntry:
         device_id=device.identity.device_id,
         latest_state=redact(dict(device.latest_state)),
         last_updated=device.state_updated,
+    )
+
+
+def _child_entry(device: DeviceSlice, child: ChildView) -> StateEntry:
+    return build(
+        StateEntry,
+        config_id=device.identity.config_id,
+        device_id=child.device_id,
+        latest_state=redact(dict(child.latest_state)),
+        last_updated=child.last_seen,
+        parent_device_id=device.identity.device_id,
+        last_seen=child.last_seen,
+        observed_at=child.observed_at,
+        available=child.available,
     )
 
 

@@ -17,6 +17,8 @@ from quart_schema import validate_querystring, validate_response
 from .._contract import (
     ActorRecord,
     AuthInfo,
+    ChildHealth,
+    ChildrenHealth,
     CoreLink,
     DeliveryStats,
     DeviceDelivery,
@@ -168,7 +170,11 @@ def _select(
         current = supervisor.state.value
         by_state[current] = by_state.get(current, 0) + 1
         identity = supervisor.identity
-        if device_id and device_id not in (identity.device_id, identity.id):
+        if (
+            device_id
+            and device_id not in (identity.device_id, identity.id)
+            and not supervisor.has_child(device_id)
+        ):
             continue
         if state and current != state:
             continue
@@ -249,14 +255,40 @@ def _actor_record(rt: Runtime, supervisor: Supervisor) -> ActorRecord:
             delivered=delivery["delivered"],
             last_delivered=None if last is None else from_unix(last),
         ),
+        children=_children(supervisor),
     )
 
 
 _HEALTH_FIELDS = tuple(
     name
     for name in ActorRecord.model_fields
-    if name not in ("state", "last_error", "latest_readings_at", "delivery")
+    if name not in ("state", "last_error", "latest_readings_at", "delivery", "children")
 )
+
+
+def _children(supervisor: Supervisor) -> ChildrenHealth | None:
+    """A gateway's line per child; None (left out) for an actor that reports none."""
+    children = supervisor.children()
+    if not children and not supervisor.reports_children:
+        return None
+    return build(
+        ChildrenHealth,
+        total=len(children),
+        unavailable=sum(1 for c in children if not c.available),
+        stale_after_s=supervisor.child_stale_after,
+        max_children=type(supervisor.actor).max_children,
+        devices=[
+            build(
+                ChildHealth,
+                device_id=c.device_id,
+                available=c.available,
+                last_seen=c.last_seen,
+                last_seen_age_s=round(c.last_seen_age, 3),
+                observed_at=c.observed_at,
+            )
+            for c in children
+        ],
+    )
 
 
 def _error_view(error: ErrorRecord | None) -> ErrorView | None:
