@@ -16,14 +16,7 @@ from typing import Any, ClassVar
 import trio
 from pydantic import Field
 
-from runtime import (
-    DeviceActor,
-    DeviceUnavailable,
-    PollInterval,
-    Reading,
-    RuntimeConfig,
-    command,
-)
+from runtime import DeviceActor, DeviceUnavailable, PollInterval, Reading, RuntimeConfig, command
 
 __all__ = [
     "SIMULATED_ACTORS",

@@ -48,7 +48,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import trio.testing
 
 from actors.simulated import SimulatedConfig, SimulatedThermostat
-from runtime import DeviceActor, EventRecord, Reading, TelemetryRecord, open_actor_nursery
+from runtime import DeviceActor, Reading
+from runtime.lowlevel import EventRecord, TelemetryRecord, open_actor_nursery
 
 INTERVAL = 1.0
 

@@ -282,14 +282,9 @@ async def raw_loop(sink_url: str) -> AsyncIterator[Sender]:
 
 @contextlib.asynccontextmanager
 async def outbox_loop(sink_url: str, spool_path: Path) -> AsyncIterator[Sender]:
-    from runtime import (
-        CoreClient,
-        DeviceIdentity,
-        OutboxSettings,
-        Reading,
-        TelemetryRecord,
-        open_outbox,
-    )
+    from runtime import DeviceIdentity, Reading
+    from runtime.delivery import CoreClient, OutboxSettings, open_outbox
+    from runtime.lowlevel import TelemetryRecord
 
     client = CoreClient(
         base_url=sink_url,

@@ -22,7 +22,7 @@ import trio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from actors.simulated import SimulatedThermostat
-from runtime import ConfigSync, open_actor_nursery
+from runtime.lowlevel import ConfigSync, open_actor_nursery
 from runtime.testing import RecordingSink
 
 

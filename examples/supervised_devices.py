@@ -23,7 +23,8 @@ import trio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from actors.simulated import SIMULATED_ACTORS
-from runtime import ActorHealth, open_actor_nursery
+from runtime import ActorHealth
+from runtime.lowlevel import open_actor_nursery
 from runtime.testing import RecordingSink
 
 DEVICES = [

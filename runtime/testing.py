@@ -32,6 +32,7 @@ import attrs
 import httpx
 
 from ._fakecore import Answer, FakeCore, H11Server, Kind, Received, Rejected, Trouble
+from ._nursery import open_actor_nursery
 from ._sink import EventRecord, TelemetryRecord
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ __all__ = [
     "assert_refresh_receipt",
     "assert_telemetry_sent",
     "config_payload",
+    "open_actor_nursery",
     "snapshot_payload",
 ]
 
@@ -203,12 +205,3 @@ class RunningIntegration:
         for config in configs:
             await self.core.put_config(config)
         return await self.core.push(self.url)
-
-
-try:  # the pytest plugin's fixtures; without pytest, the rest of this module still works
-    from ._fixtures import devcore, fake_core, fake_core_class, run_integration
-except ModuleNotFoundError as exc:  # pragma: no cover - installed without the dev extra
-    if exc.name != "pytest":
-        raise
-else:
-    __all__ += ["devcore", "fake_core", "fake_core_class", "run_integration"]

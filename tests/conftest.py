@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 import runtime._offload
-from runtime import ActorNursery, open_actor_nursery
+from runtime.lowlevel import ActorNursery, open_actor_nursery
 from runtime.testing import FakeCore, RecordingSink
 from tests.served import Served, env_for, serve
 

@@ -11,16 +11,9 @@ from typing import Any
 import trio
 from pydantic import Field
 
-from runtime import (
-    ActorCallError,
-    CommandContext,
-    DeviceActor,
-    DeviceUnavailable,
-    Reading,
-    RuntimeConfig,
-    command,
-)
+from runtime import CommandContext, DeviceActor, DeviceUnavailable, Reading, RuntimeConfig, command
 from runtime._config import PollInterval
+from runtime.lowlevel import ActorCallError
 
 
 class ProbeConfig(RuntimeConfig):

@@ -13,15 +13,9 @@ import trio
 import trio.testing
 from pydantic import SecretStr
 
-from runtime import (
-    DeviceActor,
-    Integration,
-    Reading,
-    Runtime,
-    RuntimeConfig,
-    open_runtime,
-)
+from runtime import DeviceActor, Integration, Reading, RuntimeConfig
 from runtime._web import RUNTIME_KEY
+from runtime.lowlevel import Runtime, open_runtime
 from runtime.testing import FakeCore
 from tests.helpers import Probe
 

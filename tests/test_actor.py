@@ -10,7 +10,6 @@ import pytest
 
 import runtime
 from runtime import (
-    ActorNotAttached,
     DeviceActor,
     InvalidActor,
     InvalidEvent,
@@ -19,6 +18,7 @@ from runtime import (
     RuntimeConfig,
     command,
 )
+from runtime.lowlevel import ActorNotAttached
 from runtime.testing import RecordingSink
 
 from .helpers import ProbeConfig

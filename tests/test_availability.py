@@ -17,11 +17,7 @@ import trio
 from pydantic import Field
 
 from runtime import (
-    ActorCrashed,
-    ActorNotReady,
-    ActorNursery,
     ActorState,
-    ConfigSync,
     DeviceActor,
     DeviceUnavailable,
     Integration,
@@ -29,10 +25,16 @@ from runtime import (
     ReconfigurationRequired,
     RuntimeConfig,
     command,
-    open_actor_nursery,
 )
 from runtime._health import fleet_concerns
 from runtime.devcore import DevCore
+from runtime.lowlevel import (
+    ActorCrashed,
+    ActorNotReady,
+    ActorNursery,
+    ConfigSync,
+    open_actor_nursery,
+)
 from runtime.testing import RecordingSink, config_payload
 
 from .helpers import Probe, ProbeConfig, TopRandom, attempt, wait_until

@@ -13,17 +13,15 @@ import pytest
 import trio
 
 from runtime import (
-    ActorNursery,
     CommandContext,
-    ConfigSync,
     DeviceUnavailable,
     InvalidActor,
     InvalidReading,
     Reading,
     command,
-    open_actor_nursery,
 )
 from runtime._children import MAX_CHILD_KEYS, Children
+from runtime.lowlevel import ActorNursery, ConfigSync, open_actor_nursery
 from runtime.testing import RecordingSink
 
 from .helpers import VENDOR_TIME, Gateway, wait_until

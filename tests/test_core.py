@@ -7,7 +7,8 @@ import httpx
 import pytest
 import trio
 
-from runtime import (
+from runtime._core import parse_retry_after
+from runtime.delivery import (
     CoreAuthRejected,
     CoreClient,
     CoreError,
@@ -19,7 +20,6 @@ from runtime import (
     CoreUnavailable,
     CoreUnexpectedResponse,
 )
-from runtime._core import parse_retry_after
 from runtime.testing import FakeCore
 
 SECRET = "s3cr3t-token-value"

@@ -3,17 +3,10 @@ import pickle
 import pytest
 
 import runtime
-from runtime import (
-    ActorBusy,
-    ActorCallError,
-    CallTimeout,
-    DeviceUnavailable,
-    IllegalTransition,
-    InvalidReading,
-    PiPhiError,
-    PollTimeout,
-    ReconfigurationRequired,
-)
+import runtime.delivery
+import runtime.lowlevel
+from runtime import DeviceUnavailable, InvalidReading, PiPhiError, ReconfigurationRequired
+from runtime.lowlevel import ActorBusy, ActorCallError, CallTimeout, IllegalTransition, PollTimeout
 
 
 def test_str_shows_the_message_the_code_and_the_hint() -> None:
@@ -35,7 +28,11 @@ def test_an_instance_can_carry_its_own_hint_and_details() -> None:
 
 
 def test_every_error_is_a_piphi_error_with_a_distinct_stable_code() -> None:
-    classes = [getattr(runtime, name) for name in runtime.__all__]
+    classes = [
+        getattr(namespace, name)
+        for namespace in (runtime, runtime.lowlevel, runtime.delivery)
+        for name in namespace.__all__
+    ]
     errors = [c for c in classes if isinstance(c, type) and issubclass(c, PiPhiError)]
     assert len(errors) >= 18
     codes = [e.code for e in errors]

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 import trio
 
-from runtime import ErrorRecord
 from runtime._health import PollTimings, wall_clock
+from runtime.lowlevel import ErrorRecord
 
 
 def test_percentiles_are_nearest_rank_over_the_last_64_polls() -> None:

@@ -2,8 +2,9 @@ import itertools
 
 import pytest
 
-from runtime import ActorState, IllegalTransition, can_transition
+from runtime import ActorState
 from runtime._lifecycle import TRANSITIONS, check_transition
+from runtime.lowlevel import IllegalTransition, can_transition
 
 S = ActorState
 

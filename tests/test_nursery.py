@@ -3,7 +3,8 @@ from typing import Any
 import pytest
 import trio
 
-from runtime import ActorNursery, ActorState, InvalidActor, InvalidConfig
+from runtime import ActorState, InvalidActor, InvalidConfig
+from runtime.lowlevel import ActorNursery
 
 from .helpers import Probe, wait_until
 

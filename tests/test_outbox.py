@@ -18,18 +18,10 @@ import pytest
 import trio
 
 import runtime._offload
-from runtime import (
-    CoreClient,
-    DeviceIdentity,
-    EventRecord,
-    OutboxSettings,
-    Reading,
-    RestartPolicy,
-    TelemetryRecord,
-    open_actor_nursery,
-    open_outbox,
-)
+from runtime import DeviceIdentity, Reading, RestartPolicy
 from runtime._contract import EventPayload, TelemetryPayload
+from runtime.delivery import CoreClient, OutboxSettings, open_outbox
+from runtime.lowlevel import EventRecord, TelemetryRecord, open_actor_nursery
 from runtime.testing import FakeCore
 from tests.helpers import Probe, wait_until
 

@@ -17,20 +17,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from runtime import (
-    MAX_PAYLOAD_BYTES,
-    CoreClient,
-    DeviceIdentity,
-    EventRecord,
-    InvalidEvent,
-    InvalidReading,
-    OutboxSettings,
-    Reading,
-    TelemetryRecord,
-    open_outbox,
-)
+from runtime import MAX_PAYLOAD_BYTES, DeviceIdentity, InvalidEvent, InvalidReading, Reading
 from runtime._outbox import Outbox
 from runtime._spool import REJECTED_BODY_MAX
+from runtime.delivery import CoreClient, OutboxSettings, open_outbox
+from runtime.lowlevel import EventRecord, TelemetryRecord
 from runtime.testing import FakeCore
 from tests.helpers import wait_until
 
@@ -141,7 +132,7 @@ async def test_a_full_disk_is_named_and_delivery_goes_on_from_memory(
 
 
 async def test_a_failed_write_rolls_back_only_an_open_transaction(spool_path: Path) -> None:
-    from runtime import SpoolFull
+    from runtime.delivery import SpoolFull
     from runtime._spool import Spool, SpoolRow
 
     spool = await Spool.open(spool_path)

@@ -14,9 +14,9 @@ from runtime import (
     InvalidReading,
     Reading,
     RuntimeConfig,
-    open_actor_nursery,
 )
 from runtime._reading import validate_readings
+from runtime.lowlevel import open_actor_nursery
 from runtime.testing import RecordingSink
 
 BIG = "x" * MAX_PAYLOAD_BYTES

@@ -16,7 +16,6 @@ import trio
 import trio.lowlevel
 
 from runtime import (
-    ActorNursery,
     DeviceActor,
     DeviceUnavailable,
     Integration,
@@ -25,10 +24,10 @@ from runtime import (
     Reading,
     RestartPolicy,
     RuntimeConfig,
-    open_actor_nursery,
 )
 from runtime._config import MIN_POLL_INTERVAL, PollInterval, validate_config
 from runtime.devcore import DevCore
+from runtime.lowlevel import ActorNursery, open_actor_nursery
 from runtime.testing import RecordingSink, config_payload
 
 from .helpers import Probe, wait_until

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from runtime import Integration, MemoryMonitor, open_runtime
+from runtime import Integration
 from runtime._process import MB, read_rss
 from runtime._web import RUNTIME_KEY
+from runtime.lowlevel import MemoryMonitor, open_runtime
 from runtime.testing import FakeCore
 from tests.helpers import Probe
 

@@ -10,14 +10,8 @@ from typing import Any
 import pytest
 import trio
 
-from runtime import (
-    ActorNursery,
-    ActorState,
-    ConfigSync,
-    InvalidConfig,
-    Registry,
-    select_by_field,
-)
+from runtime import ActorState, InvalidConfig
+from runtime.lowlevel import ActorNursery, ConfigSync, Registry, select_by_field
 from runtime.testing import RecordingSink
 
 from .helpers import Probe, ProbeConfig, wait_until

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from runtime import CoreClient, Integration, open_outbox, open_runtime
+from runtime import Integration
 from runtime._ledger import CommandLedger
 from runtime._recovery import SpoolMarker
 from runtime._spool import Spool, SpoolRow
 from runtime._web import RUNTIME_KEY
+from runtime.delivery import CoreClient, open_outbox
+from runtime.lowlevel import open_runtime
 from runtime.testing import FakeCore
 from tests.helpers import Probe
 

@@ -3,9 +3,10 @@ from typing import Any
 
 import pytest
 
-from runtime import ActorNursery, ActorState, DeviceActor, Reading, Registry, RuntimeConfig
+from runtime import ActorState, DeviceActor, Reading, RuntimeConfig
 from runtime import _registry as registry_module
 from runtime._supervisor import RECENT_EVENTS
+from runtime.lowlevel import ActorNursery, Registry
 
 from .helpers import wait_until
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import trio
 
-from runtime import (
+from runtime.delivery import CoreClient
+from runtime.lowlevel import (
     ConfigSync,
-    CoreClient,
     LocalCopy,
     mounted_snapshot_path,
     open_actor_nursery,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime import SpoolBusy, SpoolError
 from runtime._spool import REJECTED_BODY_MAX, RejectedCaps, Rejection, Spool, SpoolRow
+from runtime.delivery import SpoolBusy, SpoolError
 
 
 def rows(first: int, last: int, *, size: int = 10, created: float = 1000.0) -> list[SpoolRow]:

@@ -11,8 +11,9 @@ from typing import Any
 
 import trio
 
-from runtime import DeviceActor, Reading, RuntimeConfig, open_actor_nursery
+from runtime import DeviceActor, Reading, RuntimeConfig
 from runtime._health import fleet_concerns
+from runtime.lowlevel import open_actor_nursery
 from runtime.testing import RecordingSink
 
 from .helpers import Probe, wait_until

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime import LocalCopy, state_dir
+from runtime.lowlevel import LocalCopy, state_dir
 
 
 def test_an_explicit_state_dir_wins() -> None:

@@ -17,21 +17,23 @@ from hypothesis import strategies as st
 from pydantic import Field
 
 from runtime import (
-    ActorBusy,
-    ActorNotReady,
-    ActorNursery,
     ActorState,
-    ActorStopped,
-    CallFailed,
-    CallTimeout,
     DeviceActor,
     DeviceUnavailable,
     Reading,
-    RefreshUnsupported,
     RestartPolicy,
     RuntimeConfig,
-    UnknownCommand,
     command,
+)
+from runtime.lowlevel import (
+    ActorBusy,
+    ActorNotReady,
+    ActorNursery,
+    ActorStopped,
+    CallFailed,
+    CallTimeout,
+    RefreshUnsupported,
+    UnknownCommand,
     open_actor_nursery,
 )
 from runtime.testing import RecordingSink

@@ -19,8 +19,9 @@ from actors.http_json import (
     public_url,
     resolve_path,
 )
-from runtime import ActorNursery, ActorState, DeviceUnavailable, InvalidConfig
+from runtime import ActorState, DeviceUnavailable, InvalidConfig
 from runtime._config import validate_config
+from runtime.lowlevel import ActorNursery
 from runtime.testing import RecordingSink
 
 from ..helpers import wait_until

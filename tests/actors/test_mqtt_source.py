@@ -31,16 +31,9 @@ from actors.mqtt_source import (
     readings_from,
     received_at,
 )
-from runtime import (
-    ActorNursery,
-    ActorState,
-    InvalidConfig,
-    Reading,
-    RestartPolicy,
-    Supervisor,
-    open_actor_nursery,
-)
+from runtime import ActorState, InvalidConfig, Reading, RestartPolicy
 from runtime._config import validate_config
+from runtime.lowlevel import ActorNursery, Supervisor, open_actor_nursery
 from runtime.testing import RecordingSink
 
 from ..helpers import wait_until

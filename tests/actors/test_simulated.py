@@ -9,7 +9,8 @@ from actors.simulated import (
     SimulatedPlug,
     SimulatedThermostat,
 )
-from runtime import ActorNursery, ActorState, CallFailed, DeviceUnavailable
+from runtime import ActorState, DeviceUnavailable
+from runtime.lowlevel import ActorNursery, CallFailed
 
 from ..helpers import wait_until
 

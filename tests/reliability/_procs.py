@@ -32,7 +32,7 @@ import attrs
 import httpx
 import trio
 
-from runtime import CoreClient, OutboxSettings
+from runtime.delivery import CoreClient, OutboxSettings
 from runtime.testing import Answer, FakeCore, snapshot_payload
 from tests.helpers import wait_until
 

@@ -1,4 +1,8 @@
-"""The fixtures of the ``runtime.testing`` pytest plugin (see that module)."""
+"""The pytest plugin (``pytest11`` entry point): the fixtures ``runtime.testing`` documents.
+
+Loaded in every pytest run of an environment where the runtime is installed, used or
+not, so it imports nothing but pytest until a fixture runs (``tests/test_plugin.py``
+measures it)."""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
-import httpx
 import pytest
-import trio
 
 if TYPE_CHECKING:
+    import trio
+
     from ._fakecore import FakeCore
     from ._integration import Integration
     from .devcore import DevCore
@@ -52,6 +56,9 @@ async def devcore(nursery: trio.Nursery) -> AsyncIterator[DevCore]:
 def run_integration(
     devcore: DevCore, nursery: trio.Nursery
 ) -> Callable[..., AbstractAsyncContextManager[RunningIntegration]]:
+    import httpx
+    import trio
+
     from ._serve import serve
     from .testing import RunningIntegration
 
