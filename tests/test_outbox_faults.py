@@ -132,8 +132,8 @@ async def test_a_full_disk_is_named_and_delivery_goes_on_from_memory(
 
 
 async def test_a_failed_write_rolls_back_only_an_open_transaction(spool_path: Path) -> None:
-    from runtime.delivery import SpoolFull
     from runtime._spool import Spool, SpoolRow
+    from runtime.delivery import SpoolFull
 
     spool = await Spool.open(spool_path)
     con = spool._db.con
