@@ -37,6 +37,14 @@ from typing import Any, ClassVar
 
 import attrs
 import trio
+
+try:
+    import moat.lib.mqtt  # noqa: F401 - the optional dependency, checked first
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+    raise ModuleNotFoundError(
+        "actors.mqtt_source needs moat-lib-mqtt: pip install 'piphi-runtime[mqtt]'",
+        name=exc.name,
+    ) from exc
 from moat.lib.mqtt import (
     MQTTConnAckPacket,
     MQTTConnectFailed,
