@@ -328,6 +328,7 @@ class FakeCore(H11Server):
         """Per request: ``answer(path, body)`` may return a status to answer instead."""
         self.configs: list[Any] = []
         """The config fetch's rows (``config_rows()``)."""
+        self._arrival = trio.lowlevel.ParkingLot()
         self.received: deque[Received] = deque(maxlen=limit)
         self.attempts: deque[tuple[str, dict[str, Any]]] = deque(maxlen=limit)
         """(target, body) of every request that had a body."""
@@ -358,6 +359,11 @@ class FakeCore(H11Server):
         self.most_at_once = len(self._conns)
 
     # -- the seams -------------------------------------------------------------------------
+
+    async def next_arrival(self) -> None:
+        """Wait until the next payload is accepted: for tests that wait on Core rather than
+        poll it."""
+        await self._arrival.park()
 
     async def store(self, kind: Kind, payload: dict[str, Any], headers: Mapping[str, str]) -> bool:
         """Keep an accepted payload; whether it is new (not a redelivery).
@@ -486,6 +492,7 @@ class FakeCore(H11Server):
         if not new:
             self.duplicates += 1
         self.received_count += 1
+        self._arrival.unpark_all()
         if self.received.maxlen != 0:
             token, container = headers.get(_TOKEN), headers.get(_CONTAINER)
             self.received.append(Received(path, payload, container, token, kind))

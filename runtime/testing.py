@@ -25,15 +25,18 @@ server under ``FakeCore``, for fakes of devices an actor talks to.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import httpx
+import trio
 
 from ._fakecore import Answer, FakeCore, H11Server, Kind, Received, Rejected, Trouble
 from ._nursery import open_actor_nursery
 from ._sink import EventRecord, TelemetryRecord
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .devcore import DevCore
@@ -131,11 +134,19 @@ async def assert_telemetry_sent(
     config_id: str | None = None,
     metric: str | None = None,
     at_least: int = 1,
+    within: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Core stored at least ``at_least`` telemetry payloads matching; returns them."""
-    found = await core.telemetry(device_id=device_id, config_id=config_id)
-    if metric is not None:
-        found = [t for t in found if metric in t.get("metrics", {})]
+    """Core stored at least ``at_least`` telemetry payloads matching, waiting up to
+    ``within`` seconds for them (of the test's clock: real, or trio's virtual one);
+    returns them."""
+
+    async def matching() -> list[dict[str, Any]]:
+        found = await core.telemetry(device_id=device_id, config_id=config_id)
+        return [t for t in found if metric is None or metric in t.get("metrics", {})]
+
+    found = await _waited(
+        core.data.next_arrival, matching, lambda found: len(found) >= at_least, within
+    )
     assert len(found) >= at_least, (
         f"expected >= {at_least} telemetry payloads for device_id={device_id!r} "
         f"config_id={config_id!r} metric={metric!r}; Core has {len(found)}"
@@ -147,11 +158,32 @@ async def assert_telemetry_sent(
 
 
 async def assert_event_sent(
-    core: DevCore, event_type: str, *, device_id: str | None = None
+    core: DevCore, event_type: str, *, device_id: str | None = None, within: float = 0.0
 ) -> list[dict[str, Any]]:
-    found = await core.events(event_type=event_type, device_id=device_id)
+    """Core stored an event of ``event_type``, waiting up to ``within`` seconds for it."""
+
+    async def matching() -> list[dict[str, Any]]:
+        return await core.events(event_type=event_type, device_id=device_id)
+
+    found = await _waited(core.data.next_arrival, matching, bool, within)
     assert found, f"Core has no {event_type!r} event for device_id={device_id!r}"
     return found
+
+
+async def _waited(
+    arrival: Callable[[], Awaitable[None]],
+    read: Callable[[], Awaitable[T]],
+    done: Callable[[T], object],
+    within: float,
+) -> T:
+    """``read()`` again at each ``arrival()`` (a payload reaching Core), until ``done``
+    says so or ``within`` seconds have passed; the last read."""
+    value = await read()
+    with trio.move_on_after(within):
+        while not done(value):
+            await arrival()
+            value = await read()
+    return value
 
 
 _ENTITY_FIELDS = (
