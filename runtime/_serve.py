@@ -30,14 +30,24 @@ __all__ = ["hypercorn_config", "parse_port", "serve"]
 log = logging.getLogger("runtime.serve")
 
 
+#: Seconds an idle connection is kept open, and the most a request's line and headers may
+#: take to arrive (hypercorn's idle timer runs until a request's head is complete).
+KEEP_ALIVE_TIMEOUT = 5
+
+
 def hypercorn_config(bind: str, *, graceful_timeout: float, quiet: bool = False) -> Config:
-    """Hypercorn settings for a Quart-Trio app: no access log, and a read timeout, because
-    quart-trio + hypercorn never close an idle keep-alive connection by its own timer and
-    graceful shutdown would wait for it (docs/design.md, hypercorn)."""
+    """Hypercorn settings for a Quart-Trio app: no access log, no read timeout, and the
+    keep-alive timer for idle connections and slow request heads.
+
+    hypercorn's ``read_timeout`` bounds every read, also while a handler runs: it cut
+    every answer slower than itself (a 7 s refresh, an 8 s command). The keep-alive timer
+    closes idle connections once the app layer ``_disconnect_after_send`` lets it run;
+    bodies are bounded by the app's ``BODY_TIMEOUT`` (docs/design.md, hypercorn)."""
     config = Config()
     config.bind = [bind]
     config.accesslog = None
-    config.read_timeout = 5
+    config.read_timeout = None
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
     config.graceful_timeout = graceful_timeout
     if quiet:
         config.errorlog = None

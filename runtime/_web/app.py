@@ -54,6 +54,10 @@ MakeResponse = Callable[[Any], Awaitable[Any]]
 OPEN_ROUTES = frozenset({"/health", "/openapi.json", "/docs"})
 #: The code of a body that does not match its route's model, by blueprint.
 _INVALID = {"config": "invalid_config", "commands": "invalid_command"}
+#: Seconds a route waits for its request's body once it asks for it; then 408. The largest
+#: body taken (16 MiB, a snapshot) at about 1 MB/s; Core sends from the same host or LAN.
+#: Slow clients hold a connection no longer than this (docs/design.md, hypercorn).
+BODY_TIMEOUT = 20
 
 
 def build_app(integration: Integration) -> QuartTrio:
@@ -62,6 +66,7 @@ def build_app(integration: Integration) -> QuartTrio:
     app.request_class = JsonRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_SNAPSHOT_BODY  # the largest; per route in bodies.py
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0.5
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
     app.extensions[INTEGRATION_KEY] = integration
     QuartSchema(
         app,
@@ -89,7 +94,7 @@ def build_app(integration: Integration) -> QuartTrio:
     app.before_request(_authenticate)
     _install_errors(app)
     _install_lifecycle(app, integration)
-    app.asgi_app = _health_first(app, app.asgi_app)  # type: ignore[method-assign, assignment]
+    app.asgi_app = _health_first(app, _disconnect_after_send(app.asgi_app))  # type: ignore[method-assign, assignment]
     return app
 
 
@@ -218,6 +223,51 @@ def _health_first(app: QuartTrio, asgi_app: ASGIApp) -> ASGIApp:
                 await send({"type": "http.response.body", "body": body})
                 return
         await asgi_app(scope, receive, send)
+
+    return asgi
+
+
+def _disconnect_after_send(asgi_app: ASGIApp) -> ASGIApp:
+    """Hand Quart a request's ``http.disconnect`` only once no ``send`` is in progress.
+
+    Quart-Trio runs a request as two tasks in one nursery, and cancels that nursery as soon
+    as its receiving task sees ``http.disconnect``. hypercorn puts that message in the
+    queue from *inside* the ``send`` of the response's last part, and then, still inside
+    that ``send``, closes the connection (``Connection: close``, or a body left unread) or
+    starts its keep-alive timer. The cancellation reached that work at its next
+    checkpoint: the close never happened (the socket stayed open until the client or a
+    read timeout ended it) and the timer task died, so idle keep-alive connections were
+    never closed (docs/design.md, hypercorn). Holding the message until the ``send``
+    returns lets hypercorn finish; a client that leaves while a handler works (no
+    ``send`` in progress) still cancels the handler at once."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await asgi_app(scope, receive, send)
+            return
+        sending = 0
+        idle = trio.Event()
+        idle.set()
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal sending, idle
+            if not sending:
+                idle = trio.Event()
+            sending += 1
+            try:
+                await send(message)
+            finally:
+                sending -= 1
+                if not sending:
+                    idle.set()
+
+        async def held_receive() -> Any:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                await idle.wait()
+            return message
+
+        await asgi_app(scope, held_receive, tracked_send)
 
     return asgi
 

@@ -47,6 +47,20 @@ async def command(data: CommandRequest) -> tuple[CommandReply, int]:
     device = _target(rt, data)
     _check_capabilities(device, data)
     key = request.headers.get(IDEMPOTENCY_HEADER) or data.idempotency_key
+    # Not cancelled with the request (the client left, the server is draining): cut short,
+    # a command the device may have run would stay "started" in the ledger, and its retry
+    # would get 409 outcome_unknown although it completed. Bounded all the same: the
+    # supervisor waits at most the command's own timeout plus a second for the actor's
+    # reply, and the ledger's writes are single-row transactions.
+    with trio.CancelScope(shield=True):
+        answer = await _run_recorded(rt, device, data, key)
+    return answer  # noqa: RET504 - returned outside: a cancel scope's exit may swallow
+
+
+async def _run_recorded(
+    rt: Runtime, device: DeviceSlice, data: CommandRequest, key: str | None
+) -> tuple[CommandReply, int]:
+    """Run the command once per idempotency key, keeping its outcome under the key."""
     if key:
         fingerprint = command_fingerprint(data.command, device.identity.id, data.arguments)
         known = await rt.ledger.begin(key, fingerprint)
@@ -54,11 +68,10 @@ async def command(data: CommandRequest) -> tuple[CommandReply, int]:
             return _replay(known, fingerprint, data.command)
     status, reply, never_ran = await _run(device, data)
     if key:
-        with trio.CancelScope(shield=True):
-            if never_ran:  # busy or restarting: a retry with this key must run it
-                await rt.ledger.forget(key)
-            else:
-                await rt.ledger.finish(key, status, reply.model_dump(mode="json"))
+        if never_ran:  # busy or restarting: a retry with this key must run it
+            await rt.ledger.forget(key)
+        else:
+            await rt.ledger.finish(key, status, reply.model_dump(mode="json"))
     return reply, status
 
 
