@@ -34,3 +34,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_.value.code == 0
     assert __version__ in capsys.readouterr().out
+
+
+def test_serve_help_says_why_it_binds_every_interface(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default 0.0.0.0: Core reaches the container from outside it" in text
+    assert "127.0.0.1" in text
