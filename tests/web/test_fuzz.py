@@ -67,7 +67,12 @@ def runtime_url(
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a frozen runtime ignores SIGTERM: never leak it
+            process.kill()
+            process.wait()
+            raise
 
 
 def fuzz(url: str, mode: GenerationMode) -> list[str]:
