@@ -173,3 +173,30 @@ async def test_under_plain_hypercorn_connections_close_too(
         )
         assert parse(idle)[0] == 200 and closed is not None and 0.9 < closed < 2, closed
         stop.set()
+
+
+async def test_a_body_that_does_not_come_is_a_408(
+    core: FakeCore, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """With no read timeout, a slow body is bounded by the app's BODY_TIMEOUT (20 s; 1 s
+    here): 408 problem+json, and the connection is closed."""
+    app = INTEGRATION.app()
+    app.config["BODY_TIMEOUT"] = 1
+    config = hypercorn_config("127.0.0.1:0", graceful_timeout=0.5, quiet=True)
+    async with open_runtime(INTEGRATION, env=env_for(tmp_path, core)) as rt:
+        app.extensions[RUNTIME_KEY] = rt
+        serving = partial(
+            serve_supervised,
+            app,
+            config,
+            limits=ConnectionLimits(10),
+            shutdown_trigger=trio.sleep_forever,
+        )
+        port = port_of((await nursery.start(serving))[0])
+        head = b"POST /config HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        answer, closed = await exchange(port, head, read_for=5, trickle=b'"id"', every=0.3)
+        status, headers, body = parse(answer)
+        assert (status, headers["content-type"]) == (408, "application/problem+json")
+        assert json.loads(body)["code"] == "request_timeout"
+        assert closed is not None and 1 <= closed < 2.5, closed
+        nursery.cancel_scope.cancel()
