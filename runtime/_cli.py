@@ -83,7 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "target", help="module:integration, e.g. examples.simulated_home:integration"
     )
-    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    serve.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="address to bind (default 0.0.0.0: Core reaches the container from outside it, "
+        "so every interface; 127.0.0.1 keeps the routes to this host)",
+    )
     serve.add_argument("--port", type=int, default=None, help="port (default: $PORT, else 8000)")
     serve.add_argument("--app-dir", default=".", help="where to import it from (default: .)")
     serve.add_argument(

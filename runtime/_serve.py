@@ -7,6 +7,10 @@ being logged by a lifespan handler while the server keeps answering 200s.
 SIGTERM or SIGINT: hypercorn stops accepting and drains requests in flight, then the
 actors stop (teardown), the outbox writes what is undelivered to the spool and the
 client closes, each bounded, so the process exits within the grace period.
+
+hypercorn serves behind the runtime's own accept gate (``_web/server.py``): a connection
+cap below the file limit, 503 past it (``/health`` still answers), and a restart on the
+same sockets if the server fails.
 """
 
 from __future__ import annotations
@@ -18,30 +22,44 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
 from ._integration import Integration
 from ._logs import runtime_logger
 from ._outbox import Durability, OutboxSettings
 from ._runtime import open_runtime
 from ._web import RUNTIME_KEY
+from ._web.server import ConnectionLimits, serve_supervised
 
 __all__ = ["hypercorn_config", "parse_port", "serve"]
 
 log = runtime_logger("runtime.serve")
 
 
+#: Seconds an idle connection is kept open, and the most a request's line and headers may
+#: take to arrive (hypercorn's idle timer runs until a request's head is complete).
+KEEP_ALIVE_TIMEOUT = 5
+
+
 def hypercorn_config(bind: str, *, graceful_timeout: float, quiet: bool = False) -> Config:
-    """Hypercorn settings for a Quart-Trio app: no access log, and a read timeout, because
-    quart-trio + hypercorn never close an idle keep-alive connection by its own timer and
-    graceful shutdown would wait for it (docs/design.md, hypercorn)."""
+    """Hypercorn settings for a Quart-Trio app: no access log, no read timeout, and the
+    keep-alive timer for idle connections and slow request heads.
+
+    hypercorn's ``read_timeout`` bounds every read, also while a handler runs: it cut
+    every answer slower than itself (a 7 s refresh, an 8 s command). The keep-alive timer
+    closes idle connections once the app layer ``_disconnect_after_send`` lets it run;
+    bodies are bounded by the app's ``BODY_TIMEOUT`` and responses by the server's send
+    timeout (docs/design.md, hypercorn)."""
     config = Config()
     config.bind = [bind]
     config.accesslog = None
     # A logger, not a target: hypercorn then adds no handler of its own (with its own
     # format and no redaction), and its lines reach the process's handlers.
     config.errorlog = runtime_logger("hypercorn.error")
-    config.read_timeout = 5
+    config.read_timeout = None
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    # A burst of connections waits in the kernel, not dropped (a dropped SYN is retried
+    # after a second), while the accept loop sorts them: it costs no descriptor.
+    config.backlog = 1024
     config.graceful_timeout = graceful_timeout
     if quiet:
         config.errorlog = None
@@ -76,12 +94,15 @@ async def serve(
     host: str = "0.0.0.0",  # Core reaches the container from outside it
     port: int | None = None,
     durability: Durability | None = None,
+    limits: ConnectionLimits | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``integration`` and serve its routes until SIGTERM/SIGINT.
 
     ``durability`` (``memory`` or ``write_ahead``) overrides ``PIPHI_DURABILITY``; see
-    ``OutboxSettings.durability`` and README, "Durability windows".
+    ``OutboxSettings.durability`` and README, "Durability windows". ``limits``: how many
+    connections at once and how long a client may stall; by default half of this
+    process's file limit (``ConnectionLimits.for_file_limit``).
     """
     env = os.environ if env is None else env
     config = hypercorn_config(
@@ -98,7 +119,13 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
             urls = await nursery.start(
-                partial(hypercorn_serve, app, config, shutdown_trigger=stop.wait)
+                partial(
+                    serve_supervised,
+                    app,
+                    config,
+                    limits=limits or ConnectionLimits.for_file_limit(),
+                    shutdown_trigger=stop.wait,
+                )
             )
             log.info(
                 "serving %s on %s (durability %s)",

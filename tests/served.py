@@ -17,7 +17,7 @@ from runtime import DeviceActor, Integration, Reading, RuntimeConfig
 from runtime._web import RUNTIME_KEY
 from runtime.lowlevel import Runtime, open_runtime
 from runtime.testing import FakeCore
-from tests.helpers import Probe
+from tests.helpers import PatientProbe, Probe
 
 SECRET = "hunter2-very-secret"
 CORE_TOKEN = "core-token-abc123"
@@ -49,6 +49,23 @@ INTEGRATION = Integration(
     actor=Probe,
     discover=discover,
 )
+
+
+async def slow_discover(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    await trio.sleep(float(inputs.get("sleep", 0)))
+    return [{"id": "found-slowly"}]
+
+
+SLOW = Integration(
+    id="slow-int",
+    name="Slow Integration",
+    version="1.0.0",
+    actor=PatientProbe,
+    discover=slow_discover,
+)
+"""Routes as slow as a device makes them: polls of a minute at most, ``echo`` sleeping as
+asked, discovery sleeping ``inputs["sleep"]`` seconds (``python -m runtime serve
+tests.served:SLOW``)."""
 
 
 @attrs.define

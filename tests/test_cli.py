@@ -83,3 +83,12 @@ def test_serve_as_the_readme_prints_it_from_a_fresh_shell(tmp_path: Path) -> Non
     # It imported the module (no "No module named 'examples'") and only then refused PORT.
     assert "No module named" not in result.stderr
     assert "PORT must be an integer" in result.stderr
+
+
+def test_serve_help_says_why_it_binds_every_interface(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default 0.0.0.0: Core reaches the container from outside it" in text
+    assert "127.0.0.1" in text

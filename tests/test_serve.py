@@ -85,9 +85,10 @@ async def test_sigterm_spools_and_a_restart_delivers(tmp_path: Path, nursery: tr
 
     await core.up()
     async with runtime_process(env) as (proc, url), httpx.AsyncClient(base_url=url) as http:
-        # Core's next snapshot tells the restarted runtime who it is (adopted mode: only
-        # an applied snapshot teaches auth); until then it holds what it spooled.
-        await http.post("/config/sync", json={"generation": 1, "configs": configs}, headers=headers)
+        # Core's next snapshot tells the restarted runtime who it is (adopted mode: only an
+        # applied snapshot teaches auth); until then it holds what it spooled.
+        resync = {"generation": 2, "configs": configs}
+        assert (await http.post("/config/sync", json=resync, headers=headers)).status_code == 200
         health = (await http.get("/health")).json()
         assert health["runtime"]["devices"] == DEVICES, "the devices come back from our copy"
         await wait_until(

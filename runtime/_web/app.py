@@ -35,7 +35,7 @@ from quart_schema.validation import QuerystringValidationError
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .._contract import CONTAINER_HEADER, TOKEN_HEADER, Answer
+from .._contract import CONTAINER_HEADER, PROBLEM_JSON, TOKEN_HEADER, Answer
 from .._integration import Integration
 from .._logs import configure as configure_logs
 from .._logs import runtime_logger
@@ -56,6 +56,10 @@ MakeResponse = Callable[[Any], Awaitable[Any]]
 OPEN_ROUTES = frozenset({"/health", "/openapi.json", "/docs"})
 #: The code of a body that does not match its route's model, by blueprint.
 _INVALID = {"config": "invalid_config", "commands": "invalid_command"}
+#: Seconds a route waits for its request's body once it asks for it; then 408. The largest
+#: body taken (16 MiB, a snapshot) at about 1 MB/s; Core sends from the same host or LAN.
+#: Slow clients hold a connection no longer than this (docs/design.md, hypercorn).
+BODY_TIMEOUT = 20
 
 
 def build_app(integration: Integration) -> QuartTrio:
@@ -64,6 +68,7 @@ def build_app(integration: Integration) -> QuartTrio:
     app.request_class = JsonRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_SNAPSHOT_BODY  # the largest; per route in bodies.py
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 0.5
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
     app.extensions[INTEGRATION_KEY] = integration
     QuartSchema(
         app,
@@ -100,7 +105,8 @@ def build_app(integration: Integration) -> QuartTrio:
     app.before_request(_authenticate)
     _install_errors(app)
     _install_lifecycle(app, integration)
-    app.asgi_app = _health_first(app, app.asgi_app, requests)  # type: ignore[method-assign, assignment]
+    quart = _disconnect_after_send(app.asgi_app)
+    app.asgi_app = _health_first(app, _token_first(app, quart), requests)  # type: ignore[method-assign, assignment]
     return app
 
 
@@ -140,18 +146,31 @@ async def _authenticate() -> None:
     if not isinstance(rt, Runtime) or request.path in OPEN_ROUTES:
         return
     headers = request.headers
-    token = headers.get(TOKEN_HEADER)
-    if token is None and headers.get("Authorization", "").startswith("Bearer "):
-        token = headers["Authorization"][7:]  # what Prometheus and most tools can send
+    token = presented_token(headers.get)
     if rt.managed and not rt.client.token_matches(token):
-        raise Problem(
-            401,
-            "This runtime requires Core's integration token.",
-            code="auth_required",
-            hint=f"Send the {TOKEN_HEADER} header Core gave this runtime.",
-            headers={"WWW-Authenticate": "PiPhi-Token"},
-        )
+        raise _auth_required()
     rt.learn_auth(headers.get(CONTAINER_HEADER), token, from_snapshot=False)
+
+
+def presented_token(header: Callable[[str], str | None]) -> str | None:
+    """The integration token a request presents (``header`` looks a lower-case name up):
+    its own header, else a bearer token, which Prometheus and most tools can send."""
+    token = header(TOKEN_HEADER.lower())
+    if token is None:
+        authorization = header("authorization") or ""
+        if authorization.startswith("Bearer "):
+            token = authorization[7:]
+    return token
+
+
+def _auth_required() -> Problem:
+    return Problem(
+        401,
+        "This runtime requires Core's integration token.",
+        code="auth_required",
+        hint=f"Send the {TOKEN_HEADER} header Core gave this runtime.",
+        headers={"WWW-Authenticate": "PiPhi-Token"},
+    )
 
 
 def _install_errors(app: QuartTrio) -> None:
@@ -232,6 +251,84 @@ def _health_first(app: QuartTrio, asgi_app: ASGIApp, requests: Counter[tuple[str
                 requests[("/health", "200")] += 1
                 return
         await asgi_app(scope, receive, send)
+
+    return asgi
+
+
+def _token_first(app: QuartTrio, asgi_app: ASGIApp) -> ASGIApp:
+    """Managed mode: refuse a request without Core's token before Quart, exactly as
+    ``_authenticate`` would. A request context costs about 2 ms of CPU; 1,100 requests
+    without a token at once held ``/health`` up for over 2 s, and refused here they cost
+    little more than hypercorn's parsing. ``_authenticate`` still checks every request
+    Quart sees (and learns the container id)."""
+    problem = _auth_required()
+    body = problem.document().model_dump_json(exclude_none=True).encode()
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in problem.headers.items()),
+    ]
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and scope.get("path") not in OPEN_ROUTES:
+            rt = app.extensions.get(RUNTIME_KEY)
+            if isinstance(rt, Runtime) and rt.managed:
+                sent = {k.decode("latin-1"): v for k, v in scope.get("headers", ())}
+
+                def header(name: str) -> str | None:
+                    value = sent.get(name)
+                    return None if value is None else value.decode("latin-1")
+
+                if not rt.client.token_matches(presented_token(header)):
+                    await send({"type": "http.response.start", "status": 401, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await asgi_app(scope, receive, send)
+
+    return asgi
+
+
+def _disconnect_after_send(asgi_app: ASGIApp) -> ASGIApp:
+    """Hand Quart a request's ``http.disconnect`` only once no ``send`` is in progress.
+
+    Quart-Trio runs a request as two tasks in one nursery, and cancels that nursery as soon
+    as its receiving task sees ``http.disconnect``. hypercorn puts that message in the
+    queue from *inside* the ``send`` of the response's last part, and then, still inside
+    that ``send``, closes the connection (``Connection: close``, or a body left unread) or
+    starts its keep-alive timer. The cancellation reached that work at its next
+    checkpoint: the close never happened (the socket stayed open until the client or a
+    read timeout ended it) and the timer task died, so idle keep-alive connections were
+    never closed (docs/design.md, hypercorn). Holding the message until the ``send``
+    returns lets hypercorn finish; a client that leaves while a handler works (no
+    ``send`` in progress) still cancels the handler at once."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await asgi_app(scope, receive, send)
+            return
+        sending = 0
+        idle = trio.Event()
+        idle.set()
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal sending, idle
+            if not sending:
+                idle = trio.Event()
+            sending += 1
+            try:
+                await send(message)
+            finally:
+                sending -= 1
+                if not sending:
+                    idle.set()
+
+        async def held_receive() -> Any:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                await idle.wait()
+            return message
+
+        await asgi_app(scope, held_receive, tracked_send)
 
     return asgi
 

@@ -47,6 +47,20 @@ async def command(data: CommandRequest) -> tuple[CommandReply, int]:
     device, target = _target(rt, data)
     _check_capabilities(device, data)
     key = request.headers.get(IDEMPOTENCY_HEADER) or data.idempotency_key
+    # Not cancelled with the request (the client left, the server is draining): cut short,
+    # a command the device may have run would stay "started" in the ledger, and its retry
+    # would get 409 outcome_unknown although it completed. Bounded all the same: the
+    # supervisor waits at most the command's own timeout plus a second for the actor's
+    # reply, and the ledger's writes are single-row transactions.
+    with trio.CancelScope(shield=True):
+        answer = await _run_recorded(rt, device, data, key, target)
+    return answer  # noqa: RET504 - returned outside: a cancel scope's exit may swallow
+
+
+async def _run_recorded(
+    rt: Runtime, device: DeviceSlice, data: CommandRequest, key: str | None, target: str
+) -> tuple[CommandReply, int]:
+    """Run the command once per idempotency key, keeping its outcome under the key."""
     child = target if target != device.identity.device_id else None
     if key:
         fingerprint = command_fingerprint(
@@ -66,13 +80,11 @@ async def command(data: CommandRequest) -> tuple[CommandReply, int]:
     )
     status, reply = await _run(device, data, context)
     if key:
-        with trio.CancelScope(shield=True):
-            if reply.outcome == "not_run" or reply.retryable:
-                # It did not run, or running it twice is harmless: a retry with this key
-                # runs it.
-                await rt.ledger.forget(key)
-            else:
-                await rt.ledger.finish(key, status, reply.model_dump(mode="json"))
+        if reply.outcome == "not_run" or reply.retryable:
+            # It did not run, or running it twice is harmless: a retry with this key runs it.
+            await rt.ledger.forget(key)
+        else:
+            await rt.ledger.finish(key, status, reply.model_dump(mode="json"))
     return reply, status
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -69,18 +70,35 @@ OFFLINE = {"offline_every": 1, "offline_for": 1, "crash_every": 0, "slow_every":
 
 @asynccontextmanager
 async def runtime_process(
-    env: Mapping[str, str], *, log: Path | None = None, target: str = SIMULATED_HOME
+    env: Mapping[str, str],
+    *,
+    log: Path | None = None,
+    target: str | None = None,
+    nofile: int | None = None,
 ) -> AsyncIterator[tuple[trio.Process, str]]:
     """``piphi-runtime serve`` of ``target`` on 127.0.0.1, port 0; yields the process and
     its URL.
 
-    Its stderr (the log) goes to ``log`` when given. Killed on the way out if still running.
+    Its stderr (the log) goes to ``log`` when given. ``target`` replaces the simulated
+    home (``module:integration``); ``nofile`` lowers the child's file limit (only the
+    child's). Killed on the way out if still running.
     """
-    args = [*CLI, "serve", target, "--host", "127.0.0.1", "--port", "0"]
+    args = [*(SERVE if target is None else [*CLI, "serve", target]), "--host", "127.0.0.1"]
+    args += ["--port", "0"]
     stderr: TextIO | int = subprocess.DEVNULL if log is None else log.open("a")
+
+    def limit_files() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     try:
         proc = await trio.lowlevel.open_process(
-            args, stdout=subprocess.PIPE, stderr=stderr, env=dict(env), cwd=ROOT
+            args,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=dict(env),
+            cwd=ROOT,
+            preexec_fn=limit_files,
         )
     finally:
         if not isinstance(stderr, int):
