@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # what the names are; at run time each module is imported on 
         PollInterval,
         RuntimeConfig,
     )
+    from ._entities import entity
     from ._errors import (
         DeviceUnavailable,
         InvalidActor,
@@ -52,6 +53,7 @@ _WHERE = {
     "CommandContext": "_actor",
     "DeviceActor": "_actor",
     "command": "_actor",
+    "entity": "_entities",
     "Capability": "_capability",
     "ChildView": "_children",
     "MIN_POLL_INTERVAL": "_config",
@@ -113,4 +115,5 @@ __all__ = [
     "Severity",
     "__version__",
     "command",
+    "entity",
 ]

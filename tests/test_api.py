@@ -12,7 +12,7 @@ AUTHORING = {
     "DeviceIdentity", "DeviceUnavailable", "Integration", "InvalidActor", "InvalidConfig",
     "InvalidEvent", "InvalidReading", "MAX_PAYLOAD_BYTES", "MIN_POLL_INTERVAL", "PiPhiError",
     "PollInterval", "Reading", "ReconfigurationRequired", "RestartPolicy", "RuntimeConfig",
-    "Severity", "__version__", "command",
+    "Severity", "__version__", "command", "entity",
 }  # fmt: skip
 
 LOWLEVEL = {

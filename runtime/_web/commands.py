@@ -148,6 +148,7 @@ def _target(rt: Runtime, data: CommandRequest) -> tuple[DeviceSlice, str]:
     entity_id = data.target_entity_id
     if entity_id and not (config_id or device_id):
         config_id, _, entity_device = entity_id.partition(":")
+        entity_device = entity_device.partition(":")[0]  # <config>:<device>[:<key>]
         device_id = device_id or entity_device or None
     if config_id:
         found = rt.registry.select(lambda i: config_id in (i.config_id, i.id))

@@ -209,9 +209,11 @@ def device_entities(device: DeviceSlice) -> list[Entity]:
     own: list[Entity] = []
     others: list[Entity] = []
     by_child: dict[str, list[Entity]] = {}
-    for raw in device.entities:
+    declared = [dict(raw) for raw in device.entities]
+    for raw in declared:
+        _fill_id(raw, identity.config_id, identity.device_id, several=len(declared) > 1)
         try:
-            entity = Entity.model_validate({**filled, **redact(dict(raw))})
+            entity = Entity.model_validate({**filled, **redact(raw)})
         except (ValidationError, TypeError, ValueError) as exc:
             log.warning("%s: an entity from entities() is malformed: %s", identity.id, exc)
             own, others, by_child = [], [], {}
@@ -227,6 +229,17 @@ def device_entities(device: DeviceSlice) -> list[Entity]:
     for child in device.children:
         out += by_child.get(child.device_id) or [_child_entity(device, child)]
     return out
+
+
+def _fill_id(raw: dict[str, Any], config_id: str, own_device: str, *, several: bool) -> None:
+    """A declared entity without an ``id`` gets ``<config_id>:<device_id>``, and ``:<key>``
+    (``entity()``'s, else its name's) when the device declares several."""
+    key = raw.pop("key", None)
+    if raw.get("id"):
+        return
+    device_id = raw.get("device_id") or own_device
+    suffix = f":{key or raw.get('name', 'entity')}" if several else ""
+    raw["id"] = f"{config_id}:{device_id}{suffix}"
 
 
 def _default_entity(device: DeviceSlice) -> Entity:
