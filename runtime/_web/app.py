@@ -38,7 +38,7 @@ from werkzeug.exceptions import HTTPException
 from .._contract import CONTAINER_HEADER, TOKEN_HEADER, Answer
 from .._integration import Integration
 from .._runtime import Runtime, open_runtime
-from . import commands, config, describe, devices, health
+from . import commands, config, describe, devices, health, status
 from .bodies import MAX_SNAPSHOT_BODY, JsonRequest, body_limit
 from .context import INTEGRATION_KEY, RUNTIME_KEY
 from .problem import Problem, field_errors, problem_response
@@ -49,9 +49,9 @@ log = logging.getLogger("runtime.web")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 MakeResponse = Callable[[Any], Awaitable[Any]]
-#: Routes that neither need nor teach credentials: liveness, and the API's own
-#: description (it carries no data).
-OPEN_ROUTES = frozenset({"/health", "/openapi.json", "/docs"})
+#: Routes that neither need nor teach credentials: liveness, the API's own description
+#: and the status page with its assets (they carry no data).
+OPEN_ROUTES = frozenset({"/health", "/openapi.json", "/docs", *status.PAGE_PATHS})
 #: The code of a body that does not match its route's model, by blueprint.
 _INVALID = {"config": "invalid_config", "commands": "invalid_command"}
 
@@ -83,7 +83,7 @@ def build_app(integration: Integration) -> QuartTrio:
         openapi_provider_class=describe.ContractOpenAPI,
     )
     app.make_response = _answers_as_json(app.make_response)  # type: ignore[method-assign, assignment]
-    for module in (health, config, commands, devices, describe):
+    for module in (health, config, commands, devices, describe, status):
         app.register_blueprint(module.blueprint)
     app.before_request(_refuse_oversized)
     app.before_request(_authenticate)
