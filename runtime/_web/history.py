@@ -3,9 +3,10 @@
 The supervisor keeps no history of its states, only the current one and since when, so the
 web layer looks at every actor's state once a second and, when it differs from the last
 look, records the device's health at that moment in a small ring. A look at an actor whose
-state has not changed is a property read and a comparison (about 0.3 us), so the watch
-costs a few milliseconds a second at 10,000 devices; only a device that changed pays for a
-health snapshot. A spell shorter than a second may be missing from the history, never from
+state has not changed is a few attribute reads and a dictionary look-up (under a
+microsecond), so the watch costs milliseconds a second at 5,000 devices
+(docs/benchmarks.md, bench/status.py); only a device that changed pays for a health
+snapshot. A spell shorter than a second may be missing from the history, never from
 the restart count or the device's events, which the detail view shows beside it.
 """
 
@@ -61,22 +62,24 @@ class HealthHistory:
 
         A device with a new supervisor (restarted with a new config) counts as changed; a
         device no longer running is forgotten."""
-        seen: dict[str, tuple[Supervisor, ActorState]] = {}
+        running = list(actors)
+        seen = self._seen
         snapshots = 0
-        for supervisor in list(actors):
+        for supervisor in running:
             config_id = supervisor.identity.config_id
             state = supervisor.state
-            seen[config_id] = (supervisor, state)
-            before = self._seen.get(config_id)
+            before = seen.get(config_id)
             if before is not None and before[0] is supervisor and before[1] is state:
                 continue
+            seen[config_id] = (supervisor, state)
             self._record(config_id, supervisor.health())
             snapshots += 1
             if snapshots % _YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()
-        self._seen = seen
-        if len(self._rings) > len(seen):
-            self._rings = {k: v for k, v in self._rings.items() if k in seen}
+        if len(seen) > len(running):  # every running device is in it: the rest are gone
+            current = {s.identity.config_id for s in running}
+            self._seen = {k: v for k, v in seen.items() if k in current}
+            self._rings = {k: v for k, v in self._rings.items() if k in current}
 
     def _record(self, config_id: str, health: ActorHealth) -> None:
         ring = self._rings.get(config_id)

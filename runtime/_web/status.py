@@ -14,6 +14,7 @@ reads counters for the rest. Costs are in docs/benchmarks.md (bench/status.py).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
@@ -184,12 +185,16 @@ async def device(config_id: str) -> DeviceStatusAnswer:
 def _select(
     actors: Iterable[Supervisor], state: str | None, q: str | None
 ) -> tuple[dict[str, int], list[Supervisor]]:
-    """Every actor counted by state, and those matching the filters, by config id."""
+    """Every actor counted by state, and those matching the filters, by config id.
+
+    This runs over the whole fleet on every refresh of every open page, so it reads each
+    state's stored value (``_value_``: ``.value`` and hashing a member are Python-level
+    calls, about a microsecond per device) and sorts with a key made in C."""
     by_state: dict[str, int] = {}
     needle = q.lower() if q else None
     chosen = []
     for supervisor in actors:
-        current = supervisor.state.value
+        current: str = supervisor.state._value_
         by_state[current] = by_state.get(current, 0) + 1
         if state and current != state:
             continue
@@ -200,13 +205,11 @@ def _select(
             if needle not in ids.lower():
                 continue
         chosen.append(supervisor)
-    chosen.sort(key=_order)
+    chosen.sort(key=_ORDER)
     return by_state, chosen
 
 
-def _order(supervisor: Supervisor) -> tuple[str, str]:
-    identity = supervisor.identity
-    return identity.config_id, identity.id
+_ORDER = operator.attrgetter("identity.config_id", "identity.id")
 
 
 def _summary(rt: Runtime, by_state: dict[str, int]) -> StatusSummary:

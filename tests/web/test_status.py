@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from runtime import DeviceActor, Integration, Reading, RuntimeConfig
 from runtime._supervisor import Supervisor
+from runtime._web.history import HealthHistory
 from runtime.testing import FakeCore
 from tests.helpers import Probe
 from tests.served import CORE_HEADERS, CORE_TOKEN, Push, Served, env_for, serve
@@ -256,7 +257,13 @@ async def test_a_device_in_detail(
         polls = ["ok", "ok", "ok", "down", "down", "down", "down"]
         config = {"id": "flaky", "config_id": "cfg-flaky", "device_id": "flaky-dev"}
         await configure(served, {**config, "polls": polls})
-        await trio.sleep(12)
+        await trio.sleep(8)
+        for _ in range(120):  # retries back off with jitter: wait for the recovery
+            status, body = await served.get("/status/device/cfg-flaky")
+            if body["row"]["state"] == "running":
+                break
+            await trio.sleep(1)
+        await trio.sleep(2)  # and for the history's next look
         status, body = await served.get("/status/device/cfg-flaky")
         assert status == 200
         assert body["row"]["device_id"] == "flaky-dev"
@@ -324,3 +331,24 @@ async def test_the_openapi_document_describes_the_data_not_the_page(
     assert not any(p.startswith("/status/static") for p in paths)
     parameters = {p["name"] for p in paths["/status/data"]["get"]["parameters"]}
     assert parameters == {"offset", "limit", "state", "q"}
+
+
+async def test_the_history_follows_restarts_and_forgets_removed_devices(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    await configure(served, {"id": "a"}, {"id": "b"})
+    history = HealthHistory()
+    await history.sample(served.runtime.actors)
+    await trio.sleep(2)
+    await history.sample(served.runtime.actors)
+    before = history.of("a")
+    assert before[0].state == "running"
+    await configure(served, {"id": "a", "poll_interval_seconds": 5})  # a new supervisor
+    status, _ = await served.post("/deconfigure", {"id": "b"})
+    assert status == 200
+    await trio.sleep(2)
+    await history.sample(served.runtime.actors)
+    after = history.of("a")
+    assert after[0].state == "running"
+    assert len(after) == len(before) + 1
+    assert history.of("b") == []

@@ -150,6 +150,7 @@
 
   function duration(seconds) {
     if (seconds === null || seconds === undefined) return "–";
+    if (seconds < 0.01) return `${(seconds * 1000).toFixed(1)} ms`;
     if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
     if (seconds < 60) return `${seconds.toFixed(1)} s`;
     if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.floor(seconds % 60)} s`;
@@ -280,7 +281,8 @@
 
   function stateCell(row) {
     const parts = [pill(row.state)];
-    if (!row.available) parts.push(" ", el("span", { class: "sub" }, row.reason ? `unavailable: ${row.reason}` : "unavailable"));
+    if (row.reason) parts.push(el("span", { class: "sub" }, `unavailable: ${row.reason}`));
+    else if (!row.available && row.state !== "unavailable") parts.push(el("span", { class: "sub" }, "unavailable"));
     parts.push(el("span", { class: "sub" }, `for ${ago(row.since).replace(" ago", "")}`));
     return parts;
   }
