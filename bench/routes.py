@@ -1,4 +1,4 @@
-"""/health and /diagnostics latency while N simulated devices poll at 1 Hz.
+"""/health, /diagnostics and /status/data latency while N simulated devices poll at 1 Hz.
 
 Three processes: the fast Core sink (bench/core_sink.py), the runtime under test
 (``piphi-runtime serve examples.simulated_home:integration`` on 127.0.0.1, delivering
@@ -106,6 +106,7 @@ def one_run(devices: int, requests: int, settle: float) -> dict[str, Any]:
                 # Every actor's record, as before /diagnostics was paged (default 100).
                 everything = f"/diagnostics?limit={min(1000, max(1, devices))}"
                 diagnostics = time_gets(http, everything, max(50, requests // 10))
+                status = time_gets(http, "/status/data", max(50, requests // 10))
                 delivery = http.get("/diagnostics").json()["diagnostics"]["delivery"]
     return {
         "devices": devices,
@@ -113,6 +114,8 @@ def one_run(devices: int, requests: int, settle: float) -> dict[str, Any]:
         "health_p99_ms": percentile(health, 0.99),
         "diagnostics_p50_ms": statistics.median(diagnostics),
         "diagnostics_p99_ms": percentile(diagnostics, 0.99),
+        "status_p50_ms": statistics.median(status),
+        "status_p99_ms": percentile(status, 0.99),
         "delivered": delivery["delivered"],
         "spooled": delivery["spooled"],
     }
@@ -135,6 +138,8 @@ def main() -> None:
                 f"run {n + 1} devices={devices}: /health p50 {row['health_p50_ms']:.2f} ms "
                 f"p99 {row['health_p99_ms']:.2f} ms; /diagnostics p50 "
                 f"{row['diagnostics_p50_ms']:.1f} ms p99 {row['diagnostics_p99_ms']:.1f} ms; "
+                f"/status/data p50 {row['status_p50_ms']:.1f} ms p99 "
+                f"{row['status_p99_ms']:.1f} ms; "
                 f"delivered {row['delivered']}",
                 flush=True,
             )
@@ -144,19 +149,24 @@ def main() -> None:
     def med(rs: list[dict[str, Any]], key: str) -> float:
         return statistics.median(r[key] for r in rs)
 
-    print("\n| devices | /health p50 ms | /health p99 ms | /diagnostics p50 ms | /diag. p99 ms |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| devices | /health p50 ms | /health p99 ms | /diagnostics p50 ms | /diag. p99 ms "
+        "| /status/data p50 ms | /status/data p99 ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for rs in (idle, loaded):
         print(
             f"| {rs[0]['devices']} | {med(rs, 'health_p50_ms'):.2f} "
             f"| {med(rs, 'health_p99_ms'):.2f} | {med(rs, 'diagnostics_p50_ms'):.1f} "
-            f"| {med(rs, 'diagnostics_p99_ms'):.1f} |"
+            f"| {med(rs, 'diagnostics_p99_ms'):.1f} | {med(rs, 'status_p50_ms'):.1f} "
+            f"| {med(rs, 'status_p99_ms'):.1f} |"
         )
     ratio = med(loaded, "health_p99_ms") / med(idle, "health_p99_ms")
     print(f"\n/health p99 with {args.devices} devices / with none: {ratio:.2f}")
     print(
         f"RESULT devices={args.devices} health_p99_ms={med(loaded, 'health_p99_ms'):.2f} "
-        f"diagnostics_p99_ms={med(loaded, 'diagnostics_p99_ms'):.1f}"
+        f"diagnostics_p99_ms={med(loaded, 'diagnostics_p99_ms'):.1f} "
+        f"status_data_p99_ms={med(loaded, 'status_p99_ms'):.1f}"
     )
 
 
