@@ -12,6 +12,7 @@ the restart count or the device's events, which the detail view shows beside it.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -24,6 +25,8 @@ from .._runtime import Runtime
 from .._supervisor import Supervisor
 
 __all__ = ["HealthHistory", "Transition"]
+
+log = logging.getLogger("runtime.web")
 
 #: Seconds between two looks at every actor.
 SAMPLE_EVERY = 1.0
@@ -46,16 +49,17 @@ class Transition:
 
 
 class HealthHistory:
-    """The last ``KEEP`` changes of state of every running device, by config id."""
+    """The last ``KEEP`` changes of state of every running device, by local config id (the
+    actor nursery's key: Core's config ids need not be unique)."""
 
     def __init__(self, keep: int = KEEP) -> None:
         self._keep = keep
         self._seen: dict[str, tuple[Supervisor, ActorState]] = {}
         self._rings: dict[str, deque[Transition]] = {}
 
-    def of(self, config_id: str) -> list[Transition]:
+    def of(self, local_id: str) -> list[Transition]:
         """The device's recorded changes, newest first."""
-        return list(reversed(self._rings.get(config_id, ())))
+        return list(reversed(self._rings.get(local_id, ())))
 
     async def sample(self, actors: Iterable[Supervisor]) -> None:
         """Look at every actor once; record the health of those whose state changed.
@@ -66,25 +70,25 @@ class HealthHistory:
         seen = self._seen
         snapshots = 0
         for supervisor in running:
-            config_id = supervisor.identity.config_id
+            local_id = supervisor.identity.id
             state = supervisor.state
-            before = seen.get(config_id)
+            before = seen.get(local_id)
             if before is not None and before[0] is supervisor and before[1] is state:
                 continue
-            seen[config_id] = (supervisor, state)
-            self._record(config_id, supervisor.health())
+            seen[local_id] = (supervisor, state)
+            self._record(local_id, supervisor.health())
             snapshots += 1
             if snapshots % _YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()
         if len(seen) > len(running):  # every running device is in it: the rest are gone
-            current = {s.identity.config_id for s in running}
+            current = {s.identity.id for s in running}
             self._seen = {k: v for k, v in seen.items() if k in current}
             self._rings = {k: v for k, v in self._rings.items() if k in current}
 
-    def _record(self, config_id: str, health: ActorHealth) -> None:
-        ring = self._rings.get(config_id)
+    def _record(self, local_id: str, health: ActorHealth) -> None:
+        ring = self._rings.get(local_id)
         if ring is None:
-            ring = self._rings[config_id] = deque(maxlen=self._keep)
+            ring = self._rings[local_id] = deque(maxlen=self._keep)
         error = health.last_error
         ring.append(
             Transition(
@@ -101,9 +105,18 @@ class HealthHistory:
 
     async def watch(self, find: Callable[[], Runtime | None]) -> None:
         """Sample the runtime ``find`` returns, once a second, until cancelled; while none
-        runs (starting, stopping) there is nothing to look at."""
+        runs (starting, stopping) there is nothing to look at. A failing look is logged
+        and the next one tried: the page's history must never take the app down."""
+        failing = False
         while True:
             runtime = find()
-            if runtime is not None:
-                await self.sample(runtime.actors)
+            try:
+                if runtime is not None:
+                    await self.sample(runtime.actors)
+            except Exception:
+                if not failing:
+                    log.exception("the status page's health history could not look")
+                failing = True
+            else:
+                failing = False
             await trio.sleep(SAMPLE_EVERY)

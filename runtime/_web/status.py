@@ -177,7 +177,7 @@ async def device(config_id: str) -> DeviceStatusAnswer:
         config=redact(supervisor.actor.config.model_dump(mode="json")),
         **_latest(supervisor),
         events=[_event(e) for e in reversed(supervisor.recent_events()[-_EVENTS_SHOWN:])],
-        history=[_transition(t) for t in _history().of(health.config_id)],
+        history=[_transition(t) for t in _history().of(supervisor.identity.id)],
         children=_children(supervisor),
     )
 

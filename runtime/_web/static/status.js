@@ -258,11 +258,16 @@
     const shown = STATES.filter((s) => byState[s] || view.state === s);
     const buttons = [["", `All ${count(total)}`], ...shown.map((s) => [s, `${s} ${count(byState[s] || 0)}`])];
     const box = $("filters");
+    const focused = box.contains(document.activeElement) ? document.activeElement.getAttribute("data-state") : null;
     box.replaceChildren(
       ...buttons.map(([state, label]) =>
         el("button", { type: "button", "data-state": state, "aria-pressed": String(view.state === state) }, label),
       ),
     );
+    if (focused !== null) {
+      const again = box.querySelector(`button[data-state="${CSS.escape(focused)}"]`);
+      if (again) again.focus();
+    }
   }
 
   function onFilter(event) {
