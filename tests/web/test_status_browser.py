@@ -222,6 +222,7 @@ async def test_the_page_shows_the_devices_and_an_outage_within_3_s(
     assert "relay firmware answered E42" in seen["cellar"]
     assert "actor_exception" in seen["cellar"] and "backoff" in seen["cellar"]
     assert "Delivered" in seen["delivery"] and "Spool" in seen["delivery"]
+    print(f"the outage showed after {seen['outage_shown_after']:.2f} s")
     assert seen["outage_shown_after"] < OUTAGE_SHOWN_WITHIN, seen["outage_shown_after"]
     assert "did not answer" in seen["garage"]
     assert "device.unavailable" in seen["detail"] and "Health history" in seen["detail"]
