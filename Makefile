@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck demo bench clean mosquitto
+.PHONY: setup test lint typecheck demo bench clean mosquitto chromium
 
 setup: $(STAMP)
 
@@ -34,7 +34,13 @@ mosquitto:
 	@test -n "$(MOSQUITTO)" || { echo "mosquitto missing; installing Debian's mosquitto"; \
 	  apt-get update -qq && apt-get install -y -qq mosquitto; }
 
-test: lint typecheck mosquitto
+# The status page's browser test drives Debian's chromium with playwright (never
+# `playwright install`: it downloads a browser build of its own).
+chromium:
+	@test -x /usr/bin/chromium || { echo "chromium missing; installing Debian's chromium"; \
+	  apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: lint typecheck mosquitto chromium
 	$(BIN)/pytest
 
 demo: $(STAMP)

@@ -73,7 +73,15 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from runtime import DeviceActor, DeviceUnavailable, PiPhiError, PollInterval, Reading, RuntimeConfig, Severity
+from runtime import (
+    DeviceActor,
+    DeviceUnavailable,
+    PiPhiError,
+    PollInterval,
+    Reading,
+    RuntimeConfig,
+    Severity,
+)
 
 __all__ = [
     "CONVERSIONS",

@@ -8,7 +8,8 @@ Both servers run under hypercorn on 127.0.0.1 in this process: the dev Core
 path). The dev Core holds five device configs and pushes them to the runtime as Core
 would; one plug is flaky on purpose (it crashes every 7th poll and goes offline for 3 of
 every 12), so supervision is visible while its neighbours report undisturbed. The live
-view reads the runtime's ``/diagnostics`` and what the dev Core stored, once a second.
+view reads the runtime's ``/diagnostics`` and what the dev Core stored, once a second; the
+runtime's own status page (``/status``, printed at the start) shows the same in a browser.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from examples.simulated_home import integration
 from runtime._serve import serve
 from runtime.devcore import DevCore
 
+#: The dev Core's and the runtime's shared integration token (a demo's, not a secret).
+TOKEN = "demo-token"
 DEVICES: list[dict[str, Any]] = [
     {"id": "living-room", "device_type": "thermostat", "seed": 1},
     {"id": "bedroom", "device_type": "thermostat", "seed": 2},
@@ -76,10 +79,15 @@ async def snapshot_view(
     return actors, delivered
 
 
-def render(actors: list[dict[str, Any]], delivered: dict[str, int], elapsed: float) -> Any:
+def render(
+    actors: list[dict[str, Any]], delivered: dict[str, int], elapsed: float, page: str = ""
+) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"PiPhi runtime demo: {elapsed:4.0f} s (Ctrl-C to stop)")
+    table = Table(
+        title=f"PiPhi runtime demo: {elapsed:4.0f} s (Ctrl-C to stop)",
+        caption=f"status page: {page} (token {TOKEN})" if page else None,
+    )
     for column in ("device", "actor", "state", "restarts", "polls", "delivered", "last error"):
         table.add_column(column)
     for a in actors:
@@ -104,19 +112,21 @@ async def run_demo(
     show: Callable[[Any], None] | None = None,
     state_dir: Path | None = None,
     handle_signals: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> Summary:
     """Run the demo for ``seconds`` (None: until stopped); return its summary.
-    ``handle_signals``: SIGINT/SIGTERM end it early, cleanly (the command line's case)."""
+    ``handle_signals``: SIGINT/SIGTERM end it early, cleanly (the command line's case).
+    ``announce`` is told the status page's URL once the runtime serves."""
     with tempfile.TemporaryDirectory() as scratch:
         base = state_dir or Path(scratch)
-        core = DevCore(base / "core.db", container_id="demo-container", token="demo-token")
+        core = DevCore(base / "core.db", container_id="demo-container", token=TOKEN)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(core.serve)
             env = {
                 "PIPHI_CORE_BASE_URL": core.data_url,
                 "PIPHI_CONTAINER_ID": core.container_id,
-                "PIPHI_INTEGRATION_INTERNAL_TOKEN": "demo-token",
+                "PIPHI_INTEGRATION_INTERNAL_TOKEN": TOKEN,
                 "PIPHI_STATE_DIR": str(base / "runtime"),
                 "PIPHI_CONFIG_SNAPSHOT_PATH": str(base / "no-snapshot.json"),
             }
@@ -126,6 +136,9 @@ async def run_demo(
             for device in DEVICES:
                 await core.put_config(device)
             await core.push(urls[0])
+            page = f"{urls[0]}/status"
+            if announce is not None:
+                announce(f"status page: {page} (it asks for the integration token: {TOKEN})")
             if handle_signals:
                 nursery.start_soon(_stop_on_signal, stop)
             async with httpx.AsyncClient(
@@ -137,7 +150,8 @@ async def run_demo(
                         await trio.sleep(1)
                         if show is not None:
                             actors, delivered = await snapshot_view(http, core)
-                            show(render(actors, delivered, trio.current_time() - started))
+                            elapsed = trio.current_time() - started
+                            show(render(actors, delivered, elapsed, page))
                 actors, delivered = await snapshot_view(http, core)
             events = tuple(
                 f"{e['device_id']}:{e['type']}"
@@ -169,7 +183,14 @@ def main() -> int:
         from rich.live import Live
 
         with Live(refresh_per_second=2) as live:
-            summary = trio.run(partial(run_demo, seconds, show=live.update, handle_signals=True))
+            run = partial(
+                run_demo,
+                seconds,
+                show=live.update,
+                handle_signals=True,
+                announce=live.console.print,
+            )
+            summary = trio.run(run)
     else:
         from rich.console import Console
 
@@ -182,7 +203,10 @@ def main() -> int:
             if ticks % 5 == 0:
                 console.print(table)
 
-        summary = trio.run(partial(run_demo, seconds, show=every_five, handle_signals=True))
+        run = partial(
+            run_demo, seconds, show=every_five, handle_signals=True, announce=console.print
+        )
+        summary = trio.run(run)
     print(summary.line())
     for event in summary.events:
         print(f"  event {event}")

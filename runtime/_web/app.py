@@ -40,7 +40,7 @@ from .._integration import Integration
 from .._logs import configure as configure_logs
 from .._logs import runtime_logger
 from .._runtime import Runtime, open_runtime
-from . import commands, config, describe, devices, health, metrics
+from . import commands, config, describe, devices, health, metrics, status
 from .bodies import MAX_SNAPSHOT_BODY, JsonRequest, body_limit
 from .context import INTEGRATION_KEY, RUNTIME_KEY
 from .problem import Problem, field_errors, problem_response
@@ -51,9 +51,9 @@ log = runtime_logger("runtime.web")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 MakeResponse = Callable[[Any], Awaitable[Any]]
-#: Routes that neither need nor teach credentials: liveness, and the API's own
-#: description (it carries no data).
-OPEN_ROUTES = frozenset({"/health", "/openapi.json", "/docs"})
+#: Routes that neither need nor teach credentials: liveness, the API's own description
+#: and the status page with its assets (they carry no data).
+OPEN_ROUTES = frozenset({"/health", "/openapi.json", "/docs", *status.PAGE_PATHS})
 #: The code of a body that does not match its route's model, by blueprint.
 _INVALID = {"config": "invalid_config", "commands": "invalid_command"}
 #: Seconds a route waits for its request's body once it asks for it; then 408. The largest
@@ -90,7 +90,7 @@ def build_app(integration: Integration) -> QuartTrio:
         openapi_provider_class=describe.ContractOpenAPI,
     )
     app.make_response = _answers_as_json(app.make_response)  # type: ignore[method-assign, assignment]
-    for module in (health, config, commands, devices, describe, metrics):
+    for module in (health, config, commands, devices, describe, metrics, status):
         app.register_blueprint(module.blueprint)
     requests: Counter[tuple[str, str]] = Counter()
     app.extensions[metrics.REQUESTS_KEY] = requests

@@ -1,8 +1,9 @@
 """What a request handler reaches: the integration it serves and the runtime behind it.
 
-The app holds no long-lived work of its own; it reads and drives a ``Runtime`` found in
-``app.extensions``, put there by whoever owns the process (``serve``, or the app itself
-under the hypercorn CLI; see ``app.py``).
+The app reads and drives a ``Runtime`` found in ``app.extensions``, put there by whoever
+owns the process (``serve``, or the app itself under the hypercorn CLI; see ``app.py``).
+Its one long-lived task of its own is the status page's look at the actors' states once a
+second (``history.py``), which reads and never drives.
 """
 
 from __future__ import annotations

@@ -52,7 +52,16 @@ from .._runtime import Runtime
 from .._supervisor import Supervisor
 from .context import RUNTIME_KEY, current_integration, current_runtime
 
-__all__ = ["blueprint", "health_answer", "integration_info", "unavailable_health"]
+__all__ = [
+    "blueprint",
+    "delivery_stats",
+    "error_view",
+    "health_answer",
+    "integration_info",
+    "rehydration_report",
+    "runtime_figures",
+    "unavailable_health",
+]
 
 blueprint = Blueprint("health", __name__)
 
@@ -86,8 +95,8 @@ async def diagnostics(query_args: DiagnosticsQuery) -> DiagnosticsAnswer:
         integration=integration_info(rt),
         diagnostics=build(
             Diagnostics,
-            runtime=_figures(RuntimeFigures, rt, stats, by_state),
-            delivery=_delivery(stats),
+            runtime=runtime_figures(RuntimeFigures, rt, stats, by_state),
+            delivery=delivery_stats(stats),
             auth=build(
                 AuthInfo,
                 mode="managed" if rt.managed else "adopted",
@@ -95,7 +104,7 @@ async def diagnostics(query_args: DiagnosticsQuery) -> DiagnosticsAnswer:
                 container_id=rt.client.container_id,
                 token_known=rt.client.has_token,
             ),
-            rehydration=_rehydration(rt.rehydration),
+            rehydration=rehydration_report(rt.rehydration),
             actors_by_state=by_state,
             actors=[_actor_record(rt, s) for s in page],
             actors_page=build(
@@ -115,8 +124,12 @@ async def diagnostics(query_args: DiagnosticsQuery) -> DiagnosticsAnswer:
 def health_answer(rt: Runtime) -> HealthAnswer:
     """``/health`` of a running runtime."""
     by_state = count_by_state(rt)
-    figures = _figures(
-        HealthFigures, rt, rt.outbox.stats(), by_state, rehydration=_rehydration(rt.rehydration)
+    figures = runtime_figures(
+        HealthFigures,
+        rt,
+        rt.outbox.stats(),
+        by_state,
+        rehydration=rehydration_report(rt.rehydration),
     )
     return build(
         HealthAnswer,
@@ -183,7 +196,7 @@ def _select(
     return by_state, chosen
 
 
-def _figures(
+def runtime_figures(
     kind: type[RuntimeFigures],
     rt: Runtime,
     stats: OutboxStats,
@@ -221,7 +234,7 @@ def _link(link: LinkStatus) -> CoreLink:
     )
 
 
-def _delivery(stats: OutboxStats) -> DeliveryStats:
+def delivery_stats(stats: OutboxStats) -> DeliveryStats:
     fields = {name: getattr(stats, name) for name in DeliveryStats.model_fields}
     fields["link"] = _link(stats.link)
     if stats.recovery is not None:
@@ -229,7 +242,7 @@ def _delivery(stats: OutboxStats) -> DeliveryStats:
     return build(DeliveryStats, **fields)
 
 
-def _rehydration(report: RehydrationReport | None) -> Rehydration | None:
+def rehydration_report(report: RehydrationReport | None) -> Rehydration | None:
     if report is None:
         return None
     return build(
@@ -247,7 +260,7 @@ def _actor_record(rt: Runtime, supervisor: Supervisor) -> ActorRecord:
         ActorRecord,
         **{name: getattr(health, name) for name in _HEALTH_FIELDS},
         state=health.state.value,
-        last_error=_error_view(health.last_error),
+        last_error=error_view(health.last_error),
         latest_readings_at=supervisor.latest_readings()[1],
         delivery=build(
             DeviceDelivery,
@@ -291,7 +304,7 @@ def _children(supervisor: Supervisor) -> ChildrenHealth | None:
     )
 
 
-def _error_view(error: ErrorRecord | None) -> ErrorView | None:
+def error_view(error: ErrorRecord | None) -> ErrorView | None:
     if error is None:
         return None
     return build(
