@@ -155,3 +155,23 @@ async def test_bodies_nested_too_deeply_are_refused_before_parsing(
     assert status == 200
     copy = json.loads((served.runtime.state_dir / "snapshot.json").read_text())
     assert {c["id"] for c in copy["configs"]} == {"brackets", "deep"}
+
+
+async def test_small_things_a_hostile_or_odd_caller_hits(
+    served: Served, autojump_clock: trio.abc.Clock
+) -> None:
+    # 405 says which methods the route takes.
+    response = await served.client.get("/config")
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"POST"}
+    assert response.content_type == "application/problem+json"
+    # An id with a "/" can be removed by path.
+    status, _ = await served.post("/config", {"id": "room/1"})
+    assert status == 200
+    status, answer = await served.post("/deconfigure/room/1")
+    assert (status, answer["removed"]) == (200, True)
+    # The OpenAPI document declares the token's scheme and that a config needs an id.
+    _, document = await served.get("/openapi.json")
+    assert "piphiToken" in document["components"]["securitySchemes"]
+    schema = document["paths"]["/config"]["post"]["requestBody"]["content"]["application/json"]
+    assert "id" in schema["schema"]["required"]
