@@ -10,8 +10,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
+import attrs
 import trio
 
 from ._actor import DeviceActor
@@ -139,26 +140,21 @@ def _serve(
     target: str, host: str, port: int | None, app_dir: str = ".", durability: str | None = None
 ) -> int:
     from ._integration import Integration
-    from ._outbox import OutboxSettings
-    from ._process import MemoryMonitor
-    from ._serve import parse_port, serve
+    from ._serve import serve
+    from ._settings import Durability, Settings
 
     integration = _load(target, app_dir)
     if not isinstance(integration, Integration):
         raise InvalidActor(f"{target} is not a runtime.Integration")
-    if port is None:
-        parse_port(os.environ.get("PORT"))  # fail before anything starts
-    # PIPHI_DURABILITY and PIPHI_MEMORY_LIMIT_MB are checked before anything starts too.
-    chosen = OutboxSettings.from_env(
-        os.environ, **({"durability": durability} if durability else {})
-    ).durability
-    MemoryMonitor.from_env(os.environ)
-    configure_logs(os.environ)
+    settings = Settings.from_env()  # every variable checked before anything starts
+    if durability is not None:  # argparse keeps it to the two choices
+        settings = attrs.evolve(settings, durability=cast(Durability, durability))
+    configure_logs(settings)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(
-                partial(serve, integration, host=host, port=port, durability=chosen)
+                partial(serve, integration, settings=settings, host=host, port=port)
             )
             print(f"serving {integration.id} on {' '.join(urls)}", flush=True)
 
@@ -173,9 +169,10 @@ def _serve(
 
 
 def _devcore(args: argparse.Namespace) -> int:
+    from ._settings import Settings
     from .devcore import DevCore
 
-    configure_logs(os.environ)
+    configure_logs(Settings.from_env())
     core = DevCore(args.db, container_id=args.container_id, token=args.token or None)
 
     async def main() -> None:

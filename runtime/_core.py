@@ -18,7 +18,6 @@ import email.utils
 import hmac
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -148,11 +147,13 @@ class CoreClient:
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> CoreClient:
         """A client configured from ``PIPHI_CORE_BASE_URL``, ``PIPHI_CONTAINER_ID`` and
         ``PIPHI_INTEGRATION_INTERNAL_TOKEN`` (docs/contract.md, Environment)."""
-        env = os.environ if env is None else env
+        from ._settings import Settings
+
+        settings = Settings.from_env(env)
         return cls(
-            env.get("PIPHI_CORE_BASE_URL") or DEFAULT_CORE_URL,
-            container_id=env.get("PIPHI_CONTAINER_ID"),
-            token=env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN"),
+            settings.core_base_url,
+            container_id=settings.container_id,
+            token=settings.token,
             **kwargs,
         )
 

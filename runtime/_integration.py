@@ -74,12 +74,13 @@ class Integration:
             return self.actor
         return select_by_field(self.select_field, self.actors, default=self.actor)
 
-    def app(self) -> QuartTrio:
+    def app(self, *, exit_on_failure: bool = False) -> QuartTrio:
         """The Quart-Trio app serving this integration (``build_app``):
-        ``hypercorn --worker-class trio module:app``."""
+        ``hypercorn --worker-class trio module:app``. ``exit_on_failure``: under
+        hypercorn's CLI, end the process if the runtime dies (see ``build_app``)."""
         from ._web import build_app
 
-        return build_app(self)
+        return build_app(self, exit_on_failure=exit_on_failure)
 
     def describe(self) -> dict[str, str]:
         return {"id": self.id, "name": self.name, "version": self.version}

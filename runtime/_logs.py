@@ -22,11 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._redact import redact_text
+
+if TYPE_CHECKING:
+    from ._settings import Settings
 
 __all__ = [
     "RedactingFilter",
@@ -135,7 +137,7 @@ def _context_text(record: logging.LogRecord) -> str:
     return f" [{' '.join(parts)}]" if parts else ""
 
 
-def configure(env: Mapping[str, str], *, force: bool = True) -> None:
+def configure(settings: Settings, *, force: bool = True) -> None:
     """Install the runtime's handler on the root logger: the process owner's opt-in.
 
     With ``force=False`` it does nothing when logging is configured already (the app
@@ -144,10 +146,9 @@ def configure(env: Mapping[str, str], *, force: bool = True) -> None:
     if not force and root.handlers:
         protect_known()
         return
-    level = env.get("PIPHI_LOG_LEVEL", "INFO").upper()
+    level = settings.log_level
     handler = logging.StreamHandler(sys.stderr)
-    json_format = env.get("PIPHI_LOG_FORMAT", "text").lower() == "json"
-    handler.setFormatter(JsonFormatter() if json_format else RedactingFormatter())
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else RedactingFormatter())
     handler.addFilter(_FILTER)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING

@@ -92,7 +92,6 @@ from ._sink import EventRecord, Severity, TelemetryRecord
 from ._spool import Rejection, Spool, SpoolRow
 
 __all__ = [
-    "DURABILITY_ENV",
     "LinkStatus",
     "Outbox",
     "OutboxSettings",
@@ -118,8 +117,6 @@ DELETE_WAIT = 0.05
 REJECTS_HELD = 1000
 #: A refusal episode that goes on is summarised in the log this often.
 REFUSALS_LOG_EVERY = 300.0
-#: The environment variable ``open_runtime`` and ``serve`` read the durability from.
-DURABILITY_ENV = "PIPHI_DURABILITY"
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -164,20 +161,6 @@ class OutboxSettings:
     replay_batch: int = attrs.field(default=1000, validator=_positive)
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     """How long leaving ``open_outbox`` may take to write what is in memory to the spool."""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> OutboxSettings:
-        """Settings with the durability from ``PIPHI_DURABILITY`` (``memory`` or
-        ``write_ahead``) when set; ValueError names the variable if it is neither."""
-        chosen = (env.get(DURABILITY_ENV) or "").strip().lower().replace("-", "_")
-        if chosen and "durability" not in overrides:
-            if chosen not in ("memory", "write_ahead"):
-                raise ValueError(
-                    f"{DURABILITY_ENV} must be 'memory' or 'write_ahead', "
-                    f"got {env.get(DURABILITY_ENV)!r}"
-                )
-            overrides["durability"] = chosen
-        return cls(**overrides)
 
 
 @attrs.frozen(slots=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,25 +75,6 @@ class MemoryMonitor:
         self._peak: int | None = None
         self._sampled_at: float | None = None
         self._over = False
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], **kwargs: Any) -> MemoryMonitor:
-        """A monitor whose limit is ``PIPHI_MEMORY_LIMIT_MB`` (0 or "off": no limit)."""
-        raw = (env.get(MEMORY_LIMIT_ENV) or "").strip().lower()
-        if not raw:
-            return cls(**kwargs)
-        if raw in ("0", "off", "none"):
-            return cls(limit_mb=None, **kwargs)
-        try:
-            limit = float(raw)
-        except ValueError:
-            limit = -1.0
-        if not limit > 0:
-            raise ValueError(
-                f"{MEMORY_LIMIT_ENV} must be a number of megabytes (or 0 for no limit), "
-                f"got {env.get(MEMORY_LIMIT_ENV)!r}"
-            )
-        return cls(limit_mb=limit, **kwargs)
 
     async def sample(self) -> None:
         """Read RSS now (a file read, so in a worker thread) and note it."""

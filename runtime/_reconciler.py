@@ -23,13 +23,12 @@ restarts. Snapshots without a generation (Core's config rows) are never stale.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -63,28 +62,6 @@ log = runtime_logger("runtime.reconciler")
 
 #: Configs handled between two yields to the scheduler during a reconciliation.
 _YIELD_EVERY = 1024
-
-
-@contextmanager
-def _collector_held() -> Iterator[None]:
-    """Hold CPython's cyclic garbage collector off while a snapshot is reconciled.
-
-    Every idle actor keeps its suspended await chain (about eight objects) in the young
-    generation, and its steady state allocates as much as it frees, so nothing triggers
-    a collection until someone allocates in bulk: a reconcile does. The first young pass
-    then scans every actor's chain, about 6 us per actor (60 ms at 10,000 actors), and
-    a generation-1 pass follows soon after. Deferring them until the reconcile is done
-    keeps a 1%-changed re-sync of 10,000 configs at about 50 ms instead of 150-480 ms
-    (docs/benchmarks.md); the pass then runs once, right after. One reconcile runs at a
-    time, and a collector that was already off is left off.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 ActorClass = type[DeviceActor[Any]]
@@ -241,6 +218,7 @@ class ConfigSync:
         on_applied: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         secrets: SecretValues | None = None,
         on_removed: Callable[[str], None] | None = None,
+        around_reconcile: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         """``on_applied`` receives the running set as a snapshot after every change (to
         keep a local copy for rehydration, see ``LocalCopy.save``); ``on_removed`` the
@@ -249,6 +227,7 @@ class ConfigSync:
         ``Outbox.forget``); ``secrets`` remembers every secret of every config validated
         (the runtime's, for its logs)."""
         self._secrets = secrets
+        self._around_reconcile = around_reconcile
         self._actors = actors
         self._select = _fixed(select) if isinstance(select, type) else select
         self._sink = sink
@@ -286,7 +265,7 @@ class ConfigSync:
             if self._newest[0] != ticket:
                 return self._stale(snapshot, "superseded by a newer snapshot")
             self._newest = (0, _Origin())
-            with trio.CancelScope(shield=True), _collector_held():
+            with trio.CancelScope(shield=True), self._around_reconcile():
                 result = await self._reconcile(snapshot)
                 if result.status == "synced" and result.note is None:
                     await self._persist()

@@ -27,30 +27,14 @@ from . import _offload
 from ._errors import CoreIdentityUnknown, InvalidConfig
 from ._logs import runtime_logger
 from ._reconciler import ConfigSync, SyncResult, parse_snapshot
-from ._state import state_dir
+from ._settings import state_dir
 
-__all__ = ["LocalCopy", "RehydrationReport", "SourceReport", "mounted_snapshot_path", "rehydrate"]
+__all__ = ["LocalCopy", "RehydrationReport", "SourceReport", "rehydrate"]
 
 log = runtime_logger("runtime.rehydrate")
 
 CoreRowsFetcher = Callable[[], Awaitable[Sequence[Mapping[str, Any]]]]
 Source = Literal["mounted_file", "local_copy", "core"]
-
-
-def mounted_snapshot_path(
-    env: Mapping[str, str] | None = None, root: Path = Path("/.piphinetwork")
-) -> Path:
-    """Where Core mounts the snapshot (docs/contract.md, Environment)."""
-    env = os.environ if env is None else env
-    explicit = env.get("PIPHI_CONFIG_SNAPSHOT_PATH")
-    if explicit:
-        return Path(explicit)
-    container_id = env.get("PIPHI_CONTAINER_ID")
-    if container_id:
-        specific = root / f"{container_id}.json"
-        if specific.exists():
-            return specific
-    return root / "configs.json"
 
 
 @attrs.frozen

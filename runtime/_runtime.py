@@ -12,12 +12,10 @@ mode) that token is fixed, and routes demand it; otherwise the first token seen 
 
 from __future__ import annotations
 
-import gc
-import os
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,8 +33,8 @@ from ._process import MemoryMonitor
 from ._reconciler import ConfigSync
 from ._redact import SecretValues
 from ._registry import Registry
-from ._rehydrate import LocalCopy, RehydrationReport, mounted_snapshot_path, rehydrate
-from ._state import state_dir
+from ._rehydrate import LocalCopy, RehydrationReport, rehydrate
+from ._settings import Settings
 
 if TYPE_CHECKING:
     from ._integration import Integration
@@ -62,6 +60,8 @@ class Runtime:
     """A token came from the environment: every route but /health requires it."""
     token_source: TokenSource
     started_at: float = attrs.field(factory=time.time)
+    settings: Settings = attrs.field(factory=Settings)
+    """What the runtime was started with (``Settings.from_env``)."""
     secrets: SecretValues = attrs.field(factory=SecretValues)
     """Every secret this runtime was configured with: masked in its answers and logs."""
     rehydration: RehydrationReport | None = None
@@ -120,28 +120,41 @@ class Runtime:
 async def open_runtime(
     integration: Integration,
     *,
+    settings: Settings | None = None,
     env: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     outbox_settings: OutboxSettings | None = None,
     rng: random.Random | None = None,
+    around_reconcile: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> AsyncIterator[Runtime]:
-    """Run ``integration``: open everything, rehydrate, yield the ``Runtime``."""
-    env = os.environ if env is None else env
+    """Run ``integration``: open everything, rehydrate, yield the ``Runtime``.
+
+    ``settings`` default to ``Settings.from_env(env)`` (``env``: the process environment
+    when None). ``around_reconcile`` wraps each snapshot's reconciliation: the process
+    owner's hook (``serve`` holds the garbage collector off there, see ``_collector``)."""
+    if settings is None:
+        settings = Settings.from_env(env)
     protect_known()
-    settings = outbox_settings or OutboxSettings.from_env(env)
-    memory = MemoryMonitor.from_env(env)
-    client = CoreClient.from_env(env, integration_id=integration.id, transport=transport)
-    token = header_value(env.get("PIPHI_INTEGRATION_INTERNAL_TOKEN"))
+    delivery = outbox_settings or OutboxSettings(durability=settings.durability)
+    memory = MemoryMonitor(limit_mb=settings.memory_limit_mb)
+    client = CoreClient(
+        settings.core_base_url,
+        container_id=settings.container_id,
+        token=settings.token,
+        integration_id=integration.id,
+        transport=transport,
+    )
+    token = header_value(settings.token)
     secrets = SecretValues().open()
     if token:
         secrets.add(token)
-    directory = state_dir(env)
+    directory = settings.state_dir
     local = LocalCopy(directory / "snapshot.json")
-    with _collector_tuned(), _live(secrets):
+    with _live(secrets):
         async with (
             client,
             CommandLedger.opened(directory / "commands.db") as ledger,
-            open_outbox(client, spool_path=directory / "spool.db", settings=settings) as outbox,
+            open_outbox(client, spool_path=directory / "spool.db", settings=delivery) as outbox,
             open_actor_nursery(outbox, rng=rng) as actors,
             trio.open_nursery() as background,
         ):
@@ -155,6 +168,7 @@ async def open_runtime(
                 on_applied=local.save,
                 on_removed=outbox.forget,
                 secrets=secrets,
+                around_reconcile=around_reconcile,
             )
             runtime = Runtime(
                 integration=integration,
@@ -169,10 +183,11 @@ async def open_runtime(
                 token_source="environment" if token else "none",
                 secrets=secrets,
                 memory=memory,
+                settings=settings,
             )
             runtime.rehydration = await rehydrate(
                 sync,
-                mounted=mounted_snapshot_path(env),
+                mounted=settings.snapshot_path,
                 local=local,
                 fetch_core_rows=client.fetch_configs if client.container_id else None,
             )
@@ -190,23 +205,3 @@ def _live(secrets: SecretValues) -> Iterator[None]:
         yield
     finally:
         secrets.close()
-
-
-@contextmanager
-def _collector_tuned() -> Iterator[None]:
-    """Collect the young generation every 50,000 allocations instead of every 700.
-
-    A runtime is mostly idle actors, and each keeps its suspended await chain (about eight
-    objects) in the young generation, so every young pass scans all of them: about 6 us
-    per actor. At the default threshold a burst of allocation (a /diagnostics answer, a
-    snapshot) triggers dozens of such passes. Almost everything the runtime allocates is
-    freed by reference counting, so collecting less often costs little memory. Measured
-    with bench/routes.py at 1,000 devices: /diagnostics p99 120 ms with the default,
-    58 ms with this. The previous thresholds come back when the runtime closes.
-    """
-    previous = gc.get_threshold()
-    gc.set_threshold(max(previous[0], 50_000), previous[1], previous[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)

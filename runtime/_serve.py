@@ -15,22 +15,25 @@ same sockets if the server fails.
 
 from __future__ import annotations
 
-import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
+from typing import Any
 
+import attrs
 import trio
 from hypercorn.config import Config
 
+from . import _collector as collector
 from ._integration import Integration
 from ._logs import runtime_logger
-from ._outbox import Durability, OutboxSettings
 from ._runtime import open_runtime
+from ._settings import Durability, Settings
 from ._web import RUNTIME_KEY
 from ._web.server import ConnectionLimits, serve_supervised
 
-__all__ = ["hypercorn_config", "parse_port", "serve"]
+__all__ = ["hypercorn_config", "serve"]
 
 log = runtime_logger("runtime.serve")
 
@@ -66,19 +69,6 @@ def hypercorn_config(bind: str, *, graceful_timeout: float, quiet: bool = False)
     return config
 
 
-def parse_port(value: str | None, default: int = 8000) -> int:
-    """``PORT`` as Core assigns it; an invalid value is an error, never a silent fallback."""
-    if value is None or value == "":
-        return default
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"PORT must be an integer from 0 to 65535, got {value!r}")
-    return port
-
-
 async def _stop_on_signal(stop: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -90,31 +80,51 @@ async def _stop_on_signal(stop: trio.Event) -> None:
 async def serve(
     integration: Integration,
     *,
+    settings: Settings | None = None,
     env: Mapping[str, str] | None = None,
     host: str = "0.0.0.0",  # Core reaches the container from outside it
     port: int | None = None,
     durability: Durability | None = None,
     limits: ConnectionLimits | None = None,
+    tune_collector: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``integration`` and serve its routes until SIGTERM/SIGINT.
+    """Run ``integration`` and serve its routes until SIGTERM/SIGINT: the process owner.
 
-    ``durability`` (``memory`` or ``write_ahead``) overrides ``PIPHI_DURABILITY``; see
-    ``OutboxSettings.durability`` and README, "Durability windows". ``limits``: how many
-    connections at once and how long a client may stall; by default half of this
-    process's file limit (``ConnectionLimits.for_file_limit``).
+    ``settings`` default to ``Settings.from_env(env)``. ``durability`` (``memory`` or
+    ``write_ahead``) overrides ``PIPHI_DURABILITY``; see README, "Durability windows".
+    ``limits``: how many connections at once and how long a client may stall; by
+    default half of this process's file limit (``ConnectionLimits.for_file_limit``).
+    ``tune_collector``: tune CPython's garbage collector for many idle actors while it
+    serves (``_collector``); pass False to leave the process's collector alone.
     """
-    env = os.environ if env is None else env
-    config = hypercorn_config(
-        f"{host}:{parse_port(env.get('PORT')) if port is None else port}", graceful_timeout=3.0
-    )
-    if durability is None:
-        settings = OutboxSettings.from_env(env)
-    else:
-        settings = OutboxSettings.from_env(env, durability=durability)
+    if settings is None:
+        settings = Settings.from_env(env)
+    if durability is not None:
+        settings = attrs.evolve(settings, durability=durability)
+    if port is None:
+        port = 8000 if settings.port is None else settings.port
+    config = hypercorn_config(f"{host}:{port}", graceful_timeout=3.0)
     app = integration.app()
     stop = trio.Event()
-    async with open_runtime(integration, env=env, outbox_settings=settings) as runtime:
+    reconcile = collector.held if tune_collector else nullcontext
+    with collector.tuned() if tune_collector else nullcontext():
+        await _serve_runtime(
+            integration, app, config, settings, reconcile, limits, stop, task_status
+        )
+
+
+async def _serve_runtime(
+    integration: Integration,
+    app: Any,
+    config: Config,
+    settings: Settings,
+    reconcile: Callable[[], AbstractContextManager[None]],
+    limits: ConnectionLimits | None,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    async with open_runtime(integration, settings=settings, around_reconcile=reconcile) as runtime:
         app.extensions[RUNTIME_KEY] = runtime
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)

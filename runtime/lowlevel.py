@@ -43,7 +43,6 @@ from ._rehydrate import (
     LocalCopy,
     RehydrationReport,
     SourceReport,
-    mounted_snapshot_path,
     rehydrate,
 )
 from ._runtime import (
@@ -51,12 +50,12 @@ from ._runtime import (
     open_runtime,
 )
 from ._serve import serve
+from ._settings import Settings, mounted_snapshot_path, state_dir
 from ._sink import (
     EventRecord,
     Sink,
     TelemetryRecord,
 )
-from ._state import state_dir
 from ._supervisor import (
     Refresh,
     Supervisor,
@@ -91,6 +90,7 @@ __all__ = [
     "Rejection",
     "RemoveResult",
     "Runtime",
+    "Settings",
     "Sink",
     "SourceReport",
     "Supervisor",

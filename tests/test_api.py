@@ -20,7 +20,7 @@ LOWLEVEL = {
     "ActorNursery", "ActorStopped", "ApplyResult", "CallFailed", "CallTimeout", "CommandSpec",
     "ConfigSnapshot", "ConfigSync", "DeviceSlice", "ErrorRecord", "EventRecord",
     "IllegalTransition", "LocalCopy", "MemoryMonitor", "PollTimeout", "Refresh",
-    "RefreshUnsupported", "Registry", "RehydrationReport", "Rejection", "RemoveResult",
+    "RefreshUnsupported", "Registry", "RehydrationReport", "Rejection", "RemoveResult", "Settings",
     "Runtime", "Sink", "SourceReport", "Supervisor", "SyncResult", "TeardownTimeout",
     "TelemetryRecord", "UnknownCommand", "build_app", "can_transition",
     "mounted_snapshot_path", "open_actor_nursery", "open_runtime", "rehydrate",

@@ -11,6 +11,7 @@ import trio
 
 from runtime import Integration
 from runtime._process import MB, read_rss
+from runtime._settings import Settings
 from runtime._web import RUNTIME_KEY
 from runtime.lowlevel import MemoryMonitor, open_runtime
 from runtime.testing import FakeCore
@@ -64,11 +65,11 @@ async def test_a_steady_climb_shows_as_a_trend_and_a_concern_past_the_limit(
 
 
 def test_the_limit_comes_from_the_environment() -> None:
-    assert MemoryMonitor.from_env({}).limit_mb == 512
-    assert MemoryMonitor.from_env({"PIPHI_MEMORY_LIMIT_MB": "64"}).limit_mb == 64
-    assert MemoryMonitor.from_env({"PIPHI_MEMORY_LIMIT_MB": "0"}).limit_mb is None
+    assert Settings.from_env({}).memory_limit_mb == 512
+    assert Settings.from_env({"PIPHI_MEMORY_LIMIT_MB": "64"}).memory_limit_mb == 64
+    assert Settings.from_env({"PIPHI_MEMORY_LIMIT_MB": "0"}).memory_limit_mb is None
     with pytest.raises(ValueError, match="PIPHI_MEMORY_LIMIT_MB"):
-        MemoryMonitor.from_env({"PIPHI_MEMORY_LIMIT_MB": "lots"})
+        Settings.from_env({"PIPHI_MEMORY_LIMIT_MB": "lots"})
 
 
 async def test_health_shows_memory_and_degrades_past_the_limit(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from runtime._serve import parse_port
+from runtime._settings import parse_port
 from runtime.testing import FakeCore
 from tests.helpers import wait_until
 from tests.reliability._procs import ROOT, SERVE, runtime_process, spooled_ids, stop
@@ -117,7 +117,7 @@ def test_a_runtime_that_cannot_start_exits_non_zero(tmp_path: Path) -> None:
 def test_an_invalid_durability_is_an_error() -> None:
     result = run_serve(["--port", "0"], PIPHI_DURABILITY="fsync-always")
     assert result.returncode == 2
-    assert "PIPHI_DURABILITY must be 'memory' or 'write_ahead'" in result.stderr
+    assert "PIPHI_DURABILITY must be one of memory, write_ahead" in result.stderr
     result = run_serve(["--port", "0", "--durability", "fsync-always"])
     assert result.returncode == 2
     assert "--durability" in result.stderr

@@ -40,6 +40,7 @@ from .._integration import Integration
 from .._logs import configure as configure_logs
 from .._logs import runtime_logger
 from .._runtime import Runtime, open_runtime
+from .._settings import Settings
 from . import commands, config, describe, devices, health, metrics, status
 from .bodies import MAX_SNAPSHOT_BODY, JsonRequest, body_limit
 from .context import INTEGRATION_KEY, RUNTIME_KEY
@@ -62,8 +63,11 @@ _INVALID = {"config": "invalid_config", "commands": "invalid_command"}
 BODY_TIMEOUT = 20
 
 
-def build_app(integration: Integration) -> QuartTrio:
-    """The Quart-Trio app serving ``integration``: ``hypercorn --worker-class trio m:app``."""
+def build_app(integration: Integration, *, exit_on_failure: bool = False) -> QuartTrio:
+    """The Quart-Trio app serving ``integration``: ``hypercorn --worker-class trio m:app``.
+
+    ``exit_on_failure``: under hypercorn's CLI, end the process (SIGTERM to itself) if the
+    runtime dies while serving; an opt-in, since it is the process owner's call."""
     app = QuartTrio(integration.id)
     app.request_class = JsonRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_SNAPSHOT_BODY  # the largest; per route in bodies.py
@@ -104,7 +108,7 @@ def build_app(integration: Integration) -> QuartTrio:
     app.before_request(_refuse_oversized)
     app.before_request(_authenticate)
     _install_errors(app)
-    _install_lifecycle(app, integration)
+    _install_lifecycle(app, integration, exit_on_failure)
     quart = _disconnect_after_send(app.asgi_app)
     app.asgi_app = _health_first(app, _token_first(app, quart), requests)  # type: ignore[method-assign, assignment]
     return app
@@ -333,15 +337,20 @@ def _disconnect_after_send(asgi_app: ASGIApp) -> ASGIApp:
     return asgi
 
 
-def _install_lifecycle(app: QuartTrio, integration: Integration) -> None:
-    """Open the runtime when served by the hypercorn CLI (``serve`` opens it itself)."""
+def _install_lifecycle(app: QuartTrio, integration: Integration, exit_on_failure: bool) -> None:
+    """Open the runtime when served by the hypercorn CLI (``serve`` opens it itself).
+
+    If it dies while serving, ``/health`` answers 503 from then on; with
+    ``exit_on_failure`` (the process owner's opt-in, given to ``build_app``) the process is
+    also sent SIGTERM, so hypercorn stops and a supervisor restarts it."""
     owned: dict[str, Any] = {}
 
     @app.before_serving
     async def start_runtime() -> None:
         if RUNTIME_KEY in app.extensions:
             return
-        configure_logs(os.environ, force=False)  # only if nobody configured logging
+        settings = Settings.from_env()
+        configure_logs(settings, force=False)  # only if nobody configured logging
         scope = trio.CancelScope()
         ready, done = trio.Event(), trio.Event()
         failed: list[BaseException] = []
@@ -350,7 +359,7 @@ def _install_lifecycle(app: QuartTrio, integration: Integration) -> None:
         async def run() -> None:
             try:
                 with scope:
-                    async with open_runtime(integration) as rt:
+                    async with open_runtime(integration, settings=settings) as rt:
                         app.extensions[RUNTIME_KEY] = rt
                         ready.set()
                         await trio.sleep_forever()
@@ -359,11 +368,12 @@ def _install_lifecycle(app: QuartTrio, integration: Integration) -> None:
                     failed.append(exc)  # start-up failed: before_serving raises it below
                     return
                 # The runtime died while serving: never keep answering 200s.
-                log.critical("the runtime failed: %r; stopping the process", exc, exc_info=True)
+                log.critical("the runtime failed: %r", exc, exc_info=True)
                 rt_ = app.extensions.get(RUNTIME_KEY)
                 if isinstance(rt_, Runtime):
                     rt_.failure = repr(exc)
-                os.kill(os.getpid(), signal.SIGTERM)
+                if exit_on_failure:
+                    os.kill(os.getpid(), signal.SIGTERM)
             finally:
                 ready.set()
                 done.set()

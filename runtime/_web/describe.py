@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,8 +78,9 @@ async def contract() -> ContractDocument:
 @validate_response(Manifest)
 async def manifest() -> Manifest:
     """The integration's PiPhi manifest."""
-    port = os.environ.get("PORT")
-    return manifest_document(current_integration(), int(port) if port and port.isdigit() else None)
+    rt = current_app.extensions.get(RUNTIME_KEY)
+    port = rt.settings.port if isinstance(rt, Runtime) else None
+    return manifest_document(current_integration(), port)
 
 
 @blueprint.get("/docs")

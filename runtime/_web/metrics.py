@@ -3,13 +3,12 @@
 Each app has a registry of its own (never the library's global one) holding one
 collector that reads the runtime's figures when scraped: nothing is added to the poll or
 delivery paths. Per-device series carry a ``config_id`` label while the fleet has at most
-``PER_DEVICE_CAP`` devices (default 1,000, ``PIPHI_METRICS_PER_DEVICE_CAP``); beyond it
+``PIPHI_METRICS_PER_DEVICE_CAP`` devices (default 1,000, ``Settings``); beyond it
 only the fleet-wide sums are exported, so a large fleet cannot flood Prometheus.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -28,11 +27,10 @@ from quart_schema import hide
 from .._runtime import Runtime
 from .context import RUNTIME_KEY, current_runtime
 
-__all__ = ["PER_DEVICE_CAP", "REQUESTS_KEY", "blueprint", "registry_for"]
+__all__ = ["REQUESTS_KEY", "blueprint", "registry_for"]
 
 blueprint = Blueprint("metrics", __name__)
 
-PER_DEVICE_CAP = 1000
 REQUESTS_KEY = "piphi.http_requests"
 _REGISTRY_KEY = "piphi.metrics_registry"
 _LINK_STATES = ("unknown", "up", "down", "auth_rejected", "no_identity", "misrouted")
@@ -65,8 +63,6 @@ class RuntimeCollector(Collector):
 
     def __init__(self, app: Any) -> None:
         self._app = app
-        cap = os.environ.get("PIPHI_METRICS_PER_DEVICE_CAP", "")
-        self.per_device_cap = int(cap) if cap.isdigit() else PER_DEVICE_CAP
 
     def collect(self) -> Iterator[Metric]:
         rt = self._app.extensions.get(RUNTIME_KEY)
@@ -80,7 +76,7 @@ class RuntimeCollector(Collector):
             http.add_metric([route, status], count)
         yield http
         if isinstance(rt, Runtime):
-            yield from _fleet(rt, self.per_device_cap)
+            yield from _fleet(rt, rt.settings.metrics_per_device_cap)
             yield from _delivery(rt)
 
 

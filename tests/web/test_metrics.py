@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,15 +50,16 @@ async def test_the_fleet_delivery_and_requests_are_exported(
 
 
 async def test_past_the_cap_only_aggregates(
-    served: Served, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+    core: FakeCore, tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    monkeypatch.setenv("PIPHI_METRICS_PER_DEVICE_CAP", "3")
-    app_configs = [{"id": f"d{n}"} for n in range(4)]
-    await served.post("/config/sync", {"generation": 1, "configs": app_configs})
-    await trio.sleep(5)
-    got = await scrape(served)
-    assert got[("piphi_devices", ())] == 4
-    assert not [key for key in got if dict(key[1]).get("config_id")]
+    env = env_for(tmp_path, core, PIPHI_METRICS_PER_DEVICE_CAP="3")
+    async with serve(core, env) as served:
+        configs = [{"id": f"d{n}"} for n in range(4)]
+        await served.post("/config/sync", {"generation": 1, "configs": configs})
+        await trio.sleep(5)
+        got = await scrape(served)
+        assert got[("piphi_devices", ())] == 4
+        assert not [key for key in got if dict(key[1]).get("config_id")]
 
 
 async def test_managed_mode_needs_the_token(
