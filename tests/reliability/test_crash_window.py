@@ -35,9 +35,9 @@ from tests.reliability._procs import (
 )
 
 TARGET = "tests.reliability.seqfleet:integration"
-DEVICES = 40
-INTERVAL = 0.05
-"""40 devices every 50 ms: 800 readings a second."""
+DEVICES = 80
+INTERVAL = 0.1
+"""80 devices at the shortest poll interval (MIN_POLL_INTERVAL): 800 readings a second."""
 TROUBLE = 4.0
 """Seconds of trouble (or of plain load, with Core up) before the kill."""
 SLOW = 3.0
