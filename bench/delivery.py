@@ -322,7 +322,9 @@ async def outbox_loop(sink_url: str, spool_path: Path) -> AsyncIterator[Sender]:
     )
     identities: list[Any] = []
 
-    async with client, open_outbox(client, spool_path=spool_path, settings=OutboxSettings()) as ob:
+    # BENCH_OUTBOX_SETTINGS (JSON) varies the outbox, e.g. '{"pipeline": 1}'.
+    settings = OutboxSettings(**json.loads(os.environ.get("BENCH_OUTBOX_SETTINGS") or "{}"))
+    async with client, open_outbox(client, spool_path=spool_path, settings=settings) as ob:
 
         def emit(device: int, seq: int) -> None:
             while device >= len(identities):
@@ -675,8 +677,8 @@ async def overload_run(child: Child, devices: int, params: Params) -> dict[str, 
         "offered": offered,
         "delivered": sink["unique"],
         "pending_at_end": details.get("pending", 0),
-        # Undelivered and no longer held anywhere (a bounded drain leaves some pending).
-        "lost": offered - sink["unique"] - details.get("pending", 0),
+        # Dropped by the outbox; once drained, also whatever never arrived.
+        "lost": (offered - sink["unique"]) if settled_at is not None else details.get("dropped"),
         "duplicates": sink["duplicates"],
         "goodput_min": rates[0] if rates else None,
         "goodput_median": rates[len(rates) // 2] if rates else None,
@@ -1284,16 +1286,16 @@ def sweep_report(offers: list[dict[str, Any]], overloads: list[dict[str, Any]]) 
     print()
     print(
         "| impl | offered/s | delivered/s | within 2 s | CPU ms per reading | CPU % of a core "
-        "| spool growth /s | load avg |"
+        "| spool growth /s | sink CPU % | load avg |"
     )
-    print("|---" * 8 + "|")
+    print("|---" * 9 + "|")
     for r in sorted(offers, key=lambda r: (("raw", "ours", "kit").index(r["impl"]), r["rate"])):
         share = r["on_time_share"]
         print(
             f"| {r['impl']} | {r['rate']:,} | {r['delivered_per_s']:,.0f} "
             f"| {fmt(None if share is None else 100 * share, 1)}% "
             f"| {fmt(r['cpu_ms_per_reading'], 3)} | {r['cpu_pct']:.0f} "
-            f"| {fmt(r['spool_growth_per_s'])} | {r['load']} |"
+            f"| {fmt(r['spool_growth_per_s'])} | {r['sink_cpu_pct']:.0f} | {r['load']} |"
         )
     if overloads:
         best = best_capacity(offers, "ours")
@@ -1416,6 +1418,11 @@ def parent_main(args: argparse.Namespace) -> None:
         params = replace(params, kit_sweep=tuple(args.kit_sweep))
     if args.sweep_window is not None:
         params = replace(params, sweep_window=args.sweep_window)
+    if args.overload:
+        runs = tuple((int(x.removesuffix("busy")), x.endswith("busy")) for x in args.overload)
+        params = replace(params, overload=runs)
+    if args.overload_window is not None:
+        params = replace(params, overload_window=args.overload_window)
     skip = set(args.skip)
     if args.quick:
         skip.add("ladder")  # the sweep's figures stand in for the capacity ladder
@@ -1552,6 +1559,10 @@ def main() -> None:
     parser.add_argument("--kit-sweep", nargs="*", type=int, help="the kit's offered loads")
     parser.add_argument("--sweep-window", type=float, help="seconds per sweep step")
     parser.add_argument("--plot", help="write the sweep's curve to this PNG (matplotlib)")
+    parser.add_argument(
+        "--overload", nargs="*", help="overload runs: devices, 'busy' suffix for a busy process"
+    )
+    parser.add_argument("--overload-window", type=float, help="seconds per overload run")
     parser.add_argument("--window", type=float, help="seconds per capacity step")
     parser.add_argument("--json", help="also write every record to this file")
     parser.add_argument("--kit-venv", default=str(DEFAULT_KIT_VENV), help="the kit's venv")
