@@ -28,12 +28,26 @@ The fault run offers 1000 devices at 1 Hz for 60 s while the sink refuses connec
 from t=20 s to t=40 s, then waits (bounded) for the backlog, and reports readings lost
 (offered or generated, never delivered) and duplicated, for ours and for the kit.
 
-Usage: python bench/delivery.py [--quick] [--skip raw ours kit fault] [--kit-venv PATH]
-(``--skip kit`` leaves out everything of the kit, ``--skip fault`` both fault runs.)
+The offered-load sweep (``sweep``; issue 18) offers N devices at 1 Hz (N readings/s) for
+each N in ``--sweep`` and reports per step the rate delivered in the window, the share of
+offered readings that reached the sink within 2 s of their ``timestamp`` (the sink counts
+each reading's age), CPU per delivered reading, spool growth and the sink's CPU, for raw,
+ours and the kit (``--kit-sweep``). The overload runs (``overload``: ``--overload 8000
+3000busy``) offer N devices for ``--overload-window`` seconds, the ``busy`` ones with a
+busy-loop process taking a core, sample goodput and spool depth every second, then wait
+(bounded) for the backlog. ``--plot FILE`` draws the sweep (matplotlib).
 
-``--quick`` (1.5 s windows, a coarser ladder, a 10 s fault run with a 4 s outage from
-t=2 s) takes under a minute once the kit venv exists; creating the venv on the first run
-takes about 15 s more. The full run takes about 15 minutes. Every
+Usage: python bench/delivery.py [--quick] [--skip raw ours kit fault ladder sweep overload]
+[--sweep N ...] [--kit-sweep N ...] [--sweep-window S] [--overload N[busy] ...]
+[--overload-window S] [--plot PNG] [--json FILE] [--kit-venv PATH]
+(``--skip kit`` leaves out everything of the kit, ``--skip fault`` both fault runs.)
+``BENCH_OUTBOX_SETTINGS='{"pipeline": 1}'`` varies our outbox's settings.
+
+``--quick`` (1.5 s sweep steps at 500, 1,000, 2,000 and 8,000 devices, the kit at 500, a
+4 s overload at 8,000, our 10 s fault run with a 4 s outage from t=2 s; no capacity ladder,
+no kit fault run) ends with one RESULT line; once the kit venv exists it is meant to take
+under a minute. Creating the venv on the first run takes about 15 s more. The full run
+(ladder, 20 s sweep steps, 60 s overload runs, both fault runs) takes about 40 minutes. Every
 subprocess is stopped when the bench ends, also on Ctrl-C or an error, and exits by
 itself if the bench is killed (they watch their stdin).
 """
@@ -161,13 +175,13 @@ class Params:
             down_for=4.0,
             fault_drain=15.0,
             kit_fault_drain=2.0,
-            sweep=(500, 1000, 2000, 5000, 8000),
-            kit_sweep=(500, 2000),
-            sweep_window=2.0,
-            sweep_drain=1.0,
+            sweep=(500, 1000, 2000, 8000),
+            kit_sweep=(500,),
+            sweep_window=1.5,
+            sweep_drain=0.5,
             overload=((8000, False),),
-            overload_window=5.0,
-            overload_drain=15.0,
+            overload_window=4.0,
+            overload_drain=2.0,
         )
 
     @classmethod
