@@ -6,8 +6,8 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-import trio
 import pytest
+import trio
 
 import runtime._outbox
 from runtime.testing import FakeCore
