@@ -10,6 +10,9 @@ Data port (what a runtime posts to; it can be taken down):
   ``telemetry_id`` when present, else by ``(device_id, metrics.seq)``. Per device it keeps
   the highest ``seq`` and the set of seqs seen, so ``gaps`` (seqs below the highest that
   never arrived; seqs start at 1) count lost readings without knowing the sender.
+  Each new reading's age on arrival (now minus its ``timestamp``, when that parses) is
+  counted too: ``ages`` in the stats holds how many had one, how many arrived within
+  ``ON_TIME`` (2 s), the largest, and a histogram with the bounds in ``AGE_BOUNDS``.
 - ``POST /api/v2/events/ingest``: counted.
 - ``GET /api/v2/integrations/config/fetch/all/by/container/internal``: ``[]``.
 
@@ -38,12 +41,14 @@ Usage: python bench/core_sink.py [--port 0] [--admin-port 0] [--max-seconds 3600
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import resource
 import sys
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -55,6 +60,10 @@ HOST = "127.0.0.1"
 DOWN_MODES = ("refuse", "503")
 
 _JSON = [("content-type", "application/json")]
+#: A reading is on time when it arrived within this many seconds of its ``timestamp``.
+ON_TIME = 2.0
+#: Upper bounds (s) of the arrival-age histogram's buckets; one more bucket holds the rest.
+AGE_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class Stats:
@@ -78,6 +87,10 @@ class Stats:
         self.max_seq: dict[str, int] = {}
         self.per_second: dict[int, int] = {}
         self.down_periods: list[dict[str, Any]] = []
+        self.aged = 0  # new readings whose timestamp parsed
+        self.on_time = 0  # ... of which arrived within ON_TIME of it
+        self.age_max = 0.0
+        self.age_buckets = [0] * (len(AGE_BOUNDS) + 1)
 
     def telemetry_payload(self, payload: dict[str, Any], now: float) -> bool:
         """Count one telemetry payload; whether it is new. ``Rejected`` when unusable."""
@@ -109,12 +122,26 @@ class Stats:
         if seq is not None and seq > self.max_seq.get(device_id, 0):
             self.max_seq[device_id] = seq
         self.unique += 1
+        self._age(payload.get("timestamp"), now)
         if self.first_unique_at is None:
             self.first_unique_at = now
         self.last_unique_at = now
         second = int(now - self.reset_at)
         self.per_second[second] = self.per_second.get(second, 0) + 1
         return True
+
+    def _age(self, timestamp: Any, now: float) -> None:
+        """Count a new reading's age on arrival (the sender's clock is this machine's)."""
+        try:
+            age = now - datetime.fromisoformat(timestamp).timestamp()
+        except (TypeError, ValueError):
+            return
+        self.aged += 1
+        if age <= ON_TIME:
+            self.on_time += 1
+        if age > self.age_max:
+            self.age_max = age
+        self.age_buckets[bisect.bisect_left(AGE_BOUNDS, age)] += 1
 
     def snapshot(self, *, timeline: bool, devices: bool) -> dict[str, Any]:
         gaps = sum(top - len(self.seqs.get(dev, ())) for dev, top in self.max_seq.items())
@@ -135,6 +162,14 @@ class Stats:
             "last_unique_at": self.last_unique_at,
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "down_periods": self.down_periods,
+            "ages": {
+                "aged": self.aged,
+                "on_time": self.on_time,
+                "on_time_s": ON_TIME,
+                "max": round(self.age_max, 3),
+                "bounds": list(AGE_BOUNDS),
+                "buckets": list(self.age_buckets),
+            },
         }
         if timeline:
             out["timeline"] = sorted(self.per_second.items())

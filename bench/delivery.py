@@ -28,12 +28,26 @@ The fault run offers 1000 devices at 1 Hz for 60 s while the sink refuses connec
 from t=20 s to t=40 s, then waits (bounded) for the backlog, and reports readings lost
 (offered or generated, never delivered) and duplicated, for ours and for the kit.
 
-Usage: python bench/delivery.py [--quick] [--skip raw ours kit fault] [--kit-venv PATH]
-(``--skip kit`` leaves out everything of the kit, ``--skip fault`` both fault runs.)
+The offered-load sweep (``sweep``; issue 18) offers N devices at 1 Hz (N readings/s) for
+each N in ``--sweep`` and reports per step the rate delivered in the window, the share of
+offered readings that reached the sink within 2 s of their ``timestamp`` (the sink counts
+each reading's age), CPU per delivered reading, spool growth and the sink's CPU, for raw,
+ours and the kit (``--kit-sweep``). The overload runs (``overload``: ``--overload 8000
+3000busy``) offer N devices for ``--overload-window`` seconds, the ``busy`` ones with a
+busy-loop process taking a core, sample goodput and spool depth every second, then wait
+(bounded) for the backlog. ``--plot FILE`` draws the sweep (matplotlib).
 
-``--quick`` (1.5 s windows, a coarser ladder, a 10 s fault run with a 4 s outage from
-t=2 s) takes under a minute once the kit venv exists; creating the venv on the first run
-takes about 15 s more. The full run takes about 15 minutes. Every
+Usage: python bench/delivery.py [--quick] [--skip raw ours kit fault ladder sweep overload]
+[--sweep N ...] [--kit-sweep N ...] [--sweep-window S] [--overload N[busy] ...]
+[--overload-window S] [--plot PNG] [--json FILE] [--kit-venv PATH]
+(``--skip kit`` leaves out everything of the kit, ``--skip fault`` both fault runs.)
+``BENCH_OUTBOX_SETTINGS='{"pipeline": 1}'`` varies our outbox's settings.
+
+``--quick`` (1.5 s sweep steps at 500, 1,000, 2,000 and 8,000 devices, the kit at 500, a
+4 s overload at 8,000, our 10 s fault run with a 4 s outage from t=2 s; no capacity ladder,
+no kit fault run) ends with one RESULT line; once the kit venv exists it is meant to take
+under a minute. Creating the venv on the first run takes about 15 s more. The full run
+(ladder, 20 s sweep steps, 60 s overload runs, both fault runs) takes about 40 minutes. Every
 subprocess is stopped when the bench ends, also on Ctrl-C or an error, and exits by
 itself if the bench is killed (they watch their stdin).
 """
@@ -112,6 +126,13 @@ class Params:
     down_for: float
     fault_drain: float  # bound on the wait for our backlog after the fault run
     kit_fault_drain: float  # the same for the kit (whose deliveries give up after ~20 s)
+    sweep: tuple[int, ...] = ()  # offered-load sweep: devices at 1 Hz (= readings/s)
+    kit_sweep: tuple[int, ...] = ()  # the kit's steps (it collapses early; fewer of them)
+    sweep_window: float = 20.0
+    sweep_drain: float = 5.0
+    overload: tuple[tuple[int, bool], ...] = ()  # (devices at 1 Hz, another process busy)
+    overload_window: float = 60.0
+    overload_drain: float = 120.0  # bound on the wait for the backlog after it
 
     @classmethod
     def full(cls) -> Params:
@@ -129,6 +150,13 @@ class Params:
             down_for=20.0,
             fault_drain=90.0,
             kit_fault_drain=25.0,
+            sweep=(500, 1000, 2000, 3000, 4000, 5000, 6000, 8000),
+            kit_sweep=(500, 1000, 2000, 4000, 8000),
+            sweep_window=20.0,
+            sweep_drain=5.0,
+            overload=((8000, False), (3000, True)),
+            overload_window=60.0,
+            overload_drain=180.0,
         )
 
     @classmethod
@@ -147,13 +175,22 @@ class Params:
             down_for=4.0,
             fault_drain=15.0,
             kit_fault_drain=2.0,
+            sweep=(500, 1000, 2000, 8000),
+            kit_sweep=(500,),
+            sweep_window=1.5,
+            sweep_drain=0.5,
+            overload=((8000, False),),
+            overload_window=4.0,
+            overload_drain=2.0,
         )
 
     @classmethod
     def from_json(cls, text: str) -> Params:
         fields = json.loads(text)
-        fields["ladder"] = tuple(fields["ladder"])
+        for name in ("ladder", "sweep", "kit_sweep"):
+            fields[name] = tuple(fields[name])
         fields["kit_ladder"] = tuple(tuple(pair) for pair in fields["kit_ladder"])
+        fields["overload"] = tuple((int(n), bool(hog)) for n, hog in fields["overload"])
         return cls(**fields)
 
 
@@ -294,7 +331,9 @@ async def outbox_loop(sink_url: str, spool_path: Path) -> AsyncIterator[Sender]:
     )
     identities: list[Any] = []
 
-    async with client, open_outbox(client, spool_path=spool_path, settings=OutboxSettings()) as ob:
+    # BENCH_OUTBOX_SETTINGS (JSON) varies the outbox, e.g. '{"pipeline": 1}'.
+    settings = OutboxSettings(**json.loads(os.environ.get("BENCH_OUTBOX_SETTINGS") or "{}"))
+    async with client, open_outbox(client, spool_path=spool_path, settings=settings) as ob:
 
         def emit(device: int, seq: int) -> None:
             while device >= len(identities):
@@ -526,6 +565,152 @@ def caught_up(samples: list[tuple[float, int]], params: Params, rate: float) -> 
     return None
 
 
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def on_time(before: dict[str, Any], after: dict[str, Any]) -> int:
+    """Readings that reached the sink within its ``ON_TIME`` between two stats."""
+    return int(after["ages"]["on_time"] - before["ages"]["on_time"])
+
+
+async def offer_step(child: Child, rate: int, window: float, drain: float) -> dict[str, Any]:
+    """``rate`` devices at 1 Hz for ``window`` s, then at most ``drain`` s for the rest."""
+    await child.reset()
+    load = load_average()
+    sink0 = await child.sink_stats()
+    async with child.sender() as (emit, idle, extra):
+        before = extra()
+        cpu0, host0, t0 = cpu_seconds(), host_busy_seconds(), trio.current_time()
+        offered = await Offer(emit).run(rate, window, rate)
+        cpu1, host1, t1 = cpu_seconds(), host_busy_seconds(), trio.current_time()
+        sink1 = await child.sink_stats()
+        at_end = extra()
+        settled_at: float | None = None
+        with trio.move_on_at(t1 + drain):
+            settled_at = await settle(child, offered, idle, 0.02)
+        sink2 = await child.sink_stats()
+        details = extra()
+    elapsed = t1 - t0
+    in_window = sink1["unique"] - sink0["unique"]
+    sink_cpu = sink1["cpu_s"] - sink0["cpu_s"]
+    spool = None
+    if "spool_depth" in at_end:
+        spool = round((at_end["spool_depth"] - before["spool_depth"]) / elapsed, 1)
+    return {
+        "impl": child.impl,
+        "rate": rate,
+        "load": load,
+        "window_s": round(elapsed, 3),
+        "offered": offered,
+        "delivered_in_window": in_window,
+        "delivered_per_s": round(in_window / elapsed, 1),
+        "delivered": sink2["unique"] - sink0["unique"],
+        "on_time": on_time(sink0, sink2),
+        "on_time_share": round(on_time(sink0, sink2) / offered, 4) if offered else None,
+        "age_max_s": sink2["ages"]["max"],
+        "duplicates": sink2["duplicates"],
+        "drained_ms": None if settled_at is None else round((settled_at - t1) * 1000, 1),
+        "cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 1),
+        "cpu_ms_per_reading": round(1000 * (cpu1 - cpu0) / in_window, 4) if in_window else None,
+        "sink_cpu_pct": round(100 * sink_cpu / elapsed, 1),
+        "other_cpu_pct": round(100 * ((host1 - host0) - (cpu1 - cpu0) - sink_cpu) / elapsed, 1),
+        "spool_growth_per_s": spool,
+        "backlog_at_end": at_end.get("pending"),
+        "details": details,
+    }
+
+
+async def child_offer(child: Child, params: Params) -> None:
+    for rate in params.sweep:
+        result = await offer_step(child, rate, params.sweep_window, params.sweep_drain)
+        emit_line("offer", result)
+        await trio.sleep(0.5)  # let anything cancelled in flight land before the next reset
+
+
+def start_hog(seconds: float) -> subprocess.Popen[bytes]:
+    """Another process taking a core: a busy loop that ends by itself after ``seconds``."""
+    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+
+
+async def overload_run(child: Child, devices: int, params: Params) -> dict[str, Any]:
+    """``devices`` at 1 Hz for the window, sampled every second; then the drain."""
+    await child.reset()
+    load = load_average()
+    timeline: list[dict[str, Any]] = []
+    settled_at: float | None = None
+    async with child.sender() as (emit, idle, extra):
+        offer = Offer(emit)
+        t0 = trio.current_time()
+        cpu0 = cpu_seconds()
+
+        async def sample() -> None:
+            last = 0
+            while True:  # cancelled with the nursery
+                await trio.sleep(1.0)
+                unique = (await child.sink_stats())["unique"]
+                state = extra()
+                timeline.append(
+                    {
+                        "t": round(trio.current_time() - t0, 2),
+                        "offered": offer.count,
+                        "delivered": unique - last,
+                        "spool_depth": state.get("spool_depth"),
+                        "queue_depth": state.get("queue_depth"),
+                        "cpu_s": round(cpu_seconds() - cpu0, 3),
+                    }
+                )
+                last = unique
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            offered = await offer.run(devices, params.overload_window, devices)
+            t1 = trio.current_time()
+            with trio.move_on_after(params.overload_drain):
+                done = await settle(child, offered, idle, 0.1)
+                settled_at = None if done is None else done - t1
+            nursery.cancel_scope.cancel()
+        sink = await child.sink_stats()
+        details = extra()
+    window = [row for row in timeline if 1.0 < row["t"] <= params.overload_window + 0.5]
+    rates = sorted(row["delivered"] for row in window)
+    growth = None
+    if len(window) >= 2 and window[0]["spool_depth"] is not None:
+        span = window[-1]["t"] - window[0]["t"]
+        growth = round((window[-1]["spool_depth"] - window[0]["spool_depth"]) / span, 1)
+    return {
+        "impl": child.impl,
+        "devices": devices,
+        "load": load,
+        "offered": offered,
+        "delivered": sink["unique"],
+        "pending_at_end": details.get("pending", 0),
+        # Dropped by the outbox; once drained, also whatever never arrived.
+        "lost": (offered - sink["unique"]) if settled_at is not None else details.get("dropped"),
+        "duplicates": sink["duplicates"],
+        "goodput_min": rates[0] if rates else None,
+        "goodput_median": rates[len(rates) // 2] if rates else None,
+        "spool_growth_per_s": growth,
+        "drained_after_s": None if settled_at is None else round(settled_at, 1),
+        "timeline": timeline,
+        "details": details,
+    }
+
+
+async def child_overload(child: Child, params: Params) -> None:
+    for devices, hog in params.overload:
+        busy = start_hog(params.overload_window + 5) if hog else None
+        try:
+            result = await overload_run(child, devices, params)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        emit_line("overload", {**result, "hog": hog})
+        await trio.sleep(0.5)
+
+
 async def child_main(impl: str, mode: str, sink_url: str, admin_url: str, params: Params) -> None:
     with tempfile.TemporaryDirectory(prefix=f"delivery-{impl}-") as tmp:
         async with trio.open_nursery() as nursery:
@@ -534,6 +719,10 @@ async def child_main(impl: str, mode: str, sink_url: str, admin_url: str, params
                 child = Child(impl, sink_url, admin, Path(tmp))
                 if mode == "sweep":
                     await child_sweep(child, params)
+                elif mode == "offer":
+                    await child_offer(child, params)
+                elif mode == "overload":
+                    await child_overload(child, params)
                 else:
                     await child_fault(child, params)
             nursery.cancel_scope.cancel()
@@ -916,6 +1105,48 @@ def kit_fault(sink: Sink, python: Path, log_dir: Path, params: Params) -> dict[s
     }
 
 
+def kit_offer_sweep(
+    sink: Sink, python: Path, log_dir: Path, params: Params, on_step: Callable[[Any], None]
+) -> None:
+    """The kit at each of ``kit_sweep`` devices at 1 Hz (a fresh sync per step)."""
+    kit = Kit(python, sink.url, log_dir, "kit-offer")
+    steps = replace(params, window=params.sweep_window, kit_drain=params.sweep_drain)
+    try:
+        for step, devices in enumerate(params.kit_sweep):
+            load = load_average()
+            result = kit_step(sink, kit, 100 + step, devices, 1.0, steps)
+            ages = sink.stats()  # kit_step reset the sink: these are this step's
+            generated = result["generated"] or 1
+            in_window = result["delivered_in_window"]
+            cpu_s = result["cpu_pct"] / 100 * result["window_s"]
+            on_step(
+                {
+                    "impl": "kit",
+                    "rate": devices,
+                    "load": load,
+                    "window_s": result["window_s"],
+                    "offered": result["generated"],
+                    "delivered_in_window": in_window,
+                    "delivered_per_s": round(in_window / result["window_s"], 1),
+                    "delivered": result["delivered"],
+                    "on_time": ages["ages"]["on_time"],
+                    "on_time_share": round(ages["ages"]["on_time"] / generated, 4),
+                    "age_max_s": ages["ages"]["max"],
+                    "duplicates": result["duplicates"],
+                    "drained_ms": result["drained_ms"],
+                    "cpu_pct": result["cpu_pct"],
+                    "cpu_ms_per_reading": round(1000 * cpu_s / in_window, 4) if in_window else None,
+                    "sink_cpu_pct": result["sink_cpu_pct"],
+                    "other_cpu_pct": result["other_cpu_pct"],
+                    "spool_growth_per_s": None,
+                    "backlog_at_end": result["details"].get("pending_after_drain"),
+                    "details": result["details"],
+                }
+            )
+    finally:
+        kit.close()
+
+
 def run_child(
     impl: str,
     mode: str,
@@ -930,6 +1161,10 @@ def run_child(
     lines: list[tuple[str, dict[str, Any]]] = []
     if mode == "sweep":
         per_line = params.window + params.drain + 30
+    elif mode == "offer":
+        per_line = params.sweep_window + params.sweep_drain + 30
+    elif mode == "overload":
+        per_line = params.overload_window + params.overload_drain + 30
     else:
         per_line = params.fault_duration + params.fault_drain + 30
     with Service(f"{impl}-{mode}", argv, log_dir) as child:
@@ -1031,30 +1266,185 @@ def report(
     print()
 
 
-def result_line(capacities: dict[str, dict[str, Any]], faults: dict[str, dict[str, Any]]) -> str:
+def offer_line(r: dict[str, Any]) -> str:
+    return (
+        f"offer {r['impl']} {r['rate']}/s (load {r['load']}): {r['delivered_per_s']:.0f}/s "
+        f"delivered in the window, {fmt(100 * (r['on_time_share'] or 0), 1)}% within 2 s, "
+        f"CPU {r['cpu_pct']:.1f}% = {fmt(r['cpu_ms_per_reading'], 3)} ms/reading, spool "
+        f"{fmt(r['spool_growth_per_s'])}/s, sink CPU {r['sink_cpu_pct']:.1f}%, other "
+        f"{r['other_cpu_pct']:.1f}%"
+    )
+
+
+def overload_line(r: dict[str, Any]) -> str:
+    hog = " + a busy process" if r["hog"] else ""
+    return (
+        f"overload {r['devices']} devices{hog} (load {r['load']}): goodput min "
+        f"{fmt(r['goodput_min'])}/s median {fmt(r['goodput_median'])}/s, spool "
+        f"{fmt(r['spool_growth_per_s'])}/s, drained {fmt(r['drained_after_s'])} s after, "
+        f"lost {r['lost']}, pending at the end {r['pending_at_end']}, duplicates "
+        f"{r['duplicates']}"
+    )
+
+
+def best_capacity(offers: list[dict[str, Any]], impl: str) -> float:
+    return max((r["delivered_per_s"] for r in offers if r["impl"] == impl), default=0.0)
+
+
+def sweep_report(offers: list[dict[str, Any]], overloads: list[dict[str, Any]]) -> None:
+    print()
+    print(
+        "| impl | offered/s | delivered/s | within 2 s | CPU ms per reading | CPU % of a core "
+        "| spool growth /s | sink CPU % | load avg |"
+    )
+    print("|---" * 9 + "|")
+    for r in sorted(offers, key=lambda r: (("raw", "ours", "kit").index(r["impl"]), r["rate"])):
+        share = r["on_time_share"]
+        print(
+            f"| {r['impl']} | {r['rate']:,} | {r['delivered_per_s']:,.0f} "
+            f"| {fmt(None if share is None else 100 * share, 1)}% "
+            f"| {fmt(r['cpu_ms_per_reading'], 3)} | {r['cpu_pct']:.0f} "
+            f"| {fmt(r['spool_growth_per_s'])} | {r['sink_cpu_pct']:.0f} | {r['load']} |"
+        )
+    if overloads:
+        best = best_capacity(offers, "ours")
+        print()
+        print(
+            "| overload | offered/s | goodput min /s | median /s | min / best capacity "
+            "| spool growth /s | offered - median | drained after s | lost | load avg |"
+        )
+        print("|---" * 10 + "|")
+        for r in overloads:
+            ratio = r["goodput_min"] / best if best and r["goodput_min"] is not None else None
+            excess = r["devices"] - (r["goodput_median"] or 0)
+            print(
+                f"| {r['devices']:,} devices{' + busy process' if r['hog'] else ''} "
+                f"| {r['devices']:,} | {fmt(r['goodput_min'])} | {fmt(r['goodput_median'])} "
+                f"| {fmt(ratio, 2)} | {fmt(r['spool_growth_per_s'])} | {excess:,} "
+                f"| {fmt(r['drained_after_s'])} | {r['lost']} | {r['load']} |"
+            )
+    print()
+
+
+def sweep_figures(offers: list[dict[str, Any]]) -> dict[str, str]:
+    """RESULT keys of the offered-load sweep."""
+
+    def at(impl: str, rate: int) -> dict[str, Any] | None:
+        return next((r for r in offers if r["impl"] == impl and r["rate"] == rate), None)
+
+    out: dict[str, str] = {}
+    for impl in ("ours", "raw", "kit"):
+        if any(r["impl"] == impl for r in offers):
+            out[f"{impl}_peak_per_s"] = fmt(best_capacity(offers, impl))
+    ours, raw = at("ours", 1000), at("raw", 1000)
+    if ours is not None:
+        out["ours_ms_per_reading_1000"] = fmt(ours["cpu_ms_per_reading"], 3)
+    if raw is not None:
+        out["raw_ms_per_reading_1000"] = fmt(raw["cpu_ms_per_reading"], 3)
+    if ours and raw and ours["cpu_ms_per_reading"] and raw["cpu_ms_per_reading"]:
+        out["cpu_ratio_1000"] = fmt(ours["cpu_ms_per_reading"] / raw["cpu_ms_per_reading"], 2)
+    top = max((r["rate"] for r in offers if r["impl"] == "ours"), default=None)
+    if top is not None:
+        last = at("ours", top)
+        assert last is not None
+        out[f"ours_at_{top}_per_s"] = fmt(last["delivered_per_s"])
+    five = at("ours", 5000)
+    if five is not None and five["on_time_share"] is not None:
+        out["ours_within_2s_5000"] = fmt(five["on_time_share"], 4)
+    return out
+
+
+def result_line(
+    capacities: dict[str, dict[str, Any]],
+    faults: dict[str, dict[str, Any]],
+    offers: list[dict[str, Any]] | None = None,
+    overloads: list[dict[str, Any]] | None = None,
+) -> str:
     def cap(impl: str) -> str:
         return fmt(capacities[impl]["capacity"]) if impl in capacities else "na"
 
     lost = fmt(faults["ours"]["lost"]) if "ours" in faults else "na"
-    return (
+    line = (
         f"RESULT ours_per_s={cap('ours')} raw_httpx_per_s={cap('raw')} "
         f"kit_per_s={cap('kit')} lost={lost}"
     )
+    extra = sweep_figures(offers or [])
+    for r in overloads or []:
+        name = f"overload_{r['devices']}{'_busy' if r['hog'] else ''}"
+        extra[f"{name}_min_per_s"] = fmt(r["goodput_min"])
+        extra[f"{name}_lost"] = fmt(r["lost"])
+    return line + "".join(f" {key}={value}" for key, value in extra.items())
+
+
+def plot_sweep(offers: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Delivered/s and the share within 2 s against the offered load, one line per impl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    styles = {"ours": ("C0", "o"), "raw": ("C1", "s"), "kit": ("C3", "^")}
+    labels = {"ours": "ours (outbox)", "raw": "bare httpx loop", "kit": "PiPhi kit"}
+    for impl, (colour, marker) in styles.items():
+        rows = sorted((r for r in offers if r["impl"] == impl), key=lambda r: r["rate"])
+        if not rows:
+            continue
+        x = [r["rate"] for r in rows]
+        top.plot(
+            x, [r["delivered_per_s"] for r in rows], marker=marker, color=colour, label=labels[impl]
+        )
+        bottom.plot(
+            x,
+            [100 * (r["on_time_share"] or 0) for r in rows],
+            marker=marker,
+            color=colour,
+            label=labels[impl],
+        )
+    rates = sorted({r["rate"] for r in offers})
+    if rates:
+        top.plot(rates, rates, linestyle=":", color="grey", label="offered")
+    top.set_ylabel("delivered readings/s")
+    top.set_title(title)
+    top.legend()
+    top.grid(True, alpha=0.3)
+    bottom.set_ylabel("% delivered within 2 s")
+    bottom.set_xlabel("offered readings/s (devices at 1 Hz)")
+    bottom.set_ylim(-5, 105)
+    bottom.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def parent_main(args: argparse.Namespace) -> None:
     params = Params.quick() if args.quick else Params.full()
     if args.window is not None:
         params = replace(params, window=args.window)
+    if args.sweep:
+        params = replace(params, sweep=tuple(args.sweep))
+    if args.kit_sweep is not None:
+        params = replace(params, kit_sweep=tuple(args.kit_sweep))
+    if args.sweep_window is not None:
+        params = replace(params, sweep_window=args.sweep_window)
+    if args.overload:
+        runs = tuple((int(x.removesuffix("busy")), x.endswith("busy")) for x in args.overload)
+        params = replace(params, overload=runs)
+    if args.overload_window is not None:
+        params = replace(params, overload_window=args.overload_window)
+    skip = set(args.skip)
+    if args.quick:
+        skip.add("ladder")  # the sweep's figures stand in for the capacity ladder
     started, host_started = time.monotonic(), host_busy_seconds()
     header = (
         f"{os.cpu_count()} cores, python {sys.version.split()[0]}, trio {trio.__version__}, "
         f"httpx {httpx.__version__}; window {params.window:g} s, drain {params.drain:g} s "
-        f"(kit {params.kit_drain:g} s)"
+        f"(kit {params.kit_drain:g} s), sweep window {params.sweep_window:g} s; "
+        f"load average {load_average()}"
     )
     log(header)
     kit_python: Path | None = None
-    if "kit" not in args.skip:
+    if "kit" not in skip:
         try:
             kit_python = ensure_kit_venv(Path(args.kit_venv))
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
@@ -1063,6 +1453,8 @@ def parent_main(args: argparse.Namespace) -> None:
     steps: list[dict[str, Any]] = []
     capacities: dict[str, dict[str, Any]] = {}
     faults: dict[str, dict[str, Any]] = {}
+    offers: list[dict[str, Any]] = []
+    overloads: list[dict[str, Any]] = []
 
     def on_line(kind: str, body: dict[str, Any]) -> None:
         if kind == "step":
@@ -1073,6 +1465,12 @@ def parent_main(args: argparse.Namespace) -> None:
         elif kind == "fault":
             faults[body["impl"]] = body
             log(fault_line(body))
+        elif kind == "offer":
+            offers.append(body)
+            log(offer_line(body))
+        elif kind == "overload":
+            overloads.append(body)
+            log(overload_line(body))
 
     log_dir = Path(tempfile.mkdtemp(prefix="delivery-bench-"))
     failed: list[str] = []
@@ -1092,26 +1490,34 @@ def parent_main(args: argparse.Namespace) -> None:
         capacities["kit"] = kit
         log(f"kit versions: {json.dumps(kit['versions'])}")
 
+    def kit_offers() -> None:
+        assert kit_python is not None
+        kit_offer_sweep(sink, kit_python, log_dir, params, lambda r: on_line("offer", r))
+
     def kit_outage() -> None:
         assert kit_python is not None
         on_line("fault", kit_fault(sink, kit_python, log_dir, params))
 
+    def child(impl: str, mode: str) -> Callable[[], object]:
+        return partial(run_child, impl, mode, sink, params, log_dir, on_line)
+
     sink = Sink(log_dir, lifetime=3600.0)
     try:
         for impl in ("raw", "ours"):
-            if impl not in args.skip:
-                part(
-                    f"{impl} capacity",
-                    partial(run_child, impl, "sweep", sink, params, log_dir, on_line),
-                )
-        if kit_python is not None:
+            if impl not in skip and "ladder" not in skip:
+                part(f"{impl} capacity", child(impl, "sweep"))
+        if kit_python is not None and "ladder" not in skip:
             part("kit capacity", kit_capacity)
-        if "fault" not in args.skip:
-            part(
-                "ours fault run",
-                partial(run_child, "ours", "fault", sink, params, log_dir, on_line),
-            )
-            if kit_python is not None:
+        for impl in ("raw", "ours"):
+            if impl not in skip and "sweep" not in skip:
+                part(f"{impl} offered-load sweep", child(impl, "offer"))
+        if kit_python is not None and "sweep" not in skip and params.kit_sweep:
+            part("kit offered-load sweep", kit_offers)
+        if "ours" not in skip and "overload" not in skip and params.overload:
+            part("ours overload", child("ours", "overload"))
+        if "fault" not in skip:
+            part("ours fault run", child("ours", "fault"))
+            if kit_python is not None and not args.quick:
                 part("kit fault run", kit_outage)
     except BaseException:
         failed.append("interrupted")
@@ -1126,14 +1532,22 @@ def parent_main(args: argparse.Namespace) -> None:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = cpu_seconds() + children.ru_utime + children.ru_stime
     other = 100 * ((host_busy_seconds() - host_started) - own) / wall
-    log(f"wall time {wall:.1f} s; other processes used {other:.0f}% of one core meanwhile")
+    log(
+        f"wall time {wall:.1f} s; other processes used {other:.0f}% of one core meanwhile; "
+        f"load average {load_average()}"
+    )
     if args.json:
         record = {"params": asdict(params), "steps": steps, "capacities": capacities}
-        record["faults"] = faults
+        record.update(faults=faults, offers=offers, overloads=overloads)
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    if args.plot and offers:
+        title = f"Offered-load sweep, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}"
+        plot_sweep(offers, Path(args.plot), title)
     if not args.quick:
         report(steps, capacities, faults, params)
-    print(result_line(capacities, faults))
+    if offers or overloads:
+        sweep_report(offers, overloads)
+    print(result_line(capacities, faults, offers, overloads))
     if failed:
         raise SystemExit(1)
 
@@ -1144,13 +1558,27 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="short windows (<1 min)")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["raw", "ours", "kit", "fault"], help="parts"
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["raw", "ours", "kit", "fault", "ladder", "sweep", "overload"],
+        help="parts",
     )
+    parser.add_argument("--sweep", nargs="*", type=int, help="offered loads (devices at 1 Hz)")
+    parser.add_argument("--kit-sweep", nargs="*", type=int, help="the kit's offered loads")
+    parser.add_argument("--sweep-window", type=float, help="seconds per sweep step")
+    parser.add_argument("--plot", help="write the sweep's curve to this PNG (matplotlib)")
+    parser.add_argument(
+        "--overload", nargs="*", help="overload runs: devices, 'busy' suffix for a busy process"
+    )
+    parser.add_argument("--overload-window", type=float, help="seconds per overload run")
     parser.add_argument("--window", type=float, help="seconds per capacity step")
     parser.add_argument("--json", help="also write every record to this file")
     parser.add_argument("--kit-venv", default=str(DEFAULT_KIT_VENV), help="the kit's venv")
     parser.add_argument("--child", choices=["raw", "ours"], help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=["sweep", "fault"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mode", choices=["sweep", "fault", "offer", "overload"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--sink-url", help=argparse.SUPPRESS)
     parser.add_argument("--admin-url", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)

@@ -35,7 +35,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.simulated_home import integration
-from runtime import open_runtime
+from runtime.lowlevel import open_runtime
 from runtime._web import RUNTIME_KEY
 from runtime._web.history import HealthHistory
 

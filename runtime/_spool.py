@@ -193,6 +193,9 @@ class Spool:
         self.rejected_caps = RejectedCaps()
         self.rows_by_config: dict[str, int] = {}
         """Rows per config id when the spool was opened (for the outbox's bookkeeping)."""
+        self.newest_by_key: dict[str, int] = {}
+        """The newest row's seq per lane key (device) when the spool was opened: those
+        devices' new items queue behind their rows, to keep each device's order."""
         self._marked = totals.depth
         self._marked_at = time.monotonic()
 
@@ -242,7 +245,7 @@ class Spool:
             recovery = noticed_loss(path, marker, existed, size, totals.depth)
         spool = cls(db, totals, recovery)
         if totals.depth:
-            spool.rows_by_config = await db.run(_rows_by_config)
+            spool.rows_by_config, spool.newest_by_key = await db.run(_rows_by_config)
         await spool._mark(clean=False)
         return spool
 
@@ -345,12 +348,17 @@ def _probe_sync(con: sqlite3.Connection, size: int) -> None:
         raise
 
 
-def _rows_by_config(con: sqlite3.Connection) -> dict[str, int]:
+def _rows_by_config(con: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows per config id, and the newest seq per lane key."""
     counts: dict[str, int] = {}
-    for lane_key, rows in con.execute("SELECT lane_key, COUNT(*) FROM items GROUP BY lane_key"):
+    newest: dict[str, int] = {}
+    for lane_key, rows, top in con.execute(
+        "SELECT lane_key, COUNT(*), MAX(seq) FROM items GROUP BY lane_key"
+    ):
         config_id = lane_key.partition("\x00")[0]
         counts[config_id] = counts.get(config_id, 0) + rows
-    return counts
+        newest[lane_key] = top
+    return counts, newest
 
 
 def _oldest(con: sqlite3.Connection) -> float | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import h11
 import httpx
@@ -215,3 +215,238 @@ def _as_httpx(error: Exception) -> httpx.TransportError:
     if isinstance(error, httpx.TransportError):
         return error
     return httpx.ConnectError(str(error))
+
+
+# -- one lane's own connection: several requests per write, answers read in order ------------
+
+#: A request head and its body; see ``Pipeline.exchange``.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+#: Answers larger than this, or with an unusual framing, are read with h11, not parsed here.
+SIMPLE_BODY_MAX = 64 * 1024
+SIMPLE_HEAD_MAX = 8 * 1024
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_HEADERS: list[tuple[bytes, bytes]] = []  # what a plainly parsed 2xx answer hands on
+
+
+class PipelineBroken(Exception):
+    """The connection failed with part of a batch unanswered.
+
+    ``answers`` came in before it did (for the first requests of the batch, in order);
+    ``error`` says how it failed, as an httpx error; ``started`` is true when an answer
+    had begun to arrive (so its request may have been processed).
+    """
+
+    def __init__(self, answers: list[Answer], error: httpx.TransportError, started: bool) -> None:
+        super().__init__(str(error))
+        self.answers = answers
+        self.error = error
+        self.started = started
+
+
+class Pipeline:
+    """One keep-alive HTTP/1.1 connection to ``host:port`` owned by one sender (a lane).
+
+    ``exchange()`` writes a batch of ready-made requests with one ``send_all`` and reads
+    their answers in order (HTTP/1.1 pipelining: a server answers a connection's requests
+    in the order they came). The common answer, a small 2xx with a ``Content-Length``, is
+    parsed here in a few microseconds; anything else (another status, chunked, large, a
+    1xx, a malformed head) is read by h11 exactly as ``H11Transport`` would. No timeouts
+    of its own: the caller bounds each exchange (the outbox's lane holds one long-lived
+    deadline, docs/design.md), and ``answers`` says what had arrived when it fired.
+
+    A batch that fails on a reused connection before any byte of an answer arrived is
+    written once more on a fresh one: the server may have closed the idle socket.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._stream: trio.SocketStream | None = None
+        self._buffer = b""
+        self._reused = False
+        self.answers: list[Answer] = []
+        """Answers of the batch in flight (or the last one) so far, in request order."""
+        self.started = False
+        """An answer had begun to arrive past the last complete one."""
+        self.connects = 0
+        self.progress: Callable[[], None] | None = None
+        """Called whenever bytes of an answer arrive (the caller may extend its deadline)."""
+
+    async def exchange(self, chunks: list[bytes], count: int) -> list[Answer]:
+        """Send ``count`` whole HTTP/1.1 requests (``chunks`` joined) and return their
+        answers; raises ``PipelineBroken`` when the connection fails before every one came.
+        """
+        self.answers = []
+        self.started = False
+        data = b"".join(chunks)
+        try:
+            return await self._exchange(data, count)
+        except PipelineBroken as broken:
+            if not (self._reused and not broken.answers and not broken.started):
+                raise
+        # A stale kept-alive socket: once more on a fresh connection.
+        self.answers = []
+        self.started = False
+        return await self._exchange(data, count)
+
+    async def _exchange(self, data: bytes, want: int) -> list[Answer]:
+        stream = self._stream
+        if stream is None:
+            stream = await self._connect()
+        else:
+            self._reused = True
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await self.close()
+            error = httpx.WriteError(f"Core closed the connection: {exc}")
+            raise PipelineBroken([], error, False) from None
+        answers = self.answers
+        buffer = self._buffer
+        try:
+            while True:
+                while len(answers) < want:
+                    parsed = _parse_simple(buffer)
+                    if parsed is None:
+                        break
+                    if parsed is _UNUSUAL:
+                        answer, buffer, closing = await self._read_with_h11(stream, buffer)
+                    else:
+                        status, start, end, closing = parsed  # type: ignore[misc]
+                        answer = (status, _HEADERS, buffer[start:end])
+                        buffer = buffer[end:]
+                    answers.append(answer)
+                    self.started = bool(buffer)
+                    if closing:
+                        await self._closing(len(answers) < want)
+                        return answers
+                if len(answers) == want:
+                    self._buffer = buffer
+                    return answers
+                buffer += await self._receive(stream, bool(buffer))
+                self.started = True
+                if self.progress is not None:
+                    self.progress()
+        except BaseException:
+            self._buffer = b""
+            if len(answers) < want:
+                await self.close()
+            raise
+
+    async def _connect(self) -> trio.SocketStream:
+        try:
+            stream = await trio.open_tcp_stream(self.host, self.port)
+        except OSError as exc:
+            error = httpx.ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}")
+            raise PipelineBroken([], error, False) from None
+        self._stream, self._buffer, self._reused = stream, b"", False
+        self.connects += 1
+        return stream
+
+    async def _receive(self, stream: trio.SocketStream, begun: bool) -> bytes:
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await self.close()
+            error = httpx.ReadError(f"Core closed the connection: {exc}")
+            raise PipelineBroken(self.answers, error, begun) from None
+        if not data:
+            await self.close()
+            raise PipelineBroken(
+                self.answers,
+                httpx.RemoteProtocolError("Core closed the connection without answering"),
+                begun,
+            )
+        return data
+
+    async def _closing(self, unanswered: bool) -> None:
+        """The server said it closes the connection after this answer."""
+        await self.close()
+        if unanswered:
+            raise PipelineBroken(
+                self.answers,
+                httpx.RemoteProtocolError("Core closed the connection after an answer"),
+                False,
+            )
+
+    async def _read_with_h11(
+        self, stream: trio.SocketStream, buffer: bytes
+    ) -> tuple[Answer, bytes, bool]:
+        """One answer that is not a plain small 2xx, read by h11 from ``buffer`` on."""
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        # h11 reads an answer only after it wrote the request it answers.
+        conn.send(h11.Request(method="POST", target="/", headers=[("Host", self.host)]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(buffer)
+        status, headers, chunks, size = 0, [], [], 0
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self.close()
+                error = httpx.RemoteProtocolError(str(exc))
+                raise PipelineBroken(self.answers, error, True) from None
+            if event is h11.NEED_DATA:
+                conn.receive_data(await self._receive(stream, True))
+            elif isinstance(event, h11.Response):
+                status, headers = event.status_code, list(event.headers)
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_RESPONSE:
+                    await self.close()
+                    error = httpx.RemoteProtocolError("Core's answer is too large")
+                    raise PipelineBroken(self.answers, error, True)
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                rest, _closed = conn.trailing_data
+                closing = conn.their_state is not h11.DONE or conn.our_state is not h11.DONE
+                return (status, headers, b"".join(chunks)), bytes(rest), closing
+            elif isinstance(event, h11.ConnectionClosed):
+                await self.close()
+                error = httpx.RemoteProtocolError("Core closed the connection mid-answer")
+                raise PipelineBroken(self.answers, error, True)
+
+    async def close(self) -> None:
+        stream, self._stream, self._buffer = self._stream, None, b""
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+class _Unusual:
+    """``_parse_simple``'s answer for what h11 must read."""
+
+
+_UNUSUAL = _Unusual()
+
+
+def _parse_simple(buffer: bytes) -> tuple[int, int, int, bool] | _Unusual | None:
+    """A whole plain answer at the start of ``buffer``: ``(status, body start, body end,
+    closing)``; None if more bytes are needed; ``_UNUSUAL`` unless it is a 2xx with one
+    ``Content-Length`` of at most ``SIMPLE_BODY_MAX`` and no ``Transfer-Encoding``."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return _UNUSUAL if len(buffer) > SIMPLE_HEAD_MAX else None
+    if not buffer.startswith(b"HTTP/1.1 2") or end > SIMPLE_HEAD_MAX:
+        return _UNUSUAL
+    code = buffer[9:12]
+    if not code.isdigit() or buffer[12:13] not in (b" ", b"\r"):
+        return _UNUSUAL
+    head = buffer[:end].lower()
+    at = head.find(_CONTENT_LENGTH)
+    if at < 0 or b"transfer-encoding" in head or head.find(_CONTENT_LENGTH, at + 1) >= 0:
+        return _UNUSUAL
+    line_end = head.find(b"\r\n", at + 2)
+    value = head[at + len(_CONTENT_LENGTH) : end if line_end < 0 else line_end].strip()
+    if not value.isdigit() or len(value) > 6 or int(value) > SIMPLE_BODY_MAX:
+        return _UNUSUAL
+    start = end + 4
+    stop = start + int(value)
+    if len(buffer) < stop:
+        return None
+    closing = False
+    if b"\r\nconnection:" in head:
+        at = head.find(b"\r\nconnection:")
+        line_end = head.find(b"\r\n", at + 2)
+        closing = b"close" in head[at : end if line_end < 0 else line_end]
+    return int(code), start, stop, closing

@@ -179,6 +179,10 @@ class DeliveryStats(Answer):
     spool_error: JsonObject | None = Field(description="Why the spool cannot be written now.")
     recovery: Recovery | None
     configs_tracked: int
+    backlog_age: float | None = Field(
+        default=None,
+        description="Seconds since the oldest undelivered item was made (None: none waits).",
+    )
 
 
 class AuthInfo(Answer):

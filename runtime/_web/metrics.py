@@ -160,6 +160,12 @@ def _delivery(rt: Runtime) -> Iterator[Metric]:
         "Age of the oldest spooled item (0: empty)",
         value=0.0 if age is None else age,
     )
+    backlog = stats.backlog_age
+    yield GaugeMetricFamily(
+        "piphi_delivery_backlog_age_seconds",
+        "Age of the oldest undelivered item (0: none)",
+        value=0.0 if backlog is None else backlog,
+    )
     link = GaugeMetricFamily(
         "piphi_core_link", "1 for the Core link's current state", labels=["state"]
     )

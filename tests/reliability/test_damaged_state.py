@@ -42,7 +42,7 @@ async def test_the_runtime_serves_on_a_damaged_spool_and_ledger(
     state = tmp_path / "state"
     env = {**runtime_env(core, state), "PIPHI_CONTAINER_ID": CONTAINER}
     log = tmp_path / "runtime.log"
-    configs = [device(n, interval=0.05) for n in range(DEVICES)]
+    configs = [device(n, interval=0.1) for n in range(DEVICES)]
     async with live_runtime(env, log) as rt:
         await start_devices(rt, core, configs)
         await core.down()
