@@ -1378,7 +1378,10 @@ def result_line(
 
 def plot_sweep(offers: list[dict[str, Any]], path: Path, title: str) -> None:
     """Delivered/s and the share within 2 s against the offered load, one line per impl."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[bench]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

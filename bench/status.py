@@ -35,9 +35,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.simulated_home import integration
-from runtime.lowlevel import open_runtime
 from runtime._web import RUNTIME_KEY
 from runtime._web.history import HealthHistory
+from runtime.lowlevel import open_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADERS = {"X-Container-Id": "bench", "X-PiPhi-Integration-Token": "bench-token"}
