@@ -50,9 +50,10 @@ async def _storm(
     }
     assert links == {"down"}, f"/health during the {status} storm said {links}"
     if retry_after:
-        # Never sooner than Retry-After: each lane's first attempt in the storm may come at
-        # any time, every later one at least retry_after after the one before.
-        assert attempts <= LANES * (1 + lasted // retry_after), (attempts, lasted)
+        # Never sooner than Retry-After. A lane's first exchange in the storm may come at any
+        # time and, pipelined behind the backlog of the storm before, carry one request per
+        # device; every later one is the lane's head alone, retry_after after the one before.
+        assert attempts <= DEVICES + LANES * (lasted // retry_after), (attempts, lasted)
     stored, recovered = len(core.stored), trio.current_time()
     await wait_until(lambda: len(core.stored) > stored, timeout=RETRY_CAP + 2)
     resumed_after = trio.current_time() - recovered
