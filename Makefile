@@ -40,8 +40,9 @@ chromium:
 	@test -x /usr/bin/chromium || { echo "chromium missing; installing Debian's chromium"; \
 	  apt-get update -qq && apt-get install -y -qq chromium; }
 
+# Four workers on two cores: most of the time of the real-process tests is waiting.
 test: lint typecheck mosquitto chromium
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist worksteal
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -71,6 +71,7 @@ def test_check_and_serve_find_a_module_in_the_working_directory_or_app_dir(
     assert main(["check", "firsthour_plug:Plug", "--app-dir", str(folder)]) == 0
 
 
+@pytest.mark.slow
 def test_serve_as_the_readme_prints_it_from_a_fresh_shell(tmp_path: Path) -> None:
     # The console script, run from the repository: examples/ must be importable.
     env = {**os.environ, "PORT": "eighty"}

@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from runtime.testing import FakeCore
 from tests.reliability._procs import ROOT
+
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
 
 KEY = "deconz-key-0123456789ABCDEF"
 SHORT_PIN = "73"
@@ -63,7 +66,10 @@ async def run(command: list[str], env: dict[str, str], port: int, config: dict[s
                     await trio.sleep(0.2)
             snapshot = {"generation": 1, "configs": [{"id": "hub-1", **config}]}
             assert (await http.post("/config/sync", json=snapshot)).status_code == 200
-            await trio.sleep(3.5)  # a few polls, each leaking every way it can
+            # Two failed polls, each leaking every way it can, the first logged as a crash.
+            with trio.fail_after(20):
+                while not _polled_twice(log.read_text()):
+                    await trio.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         with trio.move_on_after(20):
@@ -72,6 +78,10 @@ async def run(command: list[str], env: dict[str, str], port: int, config: dict[s
             proc.kill()
             await proc.wait()
     return log.read_text()
+
+
+def _polled_twice(text: str) -> bool:
+    return "poll() raised" in text and text.count("by mistake") >= 2
 
 
 def assert_clean(text: str) -> None:

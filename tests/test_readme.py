@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -47,6 +48,7 @@ def test_every_python_block_parses_and_imports_what_exists() -> None:
                     assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
 
 
+@pytest.mark.slow
 def test_the_first_integration_and_its_tests_run_as_printed(tmp_path: Path) -> None:
     written = files()
     assert {"plugs.py", "test_plug.py", "test_plugs_in_core.py", "pyproject.toml"} <= set(written)
@@ -68,6 +70,7 @@ def test_the_first_integration_and_its_tests_run_as_printed(tmp_path: Path) -> N
     assert "2 passed" in tests.stdout
 
 
+@pytest.mark.slow
 def test_serve_as_printed_answers(tmp_path: Path) -> None:
     (tmp_path / "plugs.py").write_text(files()["plugs.py"])
     with socket_port() as port:

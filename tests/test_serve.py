@@ -35,6 +35,7 @@ def run_serve(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_an_invalid_port_is_an_error() -> None:
     assert parse_port(None) == 8000
     assert parse_port("8123") == 8123
@@ -46,6 +47,7 @@ def test_an_invalid_port_is_an_error() -> None:
     assert "PORT must be an integer" in result.stderr
 
 
+@pytest.mark.slow
 async def test_sigterm_spools_and_a_restart_delivers(tmp_path: Path, nursery: trio.Nursery) -> None:
     core = FakeCore()
     await nursery.start(core.serve)
@@ -104,6 +106,7 @@ def _bodies(core: FakeCore) -> list[dict[str, Any]]:
     return [r.body for r in core.received]
 
 
+@pytest.mark.slow
 def test_a_runtime_that_cannot_start_exits_non_zero(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the state directory should be")
@@ -114,6 +117,7 @@ def test_a_runtime_that_cannot_start_exits_non_zero(tmp_path: Path) -> None:
     assert "writable" in result.stderr  # the spool error's hint reaches the operator
 
 
+@pytest.mark.slow
 def test_an_invalid_durability_is_an_error() -> None:
     result = run_serve(["--port", "0"], PIPHI_DURABILITY="fsync-always")
     assert result.returncode == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from tests.helpers import wait_until
@@ -19,6 +20,8 @@ from tests.reliability._procs import (
     start_devices,
     watching_health,
 )
+
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
 
 DEVICES = 9
 INTERVAL = 0.2

@@ -12,6 +12,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import wait_until
 from tests.reliability._procs import (
     CONTAINER,
@@ -22,6 +24,8 @@ from tests.reliability._procs import (
     runtime_env,
     start_devices,
 )
+
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
 
 DEVICES = 6
 

@@ -39,6 +39,8 @@ from tests.reliability._procs import (
     start_devices,
 )
 
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
+
 DEVICES = 20
 INTERVAL = 0.1
 SIZE = 4 * 1024 * 1024

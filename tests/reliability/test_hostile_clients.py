@@ -23,6 +23,8 @@ import trio
 from runtime._web.server import ConnectionLimits
 from tests.reliability._procs import HEALTH_BOUND, runtime_process, stop
 
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
+
 KEY = "X-PiPhi-Idempotency-Key"
 TOKEN = "hostile-test-token"
 FLOOD = 1100

@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from tests.helpers import wait_until
@@ -32,6 +33,8 @@ from tests.reliability._procs import (
     spooled_ids,
     start_devices,
 )
+
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
 
 DEVICES = 12
 

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from tests.reliability._procs import (
@@ -21,6 +22,8 @@ from tests.reliability._procs import (
     start_devices,
     watching_health,
 )
+
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
 
 POOL = 24
 SEQUENTIAL = 20

@@ -23,6 +23,8 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 TOKEN = "fuzz-token"
 HEADERS = {"X-Container-Id": "ctr-fuzz", "X-PiPhi-Integration-Token": TOKEN}

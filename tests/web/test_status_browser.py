@@ -30,6 +30,8 @@ from runtime._serve import serve
 from runtime.testing import FakeCore
 from tests.served import CORE_HEADERS, CORE_TOKEN, env_for
 
+pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
+
 T = TypeVar("T")
 
 CHROMIUM = "/usr/bin/chromium"
