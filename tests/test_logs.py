@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from runtime.testing import FakeCore
+from tests.helpers import wait_until
 from tests.reliability._procs import ROOT
 
 pytestmark = pytest.mark.slow  # a real process: make test runs it, -m "not slow" skips it
@@ -67,9 +68,7 @@ async def run(command: list[str], env: dict[str, str], port: int, config: dict[s
             snapshot = {"generation": 1, "configs": [{"id": "hub-1", **config}]}
             assert (await http.post("/config/sync", json=snapshot)).status_code == 200
             # Two failed polls, each leaking every way it can, the first logged as a crash.
-            with trio.fail_after(20):
-                while not _polled_twice(log.read_text()):
-                    await trio.sleep(0.1)
+            await wait_until(lambda: _polled_twice(log.read_text()), timeout=20, step=0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         with trio.move_on_after(20):
