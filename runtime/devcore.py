@@ -38,6 +38,7 @@ from quart import Response, request
 from quart.typing import RouteCallable
 from quart_trio import QuartTrio
 
+from ._contract import from_unix
 from ._contract.core import CONTAINER_HEADER, TOKEN_HEADER
 from ._database import Database
 from ._fakecore import TROUBLE_MODES, FakeCore, Kind, Rejected, Trouble
@@ -317,7 +318,10 @@ class DevCore:
         except (TypeError, ValueError):
             return _problem(422, "seconds, retry_after and delay are numbers")
         self.set_trouble(trouble)
-        return _json(attrs.asdict(self.trouble))
+        answer = attrs.asdict(self.trouble)
+        if trouble.until is not None:  # trio time means nothing outside: a UTC moment
+            answer["until"] = from_unix(time.time() + seconds).isoformat()
+        return _json(answer)
 
 
 async def _serve_http(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -89,3 +90,15 @@ async def test_trouble_is_survived_without_loss(
     assert len(stored) + len(events) == delivery["accepted"], "nothing accepted was lost"
     assert delivery["retried"] > 0
     assert (await devcore.stats())["refused"] > 0
+
+
+async def test_the_admin_api_answers_when_trouble_ends_as_a_utc_moment(
+    devcore: DevCore, autojump_clock: trio.abc.Clock
+) -> None:
+    async with httpx.AsyncClient(base_url=devcore.admin_url) as http:
+        answer = (await http.post("/admin/trouble", json={"mode": "503", "seconds": 30})).json()
+        until = datetime.fromisoformat(answer["until"])
+        assert until.tzinfo is not None
+        assert timedelta(seconds=25) < until - datetime.now(UTC) <= timedelta(seconds=30)
+        answer = (await http.post("/admin/trouble", json={"mode": "none"})).json()
+        assert (answer["mode"], answer["until"]) == ("none", None)
