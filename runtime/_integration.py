@@ -19,6 +19,8 @@ from ._reconciler import select_by_field
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
+    from ._sources import Source
+
 __all__ = ["Integration"]
 
 ActorClass = type[DeviceActor[Any]]
@@ -56,6 +58,9 @@ class Integration:
     preset: str = "cloud-polling-api"
     domain: str = "general"
     description: str | None = None
+    sources: Sequence[Source] = attrs.field(default=(), converter=tuple)
+    """Shared sources (``MqttSource(...)``): one connection each for the runtime's
+    lifetime, routed to the actors that read ``self.source_packets(...)``."""
 
     @property
     def actor_classes(self) -> tuple[ActorClass, ...]:
