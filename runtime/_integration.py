@@ -8,7 +8,7 @@ classes and their config models.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -36,6 +36,10 @@ def _check_actors(inst: Integration, _: attrs.Attribute[Any], value: Any) -> Non
             raise TypeError(f"{cls!r} is not a DeviceActor subclass")
 
 
+def _source_tuple(sources: Iterable[Source]) -> tuple[Source, ...]:
+    return tuple(sources)
+
+
 @attrs.frozen(kw_only=True)
 class Integration:
     """One PiPhi integration. Give ``actor`` for one device kind, or ``actors`` mapping a
@@ -58,7 +62,7 @@ class Integration:
     preset: str = "cloud-polling-api"
     domain: str = "general"
     description: str | None = None
-    sources: Sequence[Source] = attrs.field(default=(), converter=tuple)
+    sources: Sequence[Source] = attrs.field(default=(), converter=_source_tuple)
     """Shared sources (``MqttSource(...)``): one connection each for the runtime's
     lifetime, routed to the actors that read ``self.source_packets(...)``."""
 
