@@ -79,6 +79,9 @@ DEFAULT_TOPIC = "piphi/sources/rtl433/packets"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 #: Packets an actor's inbox holds before the oldest is dropped.
 INBOX_CAPACITY = 64
+#: Backoff between reconnects: full jitter under a capped exponential (seconds).
+RECONNECT_INITIAL_DELAY = 0.5
+RECONNECT_MAX_DELAY = 30.0
 #: Hints heard but claimed by no config, kept for ``/discover`` (least recently heard go).
 UNCLAIMED_LIMIT = 512
 
@@ -467,9 +470,6 @@ class SourceHub:
     (an integration that declares none) is inert and refuses claims.
     """
 
-    #: Backoff between reconnects: full jitter under a capped exponential (seconds).
-    initial_delay: ClassVar[float] = 0.5
-    max_delay: ClassVar[float] = 30.0
     #: A session that stayed up this long resets the backoff.
     healthy_after: ClassVar[float] = 10.0
 
@@ -480,12 +480,16 @@ class SourceHub:
         rng: random.Random | None = None,
         unclaimed_limit: int = UNCLAIMED_LIMIT,
         inbox_capacity: int = INBOX_CAPACITY,
+        initial_delay: float | None = None,
+        max_delay: float | None = None,
     ) -> None:
         names = [s.name for s in sources]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"sources must have distinct names; {', '.join(twice)} is repeated")
         self.links = [_Link(source) for source in sources]
+        self.initial_delay = initial_delay or RECONNECT_INITIAL_DELAY
+        self.max_delay = max_delay or RECONNECT_MAX_DELAY
         self.inbox_capacity = inbox_capacity
         self.unclaimed_limit = unclaimed_limit
         self.unclaimed_evicted = 0
@@ -692,7 +696,7 @@ class SourceHub:
             first = link.down_since is None
             if first:
                 link.down_since = now
-            link.last_error = _error_record(error, source, now)
+            link.last_error = _error_record(error, now)
             link.next_attempt = now + delay
             # One warning per outage; its retries are at debug level.
             log.log(
@@ -714,7 +718,7 @@ class SourceHub:
         source = link.source
         receiving = trio.CancelScope()
         session = trio.CancelScope(shield=True)
-        outcome: BaseException = _SessionEnded(f"{source.where()} ended the session")
+        outcome: BaseException = _SessionEnded("the session ended")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._end_session_on_cancel, link, receiving, session)
             with session:
@@ -731,8 +735,7 @@ class SourceHub:
                                     self.ingest(link, payload)
                     if connecting.cancelled_caught:
                         outcome = _SessionEnded(
-                            f"{source.where()} did not accept a session within "
-                            f"{source.connect_timeout:g} s"
+                            f"no session accepted within {source.connect_timeout:g} s"
                         )
                 except Exception as exc:
                     outcome = exc
@@ -783,15 +786,20 @@ def _first(error: BaseException) -> BaseException:
     return error
 
 
-def _error_record(error: BaseException, source: Source, now: float) -> dict[str, Any]:
+#: What an error that says nothing (an empty str()) means, by its class name.
+_LOST = {"MQTTConnectionLost": "connection lost", "EndOfStream": "connection lost"}
+
+
+def _error_record(error: BaseException, now: float) -> dict[str, Any]:
     first = _first(error)
     reason = getattr(first, "reason_code", None)
     if reason is not None and hasattr(reason, "name"):
-        message = f"{source.where()} refused: {reason.name.lower().replace('_', ' ')}"
+        message = f"refused: {reason.name.lower().replace('_', ' ')}"
         hint = "Check the source's username, password and the broker's ACL for its topics."
     else:
-        text = str(getattr(first, "message", None) or first) or type(first).__name__
-        message = text if isinstance(first, _SessionEnded) else f"{source.where()}: {text}"
+        message = str(getattr(first, "message", None) or first) or _LOST.get(
+            type(first).__name__, type(first).__name__
+        )
         hint = getattr(first, "hint", None) or (
             "Check that the broker runs and is reachable; the runtime reconnects by itself."
         )
@@ -809,13 +817,16 @@ async def open_sources(
     settings: Settings | None = None,
     secrets: SecretValues | None = None,
     rng: random.Random | None = None,
+    initial_delay: float | None = None,
+    max_delay: float | None = None,
 ) -> AsyncIterator[SourceHub]:
     """Run ``sources`` (each bound to ``settings``) for the block's lifetime and yield the
     hub; leaving it closes every connection politely. Open it around the actors that
-    claim from it, so they stop first. Source passwords join ``secrets``."""
+    claim from it, so they stop first. Source passwords join ``secrets``. The reconnect
+    backoff is ``SourceHub``'s (0.5 s doubling to 30 s) unless the delays are given."""
     if settings is not None:
         sources = [source.bind(settings) for source in sources]
-    hub = SourceHub(sources, rng=rng)
+    hub = SourceHub(sources, rng=rng, initial_delay=initial_delay, max_delay=max_delay)
     if secrets is not None:
         for source in sources:
             for value in source.secrets():
