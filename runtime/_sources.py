@@ -29,6 +29,7 @@ packet is dropped and counted, so one slow actor never holds up the others.
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import logging
 import math
@@ -327,31 +328,27 @@ async def _payloads(subscription: AsyncIterator[MQTTPublishPacket]) -> AsyncIter
         yield message.payload
 
 
-_CLIENT: Any = None
-
-
+@functools.cache
 def _refusing_client() -> Any:
     """moat-lib-mqtt's client, failing its entry when the broker refuses the login.
 
     moat-lib-mqtt 0.8.7 takes any CONNACK as success and only the next operation fails,
     with the broker's reason lost; this raises ``MQTTConnectFailed(reason_code)`` instead
-    (the same subclass as ``actors.mqtt_source``'s, hence the ``<0.9`` bound)."""
-    global _CLIENT
-    if _CLIENT is None:
-        from moat.lib.mqtt import MQTTConnAckPacket, MQTTConnectFailed, MQTTPacket, ReasonCode
-        from moat.lib.mqtt.async_client import AsyncMQTTClient
+    (the same subclass as ``actors.mqtt_source``'s, hence the ``<0.9`` bound). Made on
+    first use, so the runtime imports without the ``[mqtt]`` extra."""
+    from moat.lib.mqtt import MQTTConnAckPacket, MQTTConnectFailed, MQTTPacket, ReasonCode
+    from moat.lib.mqtt.async_client import AsyncMQTTClient
 
-        class RefusingClient(AsyncMQTTClient):
-            async def _handle_packet(self, packet: MQTTPacket) -> None:
-                if (
-                    isinstance(packet, MQTTConnAckPacket)
-                    and packet.reason_code is not ReasonCode.SUCCESS
-                ):
-                    raise MQTTConnectFailed(packet.reason_code)
-                await super()._handle_packet(packet)
+    class RefusingClient(AsyncMQTTClient):
+        async def _handle_packet(self, packet: MQTTPacket) -> None:
+            if (
+                isinstance(packet, MQTTConnAckPacket)
+                and packet.reason_code is not ReasonCode.SUCCESS
+            ):
+                raise MQTTConnectFailed(packet.reason_code)
+            await super()._handle_packet(packet)
 
-        _CLIENT = RefusingClient
-    return _CLIENT
+    return RefusingClient
 
 
 # -- inboxes -------------------------------------------------------------------------------
