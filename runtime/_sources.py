@@ -514,9 +514,10 @@ class SourceHub:
         inbox = SourceInbox(hint, owner, capacity or self.inbox_capacity)
         owned.append(inbox)
         self._routes.setdefault(hint.key, []).append(inbox)
-        for key in [k for k in self._heard if k[:2] == hint.key and hint.accepts(k[2], None)]:
-            if hint.source is None or self._heard[key].source == hint.source:
-                del self._heard[key]
+        heard = self._heard
+        for key in [k for k in heard if k[:2] == hint.key]:
+            if hint.accepts(key[2], heard[key].source):
+                del heard[key]
         return inbox
 
     def release(self, owner: object) -> None:
@@ -529,8 +530,15 @@ class SourceHub:
                 if not routed:
                     del self._routes[inbox.hint.key]
 
-    def claimed(self, model: str, id: str, channel: str | None = None) -> bool:
-        return any(i.hint.accepts(channel, None) for i in self._routes.get((model, id), ()))
+    def claimed(
+        self,
+        model: str,
+        id: str,
+        channel: str | None = None,
+        source: str | None = None,
+    ) -> bool:
+        """Whether an actor claims this device's packets (from envelope ``source``)."""
+        return any(i.hint.accepts(channel, source) for i in self._routes.get((model, id), ()))
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -637,7 +645,7 @@ class SourceHub:
         of ``/discover``'s devices: enough to make a config that claims one."""
         found = []
         for heard in reversed(self._heard.values()):
-            if self.claimed(heard.model, heard.id, heard.channel):
+            if self.claimed(heard.model, heard.id, heard.channel, heard.source):
                 continue  # claimed since, by a claim that did not evict it
             hint = {"model": heard.model, "id": heard.id, "channel": heard.channel}
             suffix = f"-{heard.channel}" if heard.channel is not None else ""

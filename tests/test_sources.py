@@ -226,6 +226,10 @@ async def test_the_unclaimed_hints_are_a_bounded_lru_and_a_claim_takes_its_own_o
         hub.claim(Owner(), SourceHint.of("Nexus-TH", 4))
         assert [d["device_hint"]["id"] for d in hub.discovered()] == ["2", "3"]
         assert hub.figures()["unclaimed_hints"] == 2
+        hub.claim(Owner(), SourceHint.of("Nexus-TH", 3, source="another-radio"))
+        assert hub.figures()["unclaimed_hints"] == 2  # heard from rtl433: still unclaimed
+        hub.claim(Owner(), SourceHint.of("Nexus-TH", 3, 1, source="rtl433"))
+        assert [d["device_hint"]["id"] for d in hub.discovered()] == ["2"]
 
 
 async def test_a_full_inbox_drops_its_oldest_packet_and_counts_it(
