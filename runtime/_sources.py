@@ -183,13 +183,17 @@ class Source(abc.ABC):
     ``session()`` connects (and subscribes) on entry and yields an async iterator of
     payloads; it raises on trouble, and leaving it closes the connection politely. The hub
     bounds the entry by ``connect_timeout``, gives a polite close ``stop_grace`` on
-    shutdown, and reconnects with backoff whenever a session fails or ends.
+    shutdown, and reconnects with backoff whenever a session fails or ends. A session
+    that yields nothing for ``idle_timeout`` seconds (None: never) is reopened at once,
+    without counting as an outage: a link that died without a word (a broker host gone,
+    a NAT entry expired) looks exactly like a quiet stream.
     """
 
     kind: ClassVar[str] = "source"
     name: str
     connect_timeout: float = 10.0
     stop_grace: float = 1.0
+    idle_timeout: float | None = None
 
     @abc.abstractmethod
     def session(self) -> AbstractAsyncContextManager[AsyncIterator[Payload]]:
@@ -214,6 +218,8 @@ class MqttSource(Source):
     ``url`` is ``mqtt://[user[:password]@]host[:port]`` (``mqtts://`` for TLS); or give
     ``host``/``port``/``username``/``password``. With neither, the runtime's
     ``PIPHI_MQTT_URL`` (``Settings.mqtt_url``) is used, else ``mqtt://127.0.0.1:1883``.
+    moat-lib-mqtt 0.8.7 sends no keep-alive pings of its own, so a dead link shows only
+    as silence: after ``idle_timeout`` (600 s) without a packet the session is reopened.
     Packets are events, so the subscription is QoS 0 and asks for no retained message (a
     retained packet would be replayed on every reconnect and taken for a sign of life).
 
@@ -234,19 +240,25 @@ class MqttSource(Source):
         password: str | None = None,
         connect_timeout: float = 10.0,
         stop_grace: float = 1.0,
+        idle_timeout: float | None = 600.0,
     ) -> None:
         if isinstance(topics, str):
             topics = (topics,)
         if not topics or not all(isinstance(t, str) and t for t in topics):
             raise ValueError(f"MqttSource needs at least one topic, got {topics!r}")
-        if not (connect_timeout > 0 and stop_grace > 0):
-            raise ValueError("MqttSource connect_timeout and stop_grace must be positive")
+        if not (connect_timeout > 0 and stop_grace > 0) or not (
+            idle_timeout is None or idle_timeout > 0
+        ):
+            raise ValueError(
+                "MqttSource connect_timeout, stop_grace and idle_timeout must be positive"
+            )
         if not name or not isinstance(name, str):
             raise ValueError(f"MqttSource needs a name, got {name!r}")
         self.name = name
         self.topics = tuple(topics)
         self.connect_timeout = connect_timeout
         self.stop_grace = stop_grace
+        self.idle_timeout = idle_timeout
         self.url = url
         self.ssl = False
         self.host, self.port = host, port
@@ -283,6 +295,7 @@ class MqttSource(Source):
             password=self.password,
             connect_timeout=self.connect_timeout,
             stop_grace=self.stop_grace,
+            idle_timeout=self.idle_timeout,
         )
 
     def where(self) -> str:
@@ -692,6 +705,9 @@ class SourceHub:
             link.attempts += 1
             opened, connects = trio.current_time(), link.connects
             error = await self._session(link)
+            if isinstance(error, _SessionIdle):
+                log.info("source %r: %s", source.name, error.message)
+                continue
             if link.connects > connects and trio.current_time() - opened >= self.healthy_after:
                 attempt = 0
             delay = self._rng.uniform(0.0, min(self.max_delay, self.initial_delay * 2**attempt))
@@ -735,9 +751,14 @@ class SourceHub:
                             link.connects += 1
                             link.down_since = link.last_error = None
                             log.info("source %r connected (%s)", source.name, source.where())
+                            idle = False
                             with receiving:
-                                async for payload in payloads:
-                                    self.ingest(link, payload)
+                                idle = await self._receive(link, payloads)
+                            if idle:
+                                outcome = _SessionIdle(
+                                    f"no payload for {source.idle_timeout:g} s; reopening "
+                                    "the session in case the link died silently"
+                                )
                     if connecting.cancelled_caught:
                         outcome = _SessionEnded(
                             f"no session accepted within {source.connect_timeout:g} s"
@@ -748,6 +769,20 @@ class SourceHub:
                     outcome = errors_beside_cancellation(group)
             nursery.cancel_scope.cancel()
         return outcome
+
+    async def _receive(self, link: _Link, payloads: AsyncIterator[Payload]) -> bool:
+        """Route payloads until the session ends; True if it went idle instead."""
+        idle = link.source.idle_timeout
+        if idle is None:
+            async for payload in payloads:
+                self.ingest(link, payload)
+            return False
+        with trio.move_on_after(idle) as quiet:
+            async for payload in payloads:
+                self.ingest(link, payload)
+                quiet.deadline = trio.current_time() + idle
+            return False
+        return True
 
     async def _end_session_on_cancel(
         self, link: _Link, receiving: trio.CancelScope, session: trio.CancelScope
@@ -766,6 +801,10 @@ class SourceHub:
 class _SessionEnded(PiPhiError):
     code = "source_session_ended"
     default_hint = "The runtime reconnects by itself with backoff."
+
+
+class _SessionIdle(_SessionEnded):
+    code = "source_session_idle"
 
 
 def _packet(

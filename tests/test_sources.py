@@ -334,6 +334,26 @@ async def test_a_lost_session_reconnects_by_itself_and_delivery_resumes(
         assert hub.figures()["sources"][0]["connects"] == 2 and hub.concerns() == []
 
 
+async def test_a_silent_session_is_reopened_at_once_without_an_outage(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = FakeSource()
+    source.idle_timeout = 60
+    async with hub_with(source) as hub:
+        inbox = hub.claim(Owner(), SourceHint.of("Acurite-Tower", 1234))
+        await trio.sleep(45)
+        source.publish(encoded(temperature_C=1.0))  # heard: the idle clock starts again
+        await trio.sleep(45)
+        assert hub.figures()["sources"][0]["connects"] == 1
+        await trio.sleep(20)  # 65 s since the last payload: reopened
+        (link,) = hub.figures()["sources"]
+        assert (link["connects"], link["state"], link["down_since"]) == (2, "connected", None)
+        assert source.attempts[1] - source.attempts[0] == pytest.approx(105, abs=0.1)
+        assert hub.concerns() == [] and "is down" not in caplog.text
+        source.publish(encoded(temperature_C=2.0))
+        assert [(await inbox.get()).packet["temperature_C"] for _ in range(2)] == [1.0, 2.0]
+
+
 async def test_closing_the_hub_leaves_each_session_politely(autojump_clock: trio.abc.Clock) -> None:
     source = FakeSource()
     started = trio.current_time()
