@@ -19,10 +19,16 @@ Trouble is ``DeviceUnavailable``, so the supervisor reports one outage and retri
 backoff: the broker refusing or losing the connection, or no packet from this device for
 ``silence_seconds``. The next packet that arrives brings ``device.available``.
 
-Each actor holds its own connection and subscription. rtl_433 sends a few packets a
-second, so N devices parse each packet N times, which is cheap. The client is
-moat-lib-mqtt on AnyIO (docs/design.md, MQTT). It does not reconnect by itself; the
-supervisor's retry is the reconnect.
+Each actor holds its own connection and subscription, so N devices are N connections
+and every packet is received and scanned N times. **For more than a handful of devices,
+declare the stream once as a shared source instead** (``Integration(sources=
+[MqttSource(...)])`` with ``actors.source_device.SourceDeviceActor``): one connection,
+each packet parsed once and routed by its ``device_hint``, reconnects of its own, and
+unclaimed devices offered by ``/discover`` (README, Shared sources; CPU per packet in
+docs/benchmarks.md). This actor stays for a device on a broker of its own.
+
+The client is moat-lib-mqtt on AnyIO (docs/design.md, MQTT). It does not reconnect by
+itself; the supervisor's retry is the reconnect.
 """
 
 from __future__ import annotations
@@ -31,9 +37,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterable, Mapping
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from collections.abc import AsyncIterable
+from typing import ClassVar
 
 import attrs
 import trio
@@ -58,11 +63,19 @@ from moat.lib.mqtt import (
     RetainHandling,
 )
 from moat.lib.mqtt.async_client import AsyncMQTTClient
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-from runtime import DeviceActor, DeviceUnavailable, Reading, RuntimeConfig
-from runtime._contract import WIRE_MODEL
+from runtime import DeviceActor, DeviceUnavailable, RuntimeConfig
 from runtime._redact import MASK
+from runtime._sources import parse_received_at as received_at
+
+from .source_device import (
+    DEFAULT_METRICS,
+    DeviceHint,
+    MetricSpec,
+    distinct_metrics,
+    readings_from,
+)
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -79,48 +92,6 @@ _TOPIC_LEVEL = r"[^/+#\x00]+"
 #: Ids made only of these characters appear verbatim in any JSON encoding of the envelope,
 #: so a payload that does not contain one cannot be for this device.
 _VERBATIM_ID = re.compile(r"[A-Za-z0-9_.:-]+")
-
-
-class DeviceHint(BaseModel):
-    """Which device's packets are this actor's, matched against the envelope's
-    ``device_hint``. Ids and channels are compared as text (rtl_433 sends ``1234`` and
-    ``"A"`` alike); no ``channel`` matches every channel."""
-
-    model_config = ConfigDict(**WIRE_MODEL, frozen=True)
-
-    model: str = Field(min_length=1)
-    id: str = Field(min_length=1)
-    channel: str | None = None
-
-    def matches(self, seen: Mapping[str, Any]) -> bool:
-        if _text(seen.get("id")) != self.id or _text(seen.get("model")) != self.model:
-            return False
-        return self.channel is None or _text(seen.get("channel")) == self.channel
-
-
-class MetricSpec(BaseModel):
-    """What a packet field becomes: a metric name and an optional unit.
-
-    In a config, a plain string is shorthand for a metric without a unit.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    metric: str = Field(pattern=r"\S")
-    unit: str | None = Field(default=None, pattern=r"\S")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"metric": data} if isinstance(data, str) else data
-
-
-#: rtl_433's field names for the common weather-sensor readings.
-DEFAULT_METRICS: Mapping[str, MetricSpec] = {
-    "temperature_C": MetricSpec(metric="temperature_c", unit="C"),
-    "humidity": MetricSpec(metric="humidity", unit="%"),
-    "battery_ok": MetricSpec(metric="battery_ok"),
-}
 
 
 class MqttSourceConfig(RuntimeConfig):
@@ -145,10 +116,7 @@ class MqttSourceConfig(RuntimeConfig):
 
     @model_validator(mode="after")
     def _distinct_metrics(self) -> MqttSourceConfig:
-        names = [spec.metric for spec in self.metrics.values()]
-        twice = sorted({name for name in names if names.count(name) > 1})
-        if twice:
-            raise ValueError(f"metrics maps several packet fields to {', '.join(twice)}")
+        distinct_metrics(self.metrics)
         return self
 
     @property
@@ -296,7 +264,7 @@ class MqttSourceActor(DeviceActor[MqttSourceConfig]):
             raise DeviceUnavailable(f"{where} ended the subscription to {topic}")
         if silent:
             raise DeviceUnavailable(
-                f"no packet from {_describe(config.device_hint)} on {topic} "
+                f"no packet from {config.device_hint.describe()} on {topic} "
                 f"for {config.silence_seconds:g} s",
                 hint="Check the device's battery and range, and that the source bridge "
                 "publishes to this topic.",
@@ -336,49 +304,6 @@ class MqttSourceActor(DeviceActor[MqttSourceConfig]):
                 quiet.deadline = trio.current_time() + silence
             return False
         return True
-
-
-def readings_from(packet: Mapping[str, Any], metrics: Mapping[str, MetricSpec]) -> list[Reading]:
-    """The readings ``metrics`` names in ``packet``; fields absent or of another type
-    (null, lists, objects, non-finite numbers) are left out."""
-    readings = []
-    for field, spec in metrics.items():
-        value = packet.get(field)
-        if isinstance(value, bool | int | str) or (
-            isinstance(value, float) and math.isfinite(value)
-        ):
-            readings.append(Reading(spec.metric, value, spec.unit))
-    return readings
-
-
-def received_at(value: object) -> datetime | None:
-    """The envelope's ``received_at`` as an aware datetime: ISO-8601 (no zone means UTC)
-    or epoch seconds. None when absent or unreadable (the report is then stamped now)."""
-    if isinstance(value, str):
-        try:
-            stamp = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return stamp if stamp.utcoffset() is not None else stamp.replace(tzinfo=UTC)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    return None
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
-def _describe(hint: DeviceHint) -> str:
-    channel = f" channel {hint.channel}" if hint.channel is not None else ""
-    return f"{hint.model} id {hint.id}{channel}"
 
 
 def _first_message(group: BaseExceptionGroup[Exception], default: str) -> str:

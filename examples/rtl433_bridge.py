@@ -1,12 +1,14 @@
 """rtl_433 radio sensors through a PiPhi MQTT source stream, one actor per sensor.
 
 A bridge (rtl_433 with its MQTT output, or PiPhi's source service) publishes every packet
-to ``piphi/sources/rtl433/packets``; each configured sensor gets an
-``actors.mqtt_source.MqttSourceActor`` that keeps the packets of its ``device_hint``.
-``fake_rtl433()`` publishes realistic packets for two sensors, for trying it without a
-radio::
+to ``piphi/sources/rtl433/packets``. The integration declares that stream once as a shared
+source: the runtime holds one broker connection for every sensor and routes each packet
+by its ``device_hint`` to the sensor's ``actors.source_device.SourceDeviceActor``.
+Packets of sensors no config names are offered by ``/discover``. The broker is
+``PIPHI_MQTT_URL`` (default ``mqtt://127.0.0.1:1883``). ``fake_rtl433()`` publishes
+realistic packets for two sensors, for trying it without a radio::
 
-    piphi-runtime serve examples.rtl433_bridge:integration
+    PIPHI_MQTT_URL=mqtt://127.0.0.1:1883 piphi-runtime serve examples.rtl433_bridge:integration
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.mqtt_source import MqttSourceActor
-from runtime import Integration
+from actors.source_device import SourceDeviceActor
+from runtime import Integration, MqttSource
 
 integration = Integration(
     id="rtl433-bridge",
     name="rtl_433 Bridge",
     version="0.1.0",
-    actor=MqttSourceActor,
+    actor=SourceDeviceActor,
+    sources=[MqttSource(topics=["piphi/sources/rtl433/packets"], name="rtl433")],
     preset="sidecar-worker",
     domain="climate",
     description="433 MHz sensors heard by rtl_433, from PiPhi's MQTT source stream.",
@@ -41,12 +44,10 @@ SENSORS = [
 ]
 
 
-def sensor_config(config_id: str, hint: dict[str, Any], host: str, port: int) -> dict[str, Any]:
+def sensor_config(config_id: str, hint: dict[str, Any]) -> dict[str, Any]:
     """The device config Core would hold for one sensor."""
     return {
         "id": config_id,
-        "host": host,
-        "port": port,
         "source": "rtl433",
         "device_hint": hint,
         "metrics": {

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # what the names are; at run time each module is imported on 
     from ._policy import RestartPolicy
     from ._reading import Reading
     from ._sink import Severity
+    from ._sources import MqttSource, SourcePacket
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,8 @@ _WHERE = {
     "RestartPolicy": "_policy",
     "Reading": "_reading",
     "Severity": "_sink",
+    "MqttSource": "_sources",
+    "SourcePacket": "_sources",
 }
 
 
@@ -106,6 +109,7 @@ __all__ = [
     "InvalidConfig",
     "InvalidEvent",
     "InvalidReading",
+    "MqttSource",
     "PiPhiError",
     "PollInterval",
     "Reading",
@@ -113,6 +117,7 @@ __all__ = [
     "RestartPolicy",
     "RuntimeConfig",
     "Severity",
+    "SourcePacket",
     "__version__",
     "command",
     "entity",

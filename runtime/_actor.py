@@ -26,6 +26,7 @@ from ._logs import protect
 from ._policy import RestartPolicy
 from ._reading import MAX_NAME, Reading, json_problem, validate_readings
 from ._sink import SEVERITIES, ActorOutputs, Severity
+from ._sources import SourceHint, SourceHub, SourceInbox
 
 __all__ = ["DEFAULT_MAX_CHILDREN", "CommandContext", "CommandSpec", "DeviceActor", "command"]
 
@@ -212,6 +213,8 @@ class DeviceActor(Generic[ConfigT]):
     reconfigurable: ClassVar[bool] = False
 
     config: ConfigT
+    _sources: SourceHub | None
+    """The runtime's shared sources, set by the nursery that spawned us."""
     _outputs: ActorOutputs | None
     """Where the output methods hand what they produce: the supervisor, while it runs us."""
     _log: logging.LoggerAdapter | None  # type: ignore[type-arg]
@@ -226,6 +229,7 @@ class DeviceActor(Generic[ConfigT]):
             )
         self.config = config
         self._outputs = None
+        self._sources = None
         self._log = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -374,6 +378,33 @@ class DeviceActor(Generic[ConfigT]):
                 "plain JSON (strings, finite numbers, booleans, null, lists, objects).",
             )
         return self._attached().on_event(event_type, dict(data or {}), severity, device_id)
+
+    def source_packets(
+        self,
+        model: str,
+        id: str | int,
+        channel: str | int | None = None,
+        *,
+        source: str | None = None,
+        capacity: int | None = None,
+    ) -> SourceInbox:
+        """The packets of one device heard on the integration's shared sources
+        (``Integration(sources=[MqttSource(...)])``): ``async for packet in ...`` yields a
+        ``SourcePacket`` per envelope whose ``device_hint`` has this ``model`` and ``id``
+        (compared as text), on ``channel`` (None: any) from envelope ``source`` (None:
+        any).
+
+        The claim lasts until the actor stops, so packets heard while it backs off wait
+        for it (at most ``capacity``, 64 by default; past that the oldest are dropped and
+        counted in ``/diagnostics``). Raises ``SourceNotDeclared`` when the integration
+        declares no source.
+        """
+        hub = self._sources
+        if hub is None:
+            raise ActorNotAttached(
+                f"{type(self).__name__} for {self.config.id!r} is not running under a supervisor"
+            )
+        return hub.claim(self, SourceHint.of(model, id, channel, source), capacity=capacity)
 
     def forget_child(self, device_id: str) -> bool:
         """Say that child ``device_id`` is gone for good (unpaired, removed from the

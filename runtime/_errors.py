@@ -31,6 +31,7 @@
     │   │   └── CorePayloadTooLarge 413: Core refused this payload for its size
     │   ├── CoreUnexpectedResponse  an answer the runtime cannot read
     │   └── CoreIdentityUnknown     no container id yet, so nothing can be sent
+    ├── SourceNotDeclared           an actor asked for source packets; no source is declared
     └── SpoolError                  a state file (spool, ledger) cannot be opened or written
         ├── SpoolFull               disk full (or a file-size limit): SQLITE_FULL, ENOSPC
         ├── SpoolIOError            the disk failed a read or write: SQLITE_IOERR, EIO
@@ -77,6 +78,7 @@ __all__ = [
     "PollTimeout",
     "ReconfigurationRequired",
     "RefreshUnsupported",
+    "SourceNotDeclared",
     "SpoolBusy",
     "SpoolCorrupt",
     "SpoolError",
@@ -406,6 +408,14 @@ class CoreIdentityUnknown(CoreError):
     default_hint = (
         "The runtime does not know its container id yet: set PIPHI_CONTAINER_ID, or wait "
         "for Core's first request. Data is kept until then."
+    )
+
+
+class SourceNotDeclared(PiPhiError, LookupError):
+    code = "source_not_declared"
+    default_hint = (
+        "Declare the shared source the actor reads from: Integration(..., "
+        "sources=[MqttSource('mqtt://host:1883')]) (README, Shared sources)."
     )
 
 

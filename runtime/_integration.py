@@ -8,7 +8,7 @@ classes and their config models.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -18,6 +18,8 @@ from ._reconciler import select_by_field
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
+
+    from ._sources import Source
 
 __all__ = ["Integration"]
 
@@ -32,6 +34,10 @@ def _check_actors(inst: Integration, _: attrs.Attribute[Any], value: Any) -> Non
     for cls in classes:
         if not (isinstance(cls, type) and issubclass(cls, DeviceActor)):
             raise TypeError(f"{cls!r} is not a DeviceActor subclass")
+
+
+def _source_tuple(sources: Iterable[Source]) -> tuple[Source, ...]:
+    return tuple(sources)
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +62,9 @@ class Integration:
     preset: str = "cloud-polling-api"
     domain: str = "general"
     description: str | None = None
+    sources: Sequence[Source] = attrs.field(default=(), converter=_source_tuple)
+    """Shared sources (``MqttSource(...)``): one connection each for the runtime's
+    lifetime, routed to the actors that read ``self.source_packets(...)``."""
 
     @property
     def actor_classes(self) -> tuple[ActorClass, ...]:

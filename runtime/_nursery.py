@@ -23,6 +23,7 @@ from ._health import AvailabilityReason, Concern
 from ._policy import RestartPolicy
 from ._scheduler import Scheduler
 from ._sink import Sink
+from ._sources import SourceHub
 from ._stalls import StallWatch, owners_by_method
 from ._supervisor import Supervisor
 
@@ -39,8 +40,11 @@ class ActorNursery:
         sink: Sink,
         rng: random.Random,
         stalls: StallWatch | None = None,
+        sources: SourceHub | None = None,
     ) -> None:
         self._nursery = nursery
+        self.sources = sources or SourceHub()
+        """The shared sources actors claim packets from (``DeviceActor.source_packets``)."""
         self.stalls = stalls
         """The watchdog of the trio thread, when one runs (see ``open_actor_nursery``)."""
         self._scheduler = scheduler
@@ -92,6 +96,7 @@ class ActorNursery:
                 f"an actor for config {validated.id!r} is already running; stop it first"
             )
         actor = actor_class(validated)
+        actor._sources = self.sources
         supervisor = Supervisor(
             actor,
             scheduler=self._scheduler,
@@ -118,6 +123,8 @@ class ActorNursery:
         return int.from_bytes(digest, "little") / 2**64
 
     def _forget(self, supervisor: Supervisor) -> None:
+        self.sources.release(supervisor.actor)
+        supervisor.actor._sources = None
         if self._actors.get(supervisor.identity.id) is supervisor:
             del self._actors[supervisor.identity.id]
 
@@ -129,6 +136,7 @@ async def open_actor_nursery(
     rng: random.Random | None = None,
     resolution: float = 0.005,
     stall_threshold: float | None = 0.25,
+    sources: SourceHub | None = None,
 ) -> AsyncIterator[ActorNursery]:
     """Open a nursery of supervised actors that hand their output to ``sink``.
 
@@ -138,7 +146,9 @@ async def open_actor_nursery(
     ``stall_threshold`` is how long the trio thread may be held before the stall watchdog
     names the actor holding it (``runtime/_stalls.py``); None turns the watchdog off. It
     measures real time, so under a virtual clock (tests), where time stands still while
-    the thread is held, it is off too.
+    the thread is held, it is off too. ``sources`` is the hub actors claim source
+    packets from (``open_sources()``, opened around this nursery); without one, a claim
+    raises ``SourceNotDeclared``.
     """
     scheduler = Scheduler(resolution=resolution)
     stalls = None
@@ -153,6 +163,8 @@ async def open_actor_nursery(
         if stalls is not None:
             await outer.start(stalls.run)
         async with trio.open_nursery() as inner:
-            yield ActorNursery(inner, scheduler, sink, rng or random.Random(), stalls)
+            yield ActorNursery(
+                inner, scheduler, sink, rng or random.Random(), stalls, sources=sources
+            )
             inner.cancel_scope.cancel(reason="actor nursery closed")
         outer.cancel_scope.cancel(reason="actor nursery closed")

@@ -1,7 +1,8 @@
 """A running integration: Core client, outbox, actors and config sync in one lifetime.
 
 ``open_runtime()`` opens them innermost-last, so leaving it stops the actors first (each
-runs its teardown), then writes undelivered data to the spool, then closes the client:
+runs its teardown), then closes the shared sources (``_sources``), then writes undelivered
+data to the spool, then closes the client:
 nothing an actor emitted on its way out is lost. Start-up rehydrates the devices from
 the mounted snapshot, our own last copy and Core's rows before the caller gets control.
 
@@ -35,6 +36,7 @@ from ._redact import SecretValues
 from ._registry import Registry
 from ._rehydrate import LocalCopy, RehydrationReport, rehydrate
 from ._settings import Settings
+from ._sources import SourceHub, open_sources
 
 if TYPE_CHECKING:
     from ._integration import Integration
@@ -69,6 +71,8 @@ class Runtime:
     """Set when the runtime's core has died: health then answers 503."""
     memory: MemoryMonitor = attrs.field(factory=MemoryMonitor)
     """The process's RSS, its trend and its limit (``PIPHI_MEMORY_LIMIT_MB``)."""
+    sources: SourceHub = attrs.field(factory=SourceHub)
+    """The integration's shared sources (``Integration(sources=...)``) and their figures."""
 
     def concerns(self, by_state: Mapping[str, int]) -> list[Concern]:
         """Why the runtime is degraded now (empty: ``ok``), given its actors counted by
@@ -78,6 +82,7 @@ class Runtime:
             *self.actors.concerns(),
             *self.outbox.concerns(),
             *self.memory.concerns(),
+            *self.sources.concerns(),
         ]
 
     def figures(self) -> dict[str, Any]:
@@ -155,7 +160,11 @@ async def open_runtime(
             client,
             CommandLedger.opened(directory / "commands.db") as ledger,
             open_outbox(client, spool_path=directory / "spool.db", settings=delivery) as outbox,
-            open_actor_nursery(outbox, rng=rng) as actors,
+            # Around the actors: they stop (and release their claims) before it closes.
+            open_sources(
+                integration.sources, settings=settings, secrets=secrets, rng=rng
+            ) as sources,
+            open_actor_nursery(outbox, rng=rng, sources=sources) as actors,
             trio.open_nursery() as background,
         ):
             if ledger.recovery is not None:
@@ -184,6 +193,7 @@ async def open_runtime(
                 secrets=secrets,
                 memory=memory,
                 settings=settings,
+                sources=sources,
             )
             runtime.rehydration = await rehydrate(
                 sync,

@@ -46,6 +46,8 @@ class Settings:
     durability: Durability = "memory"
     memory_limit_mb: float | None = MEMORY_LIMIT_MB
     metrics_per_device_cap: int = METRICS_PER_DEVICE_CAP
+    mqtt_url: str | None = attrs.field(default=None, repr=False)
+    """``PIPHI_MQTT_URL``: the broker of every ``MqttSource`` declared without one."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +77,7 @@ class Settings:
             metrics_per_device_cap=_count(
                 env, "PIPHI_METRICS_PER_DEVICE_CAP", METRICS_PER_DEVICE_CAP
             ),
+            mqtt_url=_mqtt_url(env.get("PIPHI_MQTT_URL")),
         )
 
 
@@ -160,3 +163,13 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit():
         raise ValueError(f"{name} must be a whole number, got {raw!r}")
     return int(raw)
+
+
+def _mqtt_url(raw: str | None) -> str | None:
+    value = (raw or "").strip()
+    if not value:
+        return None
+    if not re.match(r"^(mqtts?|tcp)://[^/?#]+/?$", value):
+        # Not echoed: it may carry a password.
+        raise ValueError("PIPHI_MQTT_URL must look like mqtt://[user:password@]host[:port]")
+    return value

@@ -1,7 +1,8 @@
 """The runtime's machinery, for those who assemble it themselves or look inside:
 supervisors and their nursery, config sync, the registry, rehydration, the runtime's
-lifetime (``open_runtime``), the web app (``build_app``) and ``serve``, and the errors
-a call into an actor raises. Integration authors need none of it (see ``runtime``)."""
+lifetime (``open_runtime``), the shared sources (``open_sources``), the web app
+(``build_app``) and ``serve``, and the errors a call into an actor raises. Integration
+authors need none of it (see ``runtime``)."""
 
 from ._actor import CommandSpec
 from ._errors import (
@@ -56,6 +57,12 @@ from ._sink import (
     Sink,
     TelemetryRecord,
 )
+from ._sources import (
+    Source,
+    SourceHub,
+    SourceInbox,
+    open_sources,
+)
 from ._supervisor import (
     Refresh,
     Supervisor,
@@ -92,6 +99,9 @@ __all__ = [
     "Runtime",
     "Settings",
     "Sink",
+    "Source",
+    "SourceHub",
+    "SourceInbox",
     "SourceReport",
     "Supervisor",
     "SyncResult",
@@ -103,6 +113,7 @@ __all__ = [
     "mounted_snapshot_path",
     "open_actor_nursery",
     "open_runtime",
+    "open_sources",
     "rehydrate",
     "select_by_field",
     "serve",

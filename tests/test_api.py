@@ -10,9 +10,9 @@ import runtime.testing
 AUTHORING = {
     "ActorHealth", "ActorState", "Capability", "ChildView", "CommandContext", "DeviceActor",
     "DeviceIdentity", "DeviceUnavailable", "Integration", "InvalidActor", "InvalidConfig",
-    "InvalidEvent", "InvalidReading", "MAX_PAYLOAD_BYTES", "MIN_POLL_INTERVAL", "PiPhiError",
-    "PollInterval", "Reading", "ReconfigurationRequired", "RestartPolicy", "RuntimeConfig",
-    "Severity", "__version__", "command", "entity",
+    "InvalidEvent", "InvalidReading", "MAX_PAYLOAD_BYTES", "MIN_POLL_INTERVAL", "MqttSource",
+    "PiPhiError", "PollInterval", "Reading", "ReconfigurationRequired", "RestartPolicy",
+    "RuntimeConfig", "Severity", "SourcePacket", "__version__", "command", "entity",
 }  # fmt: skip
 
 LOWLEVEL = {
@@ -21,9 +21,10 @@ LOWLEVEL = {
     "ConfigSnapshot", "ConfigSync", "DeviceSlice", "ErrorRecord", "EventRecord",
     "IllegalTransition", "LocalCopy", "MemoryMonitor", "PollTimeout", "Refresh",
     "RefreshUnsupported", "Registry", "RehydrationReport", "Rejection", "RemoveResult", "Settings",
-    "Runtime", "Sink", "SourceReport", "Supervisor", "SyncResult", "TeardownTimeout",
-    "TelemetryRecord", "UnknownCommand", "build_app", "can_transition",
-    "mounted_snapshot_path", "open_actor_nursery", "open_runtime", "rehydrate",
+    "Runtime", "Sink", "Source", "SourceHub", "SourceInbox", "SourceReport", "Supervisor",
+    "SyncResult", "TeardownTimeout", "TelemetryRecord", "UnknownCommand", "build_app",
+    "can_transition", "mounted_snapshot_path", "open_actor_nursery", "open_runtime",
+    "open_sources", "rehydrate",
     "select_by_field", "serve", "state_dir",
 }  # fmt: skip
 
@@ -46,5 +47,7 @@ def test_each_namespace_exports_exactly_its_names() -> None:
 
 
 def test_the_machinery_is_not_in_the_authors_namespace() -> None:
-    for name in ("Supervisor", "Registry", "Runtime", "Outbox", "CoreClient", "ConfigSync"):
+    for name in (
+        "Supervisor", "Registry", "Runtime", "Outbox", "CoreClient", "ConfigSync", "SourceHub",
+    ):  # fmt: skip
         assert not hasattr(runtime, name), name

@@ -95,10 +95,10 @@ async def test_rtl433_bridge_end_to_end_against_the_dev_core_and_mosquitto(
     broker = Broker(tmp_path)
     await broker.start()
     try:
-        async with run_integration(bridge.integration) as rt:
+        url = f"mqtt://{broker.host}:{broker.port}"
+        async with run_integration(bridge.integration, PIPHI_MQTT_URL=url) as rt:
             configs = [
-                bridge.sensor_config(f"sensor-{i}", hint, broker.host, broker.port)
-                for i, hint in enumerate(bridge.SENSORS)
+                bridge.sensor_config(f"sensor-{i}", hint) for i, hint in enumerate(bridge.SENSORS)
             ]
             answer = await rt.configure(*configs)
             assert answer["applied"] == ["sensor-0", "sensor-1"]

@@ -34,6 +34,9 @@ __all__ = [
     "Rehydration",
     "RehydrationSource",
     "RuntimeFigures",
+    "SourceFigures",
+    "SourceLinkError",
+    "SourcesFigures",
     "StartingFigures",
     "StorageFigures",
 ]
@@ -264,6 +267,41 @@ class ActorRecord(Answer):
     )
 
 
+class SourceLinkError(Answer):
+    """Why a shared source's last session failed or ended."""
+
+    code: str
+    message: str
+    hint: str
+    at: UtcTime
+
+
+class SourceFigures(Answer):
+    """One shared source (``Integration(sources=...)``): its connection and its counts."""
+
+    name: str
+    kind: str = Field(description="mqtt")
+    where: str = Field(description="Where it connects (never with credentials).")
+    state: Literal["connecting", "connected", "down"]
+    since: UtcTime
+    down_since: UtcTime | None = Field(description="Set from the first failure until it connects.")
+    last_error: SourceLinkError | None
+    next_attempt: UtcTime | None = Field(description="While down: when it reconnects.")
+    connects: int
+    packets: int = Field(description="Payloads received.")
+    routed: int = Field(description="Payloads handed to the actors that claim their device.")
+    unclaimed: int = Field(description="Payloads of devices no config claims (see /discover).")
+    malformed: int = Field(description="Payloads that are not an envelope with a device_hint.")
+
+
+class SourcesFigures(Answer):
+    sources: list[SourceFigures]
+    claimed_hints: int = Field(description="Devices (model and id) that actors claim.")
+    unclaimed_hints: int = Field(description="Devices heard, claimed by none (see /discover).")
+    unclaimed_evicted: int = Field(description="Unclaimed devices forgotten, least recent first.")
+    dropped: int = Field(description="Packets dropped from full actor inboxes (oldest first).")
+
+
 class Page(Answer):
     matched: int
     offset: int
@@ -285,6 +323,9 @@ class Diagnostics(Answer):
     actors: list[ActorRecord]
     actors_page: Page
     filters: DiagnosticsFilters
+    sources: SourcesFigures | None = omitted_when_none(
+        description="Only for an integration that declares shared sources."
+    )
 
 
 class DiagnosticsAnswer(Answer):

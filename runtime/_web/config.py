@@ -126,8 +126,9 @@ async def deconfigure(config_id: str | None = None) -> DeconfigureAnswer:
 @document_request(DiscoverRequest)
 @validate_response(DiscoverAnswer)
 async def discover() -> DiscoverAnswer:
-    """Find devices with the integration's ``discover(inputs)``; secrets never echoed."""
-    current_runtime()  # 503 while the runtime is not up
+    """Find devices with the integration's ``discover(inputs)``, then the devices its
+    shared sources hear that no config claims; secrets never echoed."""
+    rt = current_runtime()  # 503 while the runtime is not up
     raw = await _optional_body() if request.method == "POST" else dict(request.args)
     body = DiscoverRequest.model_validate(raw)
     inputs = body.discovery_inputs
@@ -143,6 +144,7 @@ async def discover() -> DiscoverAnswer:
             ) from None
         except PiPhiError as exc:
             raise Problem.from_error(502, exc) from None
+    devices.extend(rt.sources.discovered())
     return build(DiscoverAnswer, devices=redact(json.loads(json.dumps(devices, default=str))))
 
 

@@ -38,6 +38,7 @@ from .._contract import (
     Rehydration,
     RehydrationSource,
     RuntimeFigures,
+    SourcesFigures,
     StartingFigures,
     StorageFigures,
     build,
@@ -117,8 +118,16 @@ async def diagnostics(query_args: DiagnosticsQuery) -> DiagnosticsAnswer:
             filters=build(
                 DiagnosticsFilters, state=query_args.state, device_id=query_args.device_id
             ),
+            sources=source_figures(rt),
         ),
     )
+
+
+def source_figures(rt: Runtime) -> SourcesFigures | None:
+    """The shared sources' connections and counts; None (left out) when none is declared."""
+    if not rt.sources.links:
+        return None
+    return SourcesFigures.model_validate(rt.sources.figures())
 
 
 def health_answer(rt: Runtime) -> HealthAnswer:

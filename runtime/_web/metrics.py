@@ -78,6 +78,8 @@ class RuntimeCollector(Collector):
         if isinstance(rt, Runtime):
             yield from _fleet(rt, rt.settings.metrics_per_device_cap)
             yield from _delivery(rt)
+            if rt.sources.links:
+                yield from _sources(rt)
 
 
 def _fleet(rt: Runtime, cap: int) -> Iterator[Metric]:
@@ -172,3 +174,37 @@ def _delivery(rt: Runtime) -> Iterator[Metric]:
     for state in _LINK_STATES:
         link.add_metric([state], 1 if stats.link.state == state else 0)
     yield link
+
+
+_SOURCE_COUNTS = {
+    "packets": "Payloads received from a shared source",
+    "routed": "Payloads routed to the actors that claim their device",
+    "unclaimed": "Payloads of devices no config claims",
+    "malformed": "Payloads that are not an envelope with a device_hint",
+    "connects": "Sessions a shared source opened",
+}
+
+
+def _sources(rt: Runtime) -> Iterator[Metric]:
+    figures = rt.sources.figures()
+    up = GaugeMetricFamily(
+        "piphi_source_up", "1 while a shared source is connected", labels=["source"]
+    )
+    counts = {
+        name: CounterMetricFamily(f"piphi_source_{name}", text, labels=["source"])
+        for name, text in _SOURCE_COUNTS.items()
+    }
+    for link in figures["sources"]:
+        up.add_metric([link["name"]], 1 if link["state"] == "connected" else 0)
+        for name, family in counts.items():
+            family.add_metric([link["name"]], link[name])
+    yield up
+    yield from counts.values()
+    yield CounterMetricFamily(
+        "piphi_source_dropped", "Packets dropped from full actor inboxes", value=figures["dropped"]
+    )
+    yield GaugeMetricFamily(
+        "piphi_source_unclaimed_hints",
+        "Devices heard that no config claims (kept for /discover)",
+        value=figures["unclaimed_hints"],
+    )

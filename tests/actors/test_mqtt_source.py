@@ -11,14 +11,13 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import stamina
 import trio
 from moat.lib.mqtt.async_client import AsyncMQTTClient
 from pydantic import SecretStr
@@ -108,18 +107,7 @@ async def send_until(client: AsyncMQTTClient, payload: Any, done: Any) -> None:
             await trio.sleep(0.05)
 
 
-@pytest.fixture(autouse=True)
-def one_connect_attempt() -> Iterator[None]:
-    # stamina would retry a refused connect for up to 45 s, logging through the
-    # last-resort handler; the supervisor's backoff is what these tests exercise.
-    with stamina.set_testing(True):
-        yield
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    async with running_broker(tmp_path) as running:
-        yield running
+pytestmark = pytest.mark.usefixtures("one_connect_attempt")
 
 
 @pytest.fixture
