@@ -121,6 +121,18 @@ class Runtime:
             self.token_source = "adopted"
 
 
+def _core_client(
+    settings: Settings, integration: Integration, transport: httpx.AsyncBaseTransport | None
+) -> CoreClient:
+    return CoreClient(
+        settings.core_base_url,
+        container_id=settings.container_id,
+        token=settings.token,
+        integration_id=integration.id,
+        transport=transport,
+    )
+
+
 @asynccontextmanager
 async def open_runtime(
     integration: Integration,
@@ -142,13 +154,7 @@ async def open_runtime(
     protect_known()
     delivery = outbox_settings or OutboxSettings(durability=settings.durability)
     memory = MemoryMonitor(limit_mb=settings.memory_limit_mb)
-    client = CoreClient(
-        settings.core_base_url,
-        container_id=settings.container_id,
-        token=settings.token,
-        integration_id=integration.id,
-        transport=transport,
-    )
+    client = _core_client(settings, integration, transport)
     token = header_value(settings.token)
     secrets = SecretValues().open()
     if token:
