@@ -16,8 +16,16 @@ Data port (what a runtime posts to; it can be taken down):
 - ``POST /api/v2/events/ingest``: counted.
 - ``GET /api/v2/integrations/config/fetch/all/by/container/internal``: ``[]``.
 
-Every 2xx is ``200 {}``. Connections are kept alive (one h11 cycle per request). The sink
-keeps no payloads in memory (``limit=0``), only the counters below.
+Every 2xx is ``200 {}``. Connections are kept alive. The data port frames HTTP/1.1 with a
+hand-written parser for the common case (heads with ``Content-Length`` bodies, several
+pipelined requests in one read answered with one write, ``Connection: close`` honoured,
+the fixed answers pre-built as bytes); a request outside it (chunked, ``Expect``, not
+HTTP/1.1, a malformed or duplicated header, an oversized head) hands the connection to h11
+from there on. ``BENCH_SINK_H11=1`` (or ``--h11``) frames every request with h11 as
+``runtime.testing.FakeCore`` does (one h11 cycle and one write per request), to compare.
+Either way the answers come from ``FakeCore.respond`` (faults included) and the counting
+from ``store()``. The sink keeps no payloads in memory (``limit=0``), only the counters
+below.
 
 Admin port (never taken down):
 
@@ -35,13 +43,14 @@ The process ends on SIGTERM/SIGINT, after ``--max-seconds``, and with
 ``--exit-on-stdin-eof`` when its standard input closes (so it never outlives the bench
 that started it, even if that one is killed).
 
-Usage: python bench/core_sink.py [--port 0] [--admin-port 0] [--max-seconds 3600]
+Usage: python bench/core_sink.py [--port 0] [--admin-port 0] [--max-seconds 3600] [--h11]
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import json
 import os
 import resource
@@ -49,17 +58,23 @@ import sys
 import time
 from collections.abc import Mapping
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import h11
 import trio
 
+from runtime._fakecore import MAX_BODY, _answer_garbage
 from runtime.testing import Answer, FakeCore, H11Server, Rejected, Trouble
 
 HOST = "127.0.0.1"
 DOWN_MODES = ("refuse", "503")
+PARSERS = ("fast", "h11")
 
 _JSON = [("content-type", "application/json")]
+_PROBLEM = [("content-type", "application/problem+json")]
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}  # as FakeCore's
 #: A reading is on time when it arrived within this many seconds of its ``timestamp``.
 ON_TIME = 2.0
 #: Upper bounds (s) of the arrival-age histogram's buckets; one more bucket holds the rest.
@@ -181,12 +196,153 @@ class Stats:
         return out
 
 
-class CountingCore(FakeCore):
-    """The data port: FakeCore (paths, faults, the h11 loop), payloads only counted."""
+#: Bytes read at once from a data connection.
+RECEIVE = 65536
+#: A head not complete within this many bytes goes to h11 (which refuses it past MAX_BODY).
+MAX_HEAD = 65536
+_END_OF_HEAD = b"\r\n\r\n"
+#: Heads with one of these are left to h11 (bodies not framed by Content-Length, 100-continue).
+_UNCOMMON = (b"transfer-encoding", b"expect", b"upgrade")
+_OK_ANSWER = (200, _JSON, b"{}")
 
-    def __init__(self, stats: Stats, port: int) -> None:
+
+@functools.lru_cache(maxsize=64)
+def _render(status: int, extra: tuple[tuple[str, str], ...], data: bytes, close: bool) -> bytes:
+    """The bytes h11 would send for an ``Answer`` (same header order and case)."""
+    reason = _REASONS.get(status, b"")
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    for name, value in (*extra, ("content-length", str(len(data)))):
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if close:
+        lines.append(b"Connection: close\r\n")
+    return b"".join(lines) + b"\r\n" + data
+
+
+#: The fixed answer to every accepted payload, pre-built (kept alive / closing).
+OK = _render(200, tuple(_JSON), b"{}", False)
+OK_CLOSE = _render(200, tuple(_JSON), b"{}", True)
+
+
+def parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
+    """(method, target, headers with lower-cased names) of a request head without its
+    blank line, or None when it is not the common case (left to h11)."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[0].isalpha():
+        return None
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        key = name.lower()
+        if not sep or not name or name[-1:] in b" \t" or line[:1] in b" \t" or key in headers:
+            return None  # malformed, folded or repeated: h11 decides
+        headers[key] = value.strip(b" \t")
+    if any(key in headers for key in _UNCOMMON):
+        return None
+    length = headers.get(b"content-length", b"0")
+    if not length.isdigit():
+        return None
+    return parts[0], parts[1], headers
+
+
+class CountingCore(FakeCore):
+    """The data port: FakeCore (paths, faults), payloads only counted; HTTP framed by the
+    hand-written parser (``parser="fast"``) or by FakeCore's h11 loop (``"h11"``)."""
+
+    def __init__(self, stats: Stats, port: int, parser: str = "fast") -> None:
         super().__init__(limit=0, host=HOST, port=port, backlog=4096)
+        if parser not in PARSERS:
+            raise ValueError(f"parser is one of {PARSERS}")
         self.stats = stats
+        self.parser = parser
+
+    async def _handle(self, stream: trio.SocketStream) -> None:  # H11Server's, per connection
+        if self.parser == "h11":
+            await super()._handle(stream)
+            return
+        self.connections += 1
+        self._conns.add(stream)
+        self.most_at_once = max(self.most_at_once, len(self._conns))
+        try:
+            await self.serve_stream(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._conns.discard(stream)
+            await trio.aclose_forcefully(stream)
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Answer the requests on one connection, in order, until it closes: every
+        complete request of a read is answered, then their answers go in one write."""
+        buffer = b""
+        while True:
+            data = await stream.receive_some(RECEIVE)
+            if not data:
+                return
+            if type(data) is not bytes:  # a memory stream's bytearray (tests)
+                data = bytes(data)
+            buffer = buffer + data if buffer else data
+            out: list[bytes] = []
+            pos, size = 0, len(buffer)
+            while pos < size:
+                end = buffer.find(_END_OF_HEAD, pos)
+                if end < 0:
+                    if size - pos > MAX_HEAD:
+                        await self._to_h11(stream, out, buffer[pos:])
+                        return
+                    break
+                request = parse_head(buffer[pos:end])
+                if request is None:
+                    await self._to_h11(stream, out, buffer[pos:])
+                    return
+                method, target, headers = request
+                length = int(headers.get(b"content-length", b"0"))
+                if length > MAX_BODY:
+                    out.append(_render(413, tuple(_PROBLEM), _too_large(), True))
+                    await stream.send_all(b"".join(out))
+                    return
+                start = end + 4
+                if start + length > size:
+                    break  # the body is not all here yet
+                pos = start + length
+                close = b"close" in headers.get(b"connection", b"").lower()
+                if out and self.trouble.mode != "none":
+                    await stream.send_all(b"".join(out))  # answers before a slow one
+                    out = []
+                answer = await self.respond(
+                    method.decode("ascii"),
+                    target.decode("latin-1"),
+                    {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
+                    buffer[start:pos],
+                )
+                if answer is None:  # dropped: close without an answer
+                    if out:
+                        await stream.send_all(b"".join(out))
+                    return
+                if answer == _OK_ANSWER:
+                    out.append(OK_CLOSE if close else OK)
+                else:
+                    status, extra, body = answer
+                    out.append(_render(status, tuple(extra), body, close))
+                if close:
+                    await stream.send_all(b"".join(out))
+                    return
+            if out:
+                await stream.send_all(b"".join(out))
+            buffer = buffer[pos:]
+
+    async def _to_h11(self, stream: trio.abc.Stream, out: list[bytes], rest: bytes) -> None:
+        """Send the answers so far, then frame the rest of the connection with h11."""
+        if out:
+            await stream.send_all(b"".join(out))
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
+        conn.receive_data(rest)
+        try:
+            while await self._exchange(conn, stream):  # type: ignore[arg-type]
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError:
+            self.protocol_errors += 1
+            await _answer_garbage(conn, stream)  # type: ignore[arg-type]
 
     async def store(self, kind: str, payload: dict[str, Any], headers: Mapping[str, str]) -> bool:
         if not headers.get("x-container-id"):
@@ -200,10 +356,10 @@ class CountingCore(FakeCore):
 class Sink(H11Server):
     """The admin port (never taken down), driving the data port's counters and faults."""
 
-    def __init__(self, data_port: int, admin_port: int) -> None:
+    def __init__(self, data_port: int, admin_port: int, parser: str = "fast") -> None:
         super().__init__(host=HOST, port=admin_port)
         self.stats = Stats()
-        self.core = CountingCore(self.stats, data_port)
+        self.core = CountingCore(self.stats, data_port, parser)
         self.down_mode: str | None = None
         self.down_until = 0.0  # wall time
 
@@ -277,11 +433,17 @@ class Sink(H11Server):
             "bad_requests": core.bad_requests + core.protocol_errors,
             "answered_503": core.overloaded,
             "down": self.down_state(),
+            "parser": core.parser,
         }
 
 
 def _json(body: Any, status: int = 200) -> Answer:
     return status, _JSON, json.dumps(body).encode()
+
+
+def _too_large() -> bytes:
+    detail = f"bodies are {MAX_BODY} bytes at most"
+    return json.dumps({"type": "about:blank", "status": 413, "detail": detail}).encode()
 
 
 async def watch_stdin(scope: trio.CancelScope) -> None:
@@ -294,12 +456,17 @@ async def watch_stdin(scope: trio.CancelScope) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    sink = Sink(args.port, args.admin_port)
+    sink = Sink(args.port, args.admin_port, "h11" if args.h11 else "fast")
     with trio.move_on_after(args.max_seconds) as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(sink.serve)
             await nursery.start(sink.core.serve)
-            line = {"data_port": sink.core.port, "admin_port": sink.port, "pid": os.getpid()}
+            line = {
+                "data_port": sink.core.port,
+                "admin_port": sink.port,
+                "pid": os.getpid(),
+                "parser": sink.core.parser,
+            }
             print(json.dumps(line), flush=True)
             if args.exit_on_stdin_eof:
                 nursery.start_soon(watch_stdin, scope)
@@ -313,6 +480,13 @@ def main() -> None:
     parser.add_argument("--admin-port", type=int, default=0, help="admin port (0: any free one)")
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="exit after this")
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
+    parser.add_argument(
+        "--h11",
+        action="store_true",
+        default=os.environ.get("BENCH_SINK_H11", "") not in ("", "0"),
+        help="frame the data port's requests with h11 (as FakeCore), not the fast parser; "
+        "also BENCH_SINK_H11=1",
+    )
     args = parser.parse_args()
     try:
         trio.run(main_async, args)

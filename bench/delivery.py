@@ -11,8 +11,9 @@
   in a venv of its own that this script creates on first use (``.bench/kit-venv``,
   ignored by git through ``.bench/.gitignore``), configured through its ``/config/sync``.
 
-All three post to bench/core_sink.py (trio + h11, its own process), which de-duplicates by
-``telemetry_id`` (else by device and ``metrics.seq``) and counts what arrived.
+All three post to bench/core_sink.py (trio, its own process, a hand-written HTTP/1.1 parser;
+``BENCH_SINK_H11=1``: h11 per request), which de-duplicates by ``telemetry_id`` (else by
+device and ``metrics.seq``) and counts what arrived.
 
 Capacity is the highest offered rate delivered completely: for ``raw`` and ``ours`` one
 trio task offers payloads at a fixed rate (every 10 ms, round-robin over 100 devices with
@@ -873,6 +874,7 @@ class Sink:
             self.service.close()
             raise
         self.url = f"http://127.0.0.1:{ports['data_port']}"
+        self.parser = str(ports.get("parser", "h11"))
         self.admin_url = f"http://127.0.0.1:{ports['admin_port']}"
         self.admin = httpx.Client(base_url=self.admin_url, timeout=10.0)
 
@@ -1505,6 +1507,7 @@ def parent_main(args: argparse.Namespace) -> None:
         return partial(run_child, impl, mode, sink, params, log_dir, on_line)
 
     sink = Sink(log_dir, lifetime=3600.0)
+    log(f"sink: pid {sink.service.pid}, {sink.parser} parser")
     try:
         for impl in ("raw", "ours"):
             if impl not in skip and "ladder" not in skip:
