@@ -1,4 +1,5 @@
-"""The outbox: every reading and event an actor emits reaches Core, once, in order per device.
+"""The outbox: every reading and event an actor emits reaches Core, once, in order per device
+(but for readings that overflowed past capacity, below).
 
 How an item travels::
 
@@ -23,12 +24,16 @@ How an item travels::
   shown as ``link.next_probe``; a changed token is tried at once.
 * The outbox spills (every new item goes to the spool, not to memory) while Core fails or
   auth is missing or rejected. While Core answers only the overflow does: an item that
-  finds its lane congested (its oldest item waiting over ``queue_wait``) or memory full,
-  and every item of a device whose older items are still in the spool (``_held``), so no
-  item overtakes an older one of its device. What is delivered then never touches the
-  disk, so past capacity the delivery rate stays at capacity (it fell before, once every
-  new item went through SQLite). The spool is read back, oldest first, only into the room
-  new items leave (``_room``), so the backlog never crowds them out.
+  finds its lane congested (its oldest item waiting over ``queue_wait``) or memory full.
+  Items of a device whose older items went to the spool while Core failed, and events of
+  one whose older events did, follow them there (``_held``), so they never overtake them.
+  A *reading* that overflowed does not hold its device: holding every later reading
+  behind it sent each through SQLite (insert, read back, delete: dearer than sending it),
+  and past capacity the rate fell to a tenth of capacity; each reading carries its own
+  timestamp and id, so arriving after newer ones loses nothing. What is delivered then
+  never touches the disk, so past capacity the delivery rate stays at capacity. The
+  spool is read back, oldest first, only into the room new items leave (``_room``), so
+  the backlog never crowds them out.
 * ``backlog_age()``, the age of the oldest undelivered item, is a concern
   (``delivery_backlog``) past ``backlog_age_limit``.
 * An item that has waited on a lane for ``memory_window`` (1 s) is written to the spool
@@ -494,15 +499,17 @@ class Outbox:
         item = _Item(self._seq, kind, key, time.time(), body, False, figures)
         if urgent:  # past the spool's cap, so the cap cannot take it
             self._enqueue(item)
-        elif self._spilling or self._memory >= self._limit or kind & NEEDS_IDENTITY:
+        elif self._spilling or kind & NEEDS_IDENTITY:
             self._spill(item)
         elif key in self._held and self._still_held(key):
             self._spill(item)  # older items of this device wait in the spool
+        elif self._memory >= self._limit:
+            self._spill(item, overflow=True)
         else:
             lane = self._lanes[zlib.crc32(key.encode()) % self._lane_count]
             queue = lane.queue
             if len(queue) > LANE_FLOOR and self._waited(queue[0]) > self._queue_wait:
-                self._spill(item)  # past capacity: the overflow goes to the spool
+                self._spill(item, overflow=True)  # past capacity
             else:
                 self._enqueue(item, lane)
 
@@ -535,8 +542,13 @@ class Outbox:
                 self._ager_bell.ring()
             young.append(item)
 
-    def _spill(self, item: _Item) -> None:
-        self._held[item.key] = item.seq
+    def _spill(self, item: _Item, *, overflow: bool = False) -> None:
+        """Put ``item`` on the list for the spool. Its device's later items follow it
+        there (``_held``) unless it is a reading that overflowed while Core answers:
+        holding those would send every later reading through the disk, which costs more
+        than sending it, so past capacity the rate would fall instead of holding."""
+        if not overflow or item.kind & EVENT:
+            self._held[item.key] = item.seq
         pending = self._pending
         failing = self._spool_failing is not None
         cap = self._limit if failing else self.settings.spill_limit
