@@ -21,8 +21,9 @@ lifespan, then one accept loop per socket) with these differences:
   takes no part of its response for ``send_timeout`` is disconnected (no read timeout
   may cut a handler, see ``runtime._serve.hypercorn_config``); closing takes the send
   lock (hypercorn's ``send_eof`` raced with a send); a connection whose client has gone
-  ends at once instead of at its keep-alive timer; an error in one connection is
-  logged, never raised into the server.
+  ends at once instead of at its keep-alive timer; a connection closed after a request
+  it could not take reads what the client still sends (``LINGER``) so the answer is not
+  lost to a reset; an error in one connection is logged, never raised into the server.
 - **Supervision** (``serve_supervised``): the sockets are bound once, and the server is
   restarted on them after an unexpected error, so one listener failure does not take the
   runtime down.
@@ -33,6 +34,7 @@ without any of this.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -73,6 +75,12 @@ OVERFLOW = 64
 _HEAD_LIMIT = 8192
 #: A response is written in parts of this size, each within ``send_timeout``.
 _SEND_PART = 64 * 1024
+#: After answering and closing its side, a connection reads and discards what the client
+#: still sends for at most this long (and this much) before it closes: closing with unread
+#: data sends a reset, and the client's kernel may drop the answer it had not yet read
+#: (a 431 for a 100 kB head was lost that way). What web servers call a lingering close.
+LINGER = 1.0
+_LINGER_BYTES = 1024 * 1024
 #: Restarts after unexpected errors: the first after RESTART_DELAY, doubling up to
 #: RESTART_MAX_DELAY; more than MAX_RESTARTS within RESTART_WINDOW end the process, as a
 #: server that cannot stay up is better restarted whole by the orchestrator.
@@ -468,6 +476,7 @@ class _Connection(TCPServer):
     ) -> None:
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
         self._send_timeout = send_timeout
+        self._reader: trio.lowlevel.Task | None = None
 
     async def protocol_send(self, event: Event) -> None:
         if not isinstance(event, RawData):
@@ -499,9 +508,11 @@ class _Connection(TCPServer):
         was closed) the keep-alive timer stops too. hypercorn leaves it running, and the
         connection (its descriptor, its place under the cap) lasted until the timer
         fired, up to ``keep_alive_timeout`` after the client had gone."""
+        self._reader = trio.lowlevel.current_task()
         try:
             await super()._read_data()
         finally:
+            self._reader = None
             await self.idle_task.stop()
 
     async def _close(self) -> None:
@@ -510,13 +521,28 @@ class _Connection(TCPServer):
         ``BusyResourceError`` ended the server. Frees the descriptor even when cancelled."""
         try:
             if self.send_lock.statistics().owner is trio.lowlevel.current_task():
-                await super()._close()
+                await self._linger_and_close()
             else:
                 async with self.send_lock:
-                    await super()._close()
+                    await self._linger_and_close()
         except BaseException:
             await trio.aclose_forcefully(self.stream)
             raise
+
+    async def _linger_and_close(self) -> None:
+        """hypercorn's close, draining the client's unread data first (``LINGER``) when
+        the reading task closes: only it may read, and an answer to a request it could
+        not take (400, 431) is exactly the case that leaves data unread."""
+        if self._reader is not trio.lowlevel.current_task():
+            await super()._close()
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_eof()
+            with trio.move_on_after(LINGER):
+                drained = 0
+                while drained < _LINGER_BYTES and (chunk := await self.stream.receive_some()):
+                    drained += len(chunk)
+        await self.stream.aclose()
 
 
 def _parts(data: bytes) -> list[memoryview]:
