@@ -81,12 +81,13 @@ class SmallDisk:
             _, hard = resource.prlimit(self.pid, resource.RLIMIT_FSIZE)
             resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (used, hard))  # soft only
             return
-        with (self.root / "ballast").open("wb") as ballast:
+        # Unbuffered: a buffered file kept the tail of the write that failed and raised
+        # ENOSPC again when it closed.
+        with (self.root / "ballast").open("wb", buffering=0) as ballast:
             chunk = bytes(64 * 1024)
             try:
                 while True:
                     ballast.write(chunk)
-                    ballast.flush()
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
