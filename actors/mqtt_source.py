@@ -51,23 +51,19 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
         name=exc.name,
     ) from exc
 from moat.lib.mqtt import (
-    MQTTConnAckPacket,
-    MQTTConnectFailed,
     MQTTConnectionLost,
     MQTTConnectPacket,
     MQTTOperationFailed,
-    MQTTPacket,
     MQTTPublishPacket,
     QoS,
-    ReasonCode,
     RetainHandling,
 )
-from moat.lib.mqtt.async_client import AsyncMQTTClient
 from pydantic import Field, SecretStr, model_validator
 
 from runtime import DeviceActor, DeviceUnavailable, RuntimeConfig
 from runtime._redact import MASK
 from runtime._sources import parse_received_at as received_at
+from runtime._sources import refusing_mqtt_client
 
 from .source_device import (
     DEFAULT_METRICS,
@@ -122,23 +118,6 @@ class MqttSourceConfig(RuntimeConfig):
     @property
     def subscription_topic(self) -> str:
         return self.topic or f"piphi/sources/{self.source}/packets"
-
-
-class _Client(AsyncMQTTClient):
-    """moat-lib-mqtt's client, failing its entry when the broker refuses the login.
-
-    moat-lib-mqtt 0.8.7 takes any CONNACK as success. After a refusal (bad password, not
-    authorized) the client is left disconnected, and only the next operation fails, with
-    a protocol error that has lost the broker's reason. Here the refusal raises
-    ``MQTTConnectFailed(reason_code)`` from the client's reader, so ``async with`` fails
-    with it. ``_handle_packet`` is the client's private per-packet hook, hence the
-    ``<0.9`` bound on the dependency; a test covers the refusal.
-    """
-
-    async def _handle_packet(self, packet: MQTTPacket) -> None:
-        if isinstance(packet, MQTTConnAckPacket) and packet.reason_code is not ReasonCode.SUCCESS:
-            raise MQTTConnectFailed(packet.reason_code)
-        await super()._handle_packet(packet)
 
 
 class _MaskConnectPassword(logging.Filter):
@@ -216,7 +195,7 @@ class MqttSourceActor(DeviceActor[MqttSourceConfig]):
             limit = config.connect_timeout_seconds
             with trio.move_on_after(limit) as connecting:
                 async with (
-                    _Client(
+                    refusing_mqtt_client()(
                         config.host,
                         config.port,
                         username=config.username,

@@ -45,9 +45,11 @@ from urllib.parse import unquote, urlsplit
 import attrs
 import trio
 
+from ._contract import iso
 from ._errors import PiPhiError, SourceNotDeclared, error_code, errors_beside_cancellation
 from ._health import Concern
 from ._logs import protect
+from ._policy import RestartPolicy
 
 if TYPE_CHECKING:
     from moat.lib.mqtt import MQTTPublishPacket
@@ -317,7 +319,7 @@ class MqttSource(Source):
             raise ModuleNotFoundError(_MISSING_MQTT, name=exc.name) from exc
         for name in ("moat.lib.mqtt", "moat.lib.mqtt.async_client"):
             protect(logging.getLogger(name))  # its debug log shows the CONNECT password
-        client_class = _refusing_client()
+        client_class = refusing_mqtt_client()
         async with (
             client_class(
                 self.host or "127.0.0.1",
@@ -342,13 +344,14 @@ async def _payloads(subscription: AsyncIterator[MQTTPublishPacket]) -> AsyncIter
 
 
 @functools.cache
-def _refusing_client() -> Any:
+def refusing_mqtt_client() -> Any:
     """moat-lib-mqtt's client, failing its entry when the broker refuses the login.
 
     moat-lib-mqtt 0.8.7 takes any CONNACK as success and only the next operation fails,
     with the broker's reason lost; this raises ``MQTTConnectFailed(reason_code)`` instead
-    (the same subclass as ``actors.mqtt_source``'s, hence the ``<0.9`` bound). Made on
-    first use, so the runtime imports without the ``[mqtt]`` extra."""
+    (``_handle_packet`` is the client's private per-packet hook, hence the ``<0.9``
+    bound; ``actors.mqtt_source`` uses it too). Made on first use, so the runtime imports
+    without the ``[mqtt]`` extra."""
     from moat.lib.mqtt import MQTTConnAckPacket, MQTTConnectFailed, MQTTPacket, ReasonCode
     from moat.lib.mqtt.async_client import AsyncMQTTClient
 
@@ -498,8 +501,10 @@ class SourceHub:
         if twice:
             raise ValueError(f"sources must have distinct names; {', '.join(twice)} is repeated")
         self.links = [_Link(source) for source in sources]
-        self.initial_delay = initial_delay or RECONNECT_INITIAL_DELAY
-        self.max_delay = max_delay or RECONNECT_MAX_DELAY
+        self._backoff = RestartPolicy(
+            initial_delay=initial_delay or RECONNECT_INITIAL_DELAY,
+            max_delay=max_delay or RECONNECT_MAX_DELAY,
+        )
         self.inbox_capacity = inbox_capacity
         self.unclaimed_limit = unclaimed_limit
         self.unclaimed_evicted = 0
@@ -673,8 +678,8 @@ class SourceHub:
                     "discovered_by": "source",
                     "source": heard.source,
                     "connection": heard.connection,
-                    "first_seen": _iso(heard.first_seen),
-                    "last_seen": _iso(heard.last_seen),
+                    "first_seen": iso(heard.first_seen),
+                    "last_seen": iso(heard.last_seen),
                     "packets": heard.packets,
                     "sample": heard.sample,
                     "metadata": heard.metadata,
@@ -710,8 +715,8 @@ class SourceHub:
                 continue
             if link.connects > connects and trio.current_time() - opened >= self.healthy_after:
                 attempt = 0
-            delay = self._rng.uniform(0.0, min(self.max_delay, self.initial_delay * 2**attempt))
-            attempt = min(attempt + 1, 32)
+            delay = self._backoff.delay(attempt, self._rng)
+            attempt += 1
             now = time.time()
             link.state, link.since = "down", now
             first = link.down_since is None
@@ -848,10 +853,6 @@ def _error_record(error: BaseException, now: float) -> dict[str, Any]:
             "Check that the broker runs and is reachable; the runtime reconnects by itself."
         )
     return {"code": error_code(first), "message": message, "hint": hint, "at": now}
-
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
 
 
 @asynccontextmanager

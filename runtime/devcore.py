@@ -38,7 +38,7 @@ from quart import Response, request
 from quart.typing import RouteCallable
 from quart_trio import QuartTrio
 
-from ._contract import from_unix
+from ._contract import iso
 from ._contract.core import CONTAINER_HEADER, TOKEN_HEADER
 from ._database import Database
 from ._fakecore import TROUBLE_MODES, FakeCore, Kind, Rejected, Trouble
@@ -320,7 +320,7 @@ class DevCore:
         self.set_trouble(trouble)
         answer = attrs.asdict(self.trouble)
         if trouble.until is not None:  # trio time means nothing outside: a UTC moment
-            answer["until"] = from_unix(time.time() + seconds).isoformat()
+            answer["until"] = iso(time.time() + seconds)
         return _json(answer)
 
 
