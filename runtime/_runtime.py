@@ -71,8 +71,12 @@ class Runtime:
     """Set when the runtime's core has died: health then answers 503."""
     memory: MemoryMonitor = attrs.field(factory=MemoryMonitor)
     """The process's RSS, its trend and its limit (``PIPHI_MEMORY_LIMIT_MB``)."""
-    sources: SourceHub = attrs.field(factory=SourceHub)
-    """The integration's shared sources (``Integration(sources=...)``) and their figures."""
+
+    @property
+    def sources(self) -> SourceHub:
+        """The integration's shared sources (``Integration(sources=...)``), which the
+        actors claim packets from, and their figures."""
+        return self.actors.sources
 
     def concerns(self, by_state: Mapping[str, int]) -> list[Concern]:
         """Why the runtime is degraded now (empty: ``ok``), given its actors counted by
@@ -199,7 +203,6 @@ async def open_runtime(
                 secrets=secrets,
                 memory=memory,
                 settings=settings,
-                sources=sources,
             )
             runtime.rehydration = await rehydrate(
                 sync,
