@@ -62,10 +62,9 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import h11
 import trio
 
-from runtime._fakecore import MAX_BODY, _answer_garbage
+from runtime._fakecore import MAX_BODY
 from runtime.testing import Answer, FakeCore, H11Server, Rejected, Trouble
 
 HOST = "127.0.0.1"
@@ -256,24 +255,12 @@ class CountingCore(FakeCore):
         self.stats = stats
         self.parser = parser
 
-    async def _handle(self, stream: trio.SocketStream) -> None:  # H11Server's, per connection
-        if self.parser == "h11":
-            await super()._handle(stream)
-            return
-        self.connections += 1
-        self._conns.add(stream)
-        self.most_at_once = max(self.most_at_once, len(self._conns))
-        try:
-            await self.serve_stream(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            self._conns.discard(stream)
-            await trio.aclose_forcefully(stream)
-
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Answer the requests on one connection, in order, until it closes: every
         complete request of a read is answered, then their answers go in one write."""
+        if self.parser == "h11":
+            await self.serve_h11(stream)
+            return
         buffer = b""
         while True:
             data = await stream.receive_some(RECEIVE)
@@ -335,14 +322,7 @@ class CountingCore(FakeCore):
         """Send the answers so far, then frame the rest of the connection with h11."""
         if out:
             await stream.send_all(b"".join(out))
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
-        conn.receive_data(rest)
-        try:
-            while await self._exchange(conn, stream):  # type: ignore[arg-type]
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError:
-            self.protocol_errors += 1
-            await _answer_garbage(conn, stream)  # type: ignore[arg-type]
+        await self.serve_h11(stream, rest)
 
     async def store(self, kind: str, payload: dict[str, Any], headers: Mapping[str, str]) -> bool:
         if not headers.get("x-container-id"):

@@ -228,20 +228,34 @@ class H11Server:
         self.connections += 1
         self._conns.add(stream)
         self.most_at_once = max(self.most_at_once, len(self._conns))
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
         try:
-            while await self._exchange(conn, stream):
-                conn.start_next_cycle()
-        except h11.RemoteProtocolError:
-            self.protocol_errors += 1
-            await _answer_garbage(conn, stream)
+            await self.serve_stream(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             self._conns.discard(stream)
             await trio.aclose_forcefully(stream)
 
-    async def _exchange(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Answer the requests of one connection, in order, until it closes. A subclass
+        may frame the common case itself (``bench/core_sink.py``) and hand the rest of the
+        connection to ``serve_h11``."""
+        await self.serve_h11(stream)
+
+    async def serve_h11(self, stream: trio.abc.Stream, received: bytes = b"") -> None:
+        """Frame the connection with h11 from here on, ``received`` being what was read of
+        it and not yet answered."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
+        if received:
+            conn.receive_data(received)
+        try:
+            while await self._exchange(conn, stream):
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError:
+            self.protocol_errors += 1
+            await _answer_garbage(conn, stream)
+
+    async def _exchange(self, conn: h11.Connection, stream: trio.abc.Stream) -> bool:
         """One request and its answer; whether the connection may carry another."""
         request: h11.Request | None = None
         chunks: list[bytes] = []
@@ -249,7 +263,7 @@ class H11Server:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
+                conn.receive_data(bytes(await stream.receive_some(65536)))
             elif isinstance(event, h11.Request):
                 request = event
             elif isinstance(event, h11.Data):
@@ -510,7 +524,7 @@ def _sent(conn: h11.Connection, event: h11.Event) -> bytes:
     return data
 
 
-async def _send(conn: h11.Connection, stream: trio.SocketStream, answer: Answer) -> None:
+async def _send(conn: h11.Connection, stream: trio.abc.Stream, answer: Answer) -> None:
     status, extra, data = answer
     headers = [*extra, ("content-length", str(len(data)))]
     response = h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
@@ -519,7 +533,7 @@ async def _send(conn: h11.Connection, stream: trio.SocketStream, answer: Answer)
     )
 
 
-async def _answer_garbage(conn: h11.Connection, stream: trio.SocketStream) -> None:
+async def _answer_garbage(conn: h11.Connection, stream: trio.abc.Stream) -> None:
     """Answer 400 to what was not HTTP/1.1, when the connection still allows an answer."""
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
