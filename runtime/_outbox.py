@@ -135,6 +135,9 @@ REFUSALS_LOG_EVERY = 300.0
 #: A lane holding at most this many items is never called congested, however long its head
 #: has waited: a slow answer or two must not send devices to the spool.
 LANE_FLOOR = 256
+#: Rows appended in one spool transaction at most. The writer's thread packs a batch
+#: holding the GIL, so a bigger one would stall the trio thread (and the lanes) as long.
+COMMIT_ROWS = 4096
 #: At most this many bytes of bodies go out in one pipelined write.
 PIPELINE_BYTES = 64 * 1024
 #: A lane writes several items at once only once more than this many wait on it: it has
@@ -275,7 +278,17 @@ class OutboxStats:
 
 
 class _Item:
-    __slots__ = ("body", "created", "done", "due", "figures", "key", "kind", "seq", "spooled")
+    __slots__ = (
+        "created",
+        "done",
+        "due",
+        "figures",
+        "kind",
+        "lane_key",
+        "payload",
+        "seq",
+        "spooled",
+    )
 
     def __init__(
         self,
@@ -289,9 +302,9 @@ class _Item:
     ) -> None:
         self.seq = seq
         self.kind = kind
-        self.key = key
+        self.lane_key = key
         self.created = created
-        self.body = body
+        self.payload = body
         self.spooled = spooled
         """A row for it is committed to the spool."""
         self.done = False
@@ -303,7 +316,7 @@ class _Item:
         figures.queued += 1
 
     def row(self) -> SpoolRow:
-        return SpoolRow(self.seq, self.kind, self.key, self.created, self.body)
+        return SpoolRow(self.seq, self.kind, self.lane_key, self.created, self.payload)
 
 
 class _Figures:
@@ -529,7 +542,7 @@ class Outbox:
 
     def _enqueue(self, item: _Item, lane: _Lane | None = None) -> None:
         if lane is None:
-            lane = self._lanes[self.lane_of(item.key)]
+            lane = self._lanes[self.lane_of(item.lane_key)]
         lane.queue.append(item)
         self._memory += 1
         lane.bell.ring()
@@ -548,7 +561,7 @@ class Outbox:
         holding those would send every later reading through the disk, which costs more
         than sending it, so past capacity the rate would fall instead of holding."""
         if not overflow or item.kind & EVENT:
-            self._held[item.key] = item.seq
+            self._held[item.lane_key] = item.seq
         pending = self._pending
         failing = self._spool_failing is not None
         cap = self._limit if failing else self.settings.spill_limit
@@ -799,20 +812,20 @@ class Outbox:
             and not lane.attempt
             and self._link.state == "up"
         ):
-            keys = {first.key}
-            size = len(first.body)
+            keys = {first.lane_key}
+            size = len(first.payload)
             for item in itertools.islice(queue, 1, depth):
-                key = item.key
+                key = item.lane_key
                 if key in keys or size > PIPELINE_BYTES:
                     break
                 keys.add(key)
-                size += len(item.body)
+                size += len(item.payload)
                 batch.append(item)
         lane.batch = batch
         return batch
 
     def _body(self, item: _Item) -> bytes:
-        return self._with_identity(item.body) if item.kind & NEEDS_IDENTITY else item.body
+        return self._with_identity(item.payload) if item.kind & NEEDS_IDENTITY else item.payload
 
     def _settle(
         self, lane: _Lane, results: list[CoreError | None]
@@ -865,7 +878,7 @@ class Outbox:
         figures.last_delivered = time.time()
         self._release(item)
         if item.spooled:
-            self._deletes.append((item.seq, len(item.body)))
+            self._deletes.append((item.seq, len(item.payload)))
 
     def _after_delivery(self, lane: _Lane, *, clean: bool) -> None:
         if clean:
@@ -1041,16 +1054,18 @@ class Outbox:
         async with self._spool_lock:
             await self._commit_locked(final)
         self._reader_bell.ring()
+        if self._pending or self._behind:  # more than one transaction's worth waited
+            self._writer_bell.ring()
 
     async def _commit_locked(self, final: bool) -> None:
-        items = list(self._pending)
+        pending = self._pending
+        items = [pending.popleft() for _ in range(min(len(pending), COMMIT_ROWS))]
         behind = [item for item in self._behind if not (item.done or item.spooled)]
+        room = max(0, COMMIT_ROWS - len(items))
+        behind, self._behind = behind[:room], behind[room:]
         deletes, rejects = self._deletes, list(self._rejects)
         if not (items or deletes or rejects or behind):
-            self._behind = []
             return
-        self._pending.clear()
-        self._behind = []
         self._deletes = []
         self._rejects.clear()
         before = self._disk_max
@@ -1060,7 +1075,7 @@ class Outbox:
             # Shielded: a commit is short, and its outcome must be known to keep counts true.
             with trio.CancelScope(shield=True):
                 outcome = await self._spool.commit(
-                    [item.row() for item in items] + [item.row() for item in behind],
+                    items + behind,
                     deletes,
                     rejects,
                     max_bytes=self.settings.spool_max_bytes + self._resident_bytes,
@@ -1119,7 +1134,7 @@ class Outbox:
         self.written_behind += len(behind)
         for item in behind:
             if item.done:
-                self._deletes.append((item.seq, len(item.body)))
+                self._deletes.append((item.seq, len(item.payload)))
             else:
                 item.spooled = True
         if behind:
@@ -1128,7 +1143,7 @@ class Outbox:
     def _resident_add(self, items: list[_Item]) -> None:
         resident = self._resident
         for item in items:
-            size = len(item.body)
+            size = len(item.payload)
             resident[item.seq] = size
             self._resident_bytes += size
 
@@ -1306,7 +1321,8 @@ class Outbox:
             self._pending.extend(item for item in lane.queue if not item.spooled)
             lane.queue.clear()
         self._memory = 0
-        await self._commit(final=True)
+        while self._pending or self._deletes or self._rejects:
+            await self._commit(final=True)
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ import pytest
 import trio
 
 import runtime._offload
+import runtime._spool
 from runtime import DeviceIdentity, Reading, RestartPolicy
 from runtime._contract import EventPayload, TelemetryPayload
 from runtime.delivery import CoreClient, OutboxSettings, open_outbox
@@ -582,3 +583,43 @@ async def test_an_event_core_has_no_route_for_is_parked_and_telemetry_flows(
         stats = ob.stats()
     assert stats.rejected == 1
     assert [body["metrics"]["seq"] for body in core.telemetry()] == list(range(5))
+
+
+async def test_a_backlog_reaches_the_spool_in_bounded_transactions(
+    core: FakeCore,
+    client: CoreClient,
+    spool_path: Path,
+    autojump_clock: trio.abc.Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each transaction appends at most COMMIT_ROWS (the writer's thread packs a batch
+    # holding the GIL); what waits beyond goes in the next ones, and so does the shutdown's.
+    monkeypatch.setattr("runtime._outbox.COMMIT_ROWS", 7)
+    appended: list[int] = []
+    commit = runtime._spool.Spool.commit
+
+    async def counting(self: Any, append: Any = (), *args: Any, **kwargs: Any) -> Any:
+        appended.append(len(append))
+        return await commit(self, append, *args, **kwargs)
+
+    monkeypatch.setattr("runtime._spool.Spool.commit", counting)
+    core.status = 503
+    async with open_outbox(client, spool_path=spool_path) as outbox:
+        for n in range(30):
+            outbox.telemetry(record(n % 3, n // 3))
+        await wait_until(lambda: outbox.stats().spool_depth == 30)
+        assert max(appended) == 7
+        core.status = 200
+        with trio.fail_after(600):
+            await outbox.wait_settled()
+        assert_each_once_in_order(core, 3, 10)
+        core.delay = 30  # what comes now stays in memory until the shutdown writes it
+        for n in range(10, 30):
+            outbox.telemetry(record(0, n))
+        await trio.sleep(0.2)
+        appended.clear()
+    assert appended and max(appended) == 7 and sum(appended) >= 20
+    con = sqlite3.connect(spool_path)
+    (depth,) = con.execute("SELECT COUNT(*) FROM items").fetchone()
+    con.close()
+    assert depth == 20

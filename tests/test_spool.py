@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,4 +140,83 @@ async def test_a_spool_error_says_what_failed(tmp_path: Path) -> None:
     spool = await Spool.open(tmp_path / "spool.db")
     with pytest.raises(SpoolBusy, match="another runtime"):
         await Spool.open(tmp_path / "spool.db")
+    await spool.close()
+
+
+async def test_rows_keep_every_byte_and_digit(tmp_path: Path) -> None:
+    # Batches travel as JSON and concatenated blobs (one statement each way): keys with a
+    # NUL and non-ASCII, payloads with any bytes, and times to the last bit come back whole.
+    odd = [
+        SpoolRow(2**62, 3, "cfg-é\x00dév,1", 1796653649.7503743, b"\x00,\xff{}\n"),
+        SpoolRow(2**62 + 1, 1, "c\x00d", 0.1 + 0.2, b""),
+        SpoolRow(2**62 + 7, 0, "k", 1e-300, bytes(range(256))),
+    ]
+    spool = await Spool.open(tmp_path / "spool.db")
+    await spool.commit(odd)
+    assert (spool.depth, spool.bytes) == (3, 6 + 0 + 256)
+    assert await spool.read_after(0, 10) == odd
+    assert await spool.read_after(2**62, 1) == odd[1:2]
+    await spool.close()
+    again = await Spool.open(tmp_path / "spool.db")
+    assert await again.read_after(0, 10) == odd
+    assert again.newest_by_key == {"cfg-é\x00dév,1": 2**62, "c\x00d": 2**62 + 1, "k": 2**62 + 7}
+    await again.close()
+
+
+class _Counted:
+    """A connection that counts statements run and result rows fetched: each is a step
+    in which the sqlite3 module lets go of the GIL and has to win it back."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+        self.steps = 0
+
+    def execute(self, sql: str, params: Any = ()) -> _CountedCursor:
+        self.steps += 1
+        return _CountedCursor(self, self.con.execute(sql, params))
+
+    def executemany(self, sql: str, params: Any) -> sqlite3.Cursor:
+        params = list(params)
+        self.steps += len(params)
+        return self.con.executemany(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+class _CountedCursor:
+    def __init__(self, counted: _Counted, cursor: sqlite3.Cursor) -> None:
+        self.counted, self.cursor, self.rowcount = counted, cursor, cursor.rowcount
+
+    def fetchone(self) -> Any:
+        self.counted.steps += 1
+        return self.cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        found = self.cursor.fetchall()
+        self.counted.steps += len(found)
+        return found
+
+
+async def test_a_batch_costs_the_same_few_steps_however_many_rows(tmp_path: Path) -> None:
+    # The writer's thread wins the GIL back from a busy trio thread only now and then, so
+    # a step per row (executemany, fetchall) made the spool slowest exactly past capacity.
+    spool = await Spool.open(tmp_path / "spool.db")
+    counted = _Counted(spool._db.con)
+    spool._db.con = counted  # type: ignore[assignment]
+
+    async def steps(commit: Any) -> int:
+        counted.steps = 0
+        await commit
+        return counted.steps
+
+    few = await steps(spool.commit(rows(1, 3)))
+    assert await steps(spool.commit(rows(4, 5_003))) == few
+    assert spool.depth == 5_003
+    read_few = await steps(spool.read_after(0, 3))
+    assert await steps(spool.read_after(0, 2_000)) == read_few
+    delete_few = await steps(spool.commit(delete=[(n, 10) for n in range(1, 4)]))
+    assert await steps(spool.commit(delete=[(n, 10) for n in range(4, 5_004)])) == delete_few
+    assert spool.depth == 0
+    spool._db.con = counted.con
     await spool.close()
