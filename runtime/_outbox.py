@@ -137,7 +137,7 @@ REFUSALS_LOG_EVERY = 300.0
 LANE_FLOOR = 256
 #: Rows appended in one spool transaction at most. The writer's thread packs a batch
 #: holding the GIL, so a bigger one would stall the trio thread (and the lanes) as long.
-COMMIT_ROWS = 4096
+COMMIT_ROWS = 8192
 #: At most this many bytes of bodies go out in one pipelined write.
 PIPELINE_BYTES = 64 * 1024
 #: A lane writes several items at once only once more than this many wait on it: it has

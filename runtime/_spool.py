@@ -90,19 +90,24 @@ CREATE TABLE IF NOT EXISTS rejected (
 """
 
 
-# Each statement below moves a whole batch in one step. The sqlite3 module gives up the GIL
-# around every step (and executemany steps once per row, fetchall once per row), and a
-# worker thread wins it back from a trio thread busy sending only now and then: measured
-# here, 12,000 rows inserted with executemany took 30 ms beside an idle trio thread and
-# 2-19 s beside a busy one. So past capacity the spool could not keep up with what spilled,
-# and a read of the backlog held the spool for seconds. (``ON CONFLICT DO NOTHING`` rather
-# than ``OR IGNORE``: a NULL must fail loudly, not skip the row.)
-_INSERT = (
-    "INSERT INTO items (seq, kind, lane_key, created, payload) "
-    "SELECT r.value->>0, r.value->>1, CAST(substr(?2, r.value->>2, r.value->>3) AS TEXT), "
-    "r.value->>4, substr(?3, r.value->>5, r.value->>6) FROM json_each(?1) AS r "
-    "WHERE true ON CONFLICT (seq) DO NOTHING"
-)
+# A batch moves in a few steps whatever its size. The sqlite3 module gives up the GIL
+# around every step (executemany steps once per row, fetchall once per result row), and a
+# worker thread wins it back from a trio thread busy with sockets only now and then:
+# measured here, 12,000 rows inserted with executemany took 30 ms beside an idle trio
+# thread and 2-19 s beside a busy one. So past capacity the spool fell behind what spilled,
+# and a read of the backlog held the spool for seconds.
+#
+# Appends bind up to the largest of ``_INSERT_SIZES`` rows per statement, padded up to the
+# next size with copies of the batch's last row, which the conflict clause skips: three
+# cached statements serve every batch. (``ON CONFLICT DO NOTHING`` rather than ``OR
+# IGNORE``, which would also skip a row with a NULL instead of failing.)
+_INSERT_SIZES = (64, 512, 4096)
+_INSERTS = {
+    size: "INSERT INTO items (seq, kind, lane_key, created, payload) VALUES "
+    + ", ".join(["(?, ?, ?, ?, ?)"] * size)
+    + " ON CONFLICT (seq) DO NOTHING"
+    for size in _INSERT_SIZES
+}
 _DELETE = "DELETE FROM items WHERE seq IN (SELECT value FROM json_each(?))"
 # One row back: the columns joined, keys and payloads as blobs cut by their lengths, times
 # printed with 17 digits (which read back exactly).
@@ -424,7 +429,7 @@ def _commit_sync(
     try:
         consistent = True
         if append:
-            consistent &= con.execute(_INSERT, _packed(append)).rowcount == len(append)
+            consistent &= _append(con, append) == len(append)
             depth += len(append)
             size += sum(len(r.payload) for r in append)
             max_seq = max(max_seq, max(r.seq for r in append))
@@ -603,20 +608,17 @@ def _by_seq(row: SpoolRow) -> int:
     return row.seq
 
 
-def _packed(rows: Sequence[Row]) -> tuple[str, bytes, bytes]:
-    """``_INSERT``'s parameters: each row's numbers and where its key and payload lie in
-    two blobs (1-based offsets, as ``substr`` counts), then the blobs."""
-    meta: list[tuple[int, int, int, int, float, int, int]] = []
-    keys: list[bytes] = []
-    at_key = at = 1
-    for row in rows:
-        key = row.lane_key.encode()
-        keys.append(key)
-        size = len(row.payload)
-        meta.append((row.seq, row.kind, at_key, len(key), row.created, at, size))
-        at_key += len(key)
-        at += size
-    return json.dumps(meta), b"".join(keys), b"".join(row.payload for row in rows)
+def _append(con: sqlite3.Connection, rows: Sequence[Row]) -> int:
+    """Insert ``rows`` (``_INSERTS``); returns how many were new."""
+    largest = _INSERT_SIZES[-1]
+    inserted = 0
+    for start in range(0, len(rows), largest):
+        chunk = rows[start : start + largest]
+        size = next(size for size in _INSERT_SIZES if size >= len(chunk))
+        values = [v for r in chunk for v in (r.seq, r.kind, r.lane_key, r.created, r.payload)]
+        values.extend(values[-5:] * (size - len(chunk)))
+        inserted += con.execute(_INSERTS[size], values).rowcount
+    return inserted
 
 
 def _delete(con: sqlite3.Connection, seqs: Sequence[int]) -> int:
