@@ -13,7 +13,8 @@
 
 All three post to bench/core_sink.py (trio, its own process, a hand-written HTTP/1.1 parser;
 ``BENCH_SINK_H11=1``: h11 per request), which de-duplicates by ``telemetry_id`` (else by
-device and ``metrics.seq``) and counts what arrived.
+device and ``metrics.seq``) and counts what arrived. The ``raw`` and ``ours`` children run
+with CPython's garbage collector as ``serve`` tunes it (``runtime._collector.tuned``).
 
 Capacity is the highest offered rate delivered completely: for ``raw`` and ``ours`` one
 trio task offers payloads at a fixed rate (every 10 ms, round-robin over 100 devices with
@@ -1591,7 +1592,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         params = Params.from_json(args.params)
-        trio.run(child_main, args.child, args.mode, args.sink_url, args.admin_url, params)
+        # The garbage collector as `serve` sets it (runtime/_collector.py). At the default,
+        # 40,000 items in memory past capacity cost five full passes of about 60 ms each
+        # in 10 s, each a pause of every lane; the raw loop runs with the same setting.
+        from runtime._collector import tuned
+
+        with tuned():
+            trio.run(child_main, args.child, args.mode, args.sink_url, args.admin_url, params)
         return
 
     def terminate(signum: int, frame: object) -> None:
