@@ -263,14 +263,16 @@ class Child:
         (await self.admin.post("/admin/reset")).raise_for_status()
 
     @contextlib.asynccontextmanager
-    async def sender(self) -> AsyncIterator[Sender]:
-        """A fresh raw loop or outbox (with a fresh spool) for one run."""
+    async def sender(self, devices: int = 0) -> AsyncIterator[Sender]:
+        """A fresh raw loop or outbox (with a fresh spool) for one run; ``devices``
+        configured before it starts."""
         self.runs += 1
         if self.impl == "raw":
             async with raw_loop(self.sink_url) as parts:
                 yield parts
         else:
-            async with outbox_loop(self.sink_url, self.tmp / f"spool-{self.runs}.db") as parts:
+            spool = self.tmp / f"spool-{self.runs}.db"
+            async with outbox_loop(self.sink_url, spool, devices) as parts:
                 yield parts
 
 
@@ -320,7 +322,7 @@ async def raw_loop(sink_url: str) -> AsyncIterator[Sender]:
 
 
 @contextlib.asynccontextmanager
-async def outbox_loop(sink_url: str, spool_path: Path) -> AsyncIterator[Sender]:
+async def outbox_loop(sink_url: str, spool_path: Path, devices: int) -> AsyncIterator[Sender]:
     from runtime import DeviceIdentity, Reading
     from runtime.delivery import CoreClient, OutboxSettings, open_outbox
     from runtime.lowlevel import TelemetryRecord
@@ -337,8 +339,10 @@ async def outbox_loop(sink_url: str, spool_path: Path) -> AsyncIterator[Sender]:
     settings = OutboxSettings(**json.loads(os.environ.get("BENCH_OUTBOX_SETTINGS") or "{}"))
     async with client, open_outbox(client, spool_path=spool_path, settings=settings) as ob:
 
-        def emit(device: int, seq: int) -> None:
-            while device >= len(identities):
+        def configure(upto: int) -> None:
+            # What the reconciler has done by the time a device reports: its identity is
+            # made once, not in the window.
+            while upto > len(identities):
                 i = len(identities)
                 identities.append(
                     DeviceIdentity(
@@ -349,6 +353,11 @@ async def outbox_loop(sink_url: str, spool_path: Path) -> AsyncIterator[Sender]:
                         integration_id=INTEGRATION_ID,
                     )
                 )
+
+        configure(devices)
+
+        def emit(device: int, seq: int) -> None:
+            configure(device + 1)
             ob.telemetry(
                 TelemetryRecord(
                     identity=identities[device],
@@ -581,7 +590,7 @@ async def offer_step(child: Child, rate: int, window: float, drain: float) -> di
     await child.reset()
     load = load_average()
     sink0 = await child.sink_stats()
-    async with child.sender() as (emit, idle, extra):
+    async with child.sender(rate) as (emit, idle, extra):
         before = extra()
         cpu0, host0, t0 = cpu_seconds(), host_busy_seconds(), trio.current_time()
         offered = await Offer(emit).run(rate, window, rate)
@@ -642,7 +651,7 @@ async def overload_run(child: Child, devices: int, params: Params) -> dict[str, 
     load = load_average()
     timeline: list[dict[str, Any]] = []
     settled_at: float | None = None
-    async with child.sender() as (emit, idle, extra):
+    async with child.sender(devices) as (emit, idle, extra):
         offer = Offer(emit)
         t0 = trio.current_time()
         cpu0 = cpu_seconds()

@@ -216,10 +216,11 @@ class OutboxSettings:
     backlog_age_limit: float = attrs.field(default=30.0, validator=_positive)
     """``/health`` says degraded (``delivery_backlog``) while the oldest undelivered item
     is older than this many seconds."""
-    pipeline: int = attrs.field(default=32, validator=_positive)
+    pipeline: int = attrs.field(default=128, validator=_positive)
     """Requests a lane writes at once on its connection (HTTP/1.1 pipelining) while Core
     answers; at most one per device, so a failed item never lets a later one of the same
-    device through. 1 turns pipelining off."""
+    device through. 1 turns pipelining off. Deep, because a lane writes once per turn of
+    the event loop, and past capacity a turn is long: devices make readings in it too."""
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     """How long leaving ``open_outbox`` may take to write what is in memory to the spool."""
 
