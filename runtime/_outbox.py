@@ -135,8 +135,10 @@ REFUSALS_LOG_EVERY = 300.0
 #: A lane holding at most this many items is never called congested, however long its head
 #: has waited: a slow answer or two must not send devices to the spool.
 LANE_FLOOR = 256
-#: Rows appended in one spool transaction at most. The writer's thread packs a batch
-#: holding the GIL, so a bigger one would stall the trio thread (and the lanes) as long.
+#: Rows appended in one spool transaction at most, unless half ``spill_limit`` waits (then
+#: all of it). The writer's thread binds a batch holding the GIL, so a bigger one stalls
+#: the trio thread (and the lanes) as long; but past capacity each commit also costs a
+#: dozen waits for the GIL, and small ones could not keep up: readings were dropped.
 COMMIT_ROWS = 8192
 #: At most this many bytes of bodies go out in one pipelined write.
 PIPELINE_BYTES = 64 * 1024
@@ -1060,7 +1062,10 @@ class Outbox:
 
     async def _commit_locked(self, final: bool) -> None:
         pending = self._pending
-        items = [pending.popleft() for _ in range(min(len(pending), COMMIT_ROWS))]
+        take = len(pending)
+        if take < self.settings.spill_limit // 2:  # else dropping is near: a stall is cheaper
+            take = min(take, COMMIT_ROWS)
+        items = [pending.popleft() for _ in range(take)]
         behind = [item for item in self._behind if not (item.done or item.spooled)]
         room = max(0, COMMIT_ROWS - len(items))
         behind, self._behind = behind[:room], behind[room:]

@@ -623,3 +623,33 @@ async def test_a_backlog_reaches_the_spool_in_bounded_transactions(
     (depth,) = con.execute("SELECT COUNT(*) FROM items").fetchone()
     con.close()
     assert depth == 20
+
+
+async def test_a_writer_near_its_limit_takes_all_that_waits(
+    core: FakeCore,
+    client: CoreClient,
+    spool_path: Path,
+    autojump_clock: trio.abc.Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Past half of spill_limit, one transaction takes everything waiting: a long commit
+    # stalls the lanes a little, dropping readings is worse.
+    monkeypatch.setattr("runtime._outbox.COMMIT_ROWS", 7)
+    appended: list[int] = []
+    commit = runtime._spool.Spool.commit
+
+    async def counting(self: Any, append: Any = (), *args: Any, **kwargs: Any) -> Any:
+        appended.append(len(append))
+        return await commit(self, append, *args, **kwargs)
+
+    monkeypatch.setattr("runtime._spool.Spool.commit", counting)
+    core.status = 503
+    settings = OutboxSettings(spill_limit=40)
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        outbox.telemetry(record(0, 0))
+        await wait_until(lambda: outbox.stats().link.state == "down")  # now all spills
+        for n in range(1, 31):  # no checkpoint: all 30 wait for the writer at once
+            outbox.telemetry(record(n % 3, n // 3))
+        await wait_until(lambda: outbox.stats().spool_depth == 31)
+        assert 30 in appended
+        assert outbox.stats().dropped == 0
