@@ -165,6 +165,10 @@ class IdSource:
         return f"{self.prefix}{next(self._count):016x}"
 
 
+#: The most rows one replay read may ask for (``OutboxSettings.replay_batch``).
+REPLAY_BATCH_MAX = 2000
+
+
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ValueError(f"OutboxSettings.{attribute.name} must be > 0, got {value!r}")
@@ -204,10 +208,14 @@ class OutboxSettings:
     ``initial_delay`` to ``max_delay`` (no jitter), unless the auth changes first."""
     slow_retry: float = attrs.field(default=300.0, validator=_positive)
     """The longest ``Retry-After`` honoured."""
-    replay_batch: int = attrs.field(default=1000, validator=_positive)
+    replay_batch: int = attrs.field(
+        default=1000, validator=[_positive, attrs.validators.le(REPLAY_BATCH_MAX)]
+    )
     """Spooled rows read back at once; the spool is read only while the lanes are short
     (fewer items than this in memory, none of them waiting over half ``queue_wait``), so
-    replay takes only the capacity new items leave."""
+    replay takes only the capacity new items leave. At most ``REPLAY_BATCH_MAX``: a read
+    comes back as one SQLite value, which must stay under SQLite's 1 GB even when every
+    row is ``MAX_PAYLOAD_BYTES``."""
     queue_wait: float = attrs.field(default=0.5, validator=_positive)
     """While a lane's oldest item has waited longer than this (seconds; and the lane holds
     over ``LANE_FLOOR`` items), the lane's new items go to the spool, and so do their
@@ -1057,7 +1065,7 @@ class Outbox:
         async with self._spool_lock:
             await self._commit_locked(final)
         self._reader_bell.ring()
-        if self._pending or self._behind:  # more than one transaction's worth waited
+        if self._pending:  # more than one transaction's worth waited
             self._writer_bell.ring()
 
     async def _commit_locked(self, final: bool) -> None:
@@ -1066,9 +1074,10 @@ class Outbox:
         if take < self.settings.spill_limit // 2:  # else dropping is near: a stall is cheaper
             take = min(take, COMMIT_ROWS)
         items = [pending.popleft() for _ in range(take)]
+        # All that is due to be written behind, whatever waits besides: lanes hold at most
+        # memory_limit items, and each one left out would outlast the durability window.
         behind = [item for item in self._behind if not (item.done or item.spooled)]
-        room = max(0, COMMIT_ROWS - len(items))
-        behind, self._behind = behind[:room], behind[room:]
+        self._behind = []
         deletes, rejects = self._deletes, list(self._rejects)
         if not (items or deletes or rejects or behind):
             return

@@ -597,7 +597,13 @@ def _read_sync(con: sqlite3.Connection, seq: int, limit: int) -> list[SpoolRow]:
     ):
         end_key, end = at_key + int(key_size), at + int(size)
         rows.append(
-            SpoolRow(int(s), int(k), keys[at_key:end_key].decode(), float(c), payloads[at:end])
+            SpoolRow(
+                int(s),
+                int(k),
+                keys[at_key:end_key].decode(errors="replace"),
+                float(c),
+                payloads[at:end],
+            )
         )
         at_key, at = end_key, end
     rows.sort(key=_by_seq)  # the aggregate's order is the subquery's in practice, not by law

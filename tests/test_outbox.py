@@ -427,6 +427,8 @@ def test_settings_are_validated() -> None:
         OutboxSettings(memory_limit=0)
     with pytest.raises(ValueError, match="durability"):
         OutboxSettings(durability="fsync-always")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="replay_batch"):
+        OutboxSettings(replay_batch=4000)  # one read is one SQLite value, under 1 GB
     assert attrs.evolve(OutboxSettings(), durability="write_ahead").durability == "write_ahead"
 
 
@@ -653,3 +655,45 @@ async def test_a_writer_near_its_limit_takes_all_that_waits(
         await wait_until(lambda: outbox.stats().spool_depth == 31)
         assert 30 in appended
         assert outbox.stats().dropped == 0
+
+
+async def test_write_behind_keeps_its_window_while_a_backlog_waits(
+    core: FakeCore,
+    client: CoreClient,
+    spool_path: Path,
+    autojump_clock: trio.abc.Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Past capacity more than a transaction's worth always waits for the writer; what has
+    # waited on a lane for memory_window still goes to disk with every commit.
+    monkeypatch.setattr("runtime._outbox.COMMIT_ROWS", 5)
+    commit = runtime._spool.Spool.commit
+
+    async def slow(self: Any, *args: Any, **kwargs: Any) -> Any:
+        await trio.sleep(0.2)  # a disk that takes 200 ms a transaction
+        return await commit(self, *args, **kwargs)
+
+    monkeypatch.setattr("runtime._spool.Spool.commit", slow)
+    core.delay = 3.0
+    async with open_outbox(
+        client, spool_path=spool_path, settings=OutboxSettings(memory_limit=8)
+    ) as outbox:
+        for n in range(40):
+            for d in range(10):
+                outbox.telemetry(record(d, n))
+            await trio.sleep(0.25)
+        assert len(outbox._pending) > 5, "a backlog waits for the writer"
+        window = outbox.settings.memory_window
+        now = trio.current_time()
+        stale = [
+            item
+            for lane in outbox._lanes
+            for item in lane.queue
+            if not item.spooled and item.due - window < now - 2 * window
+        ]
+        assert outbox.written_behind > 0
+        assert stale == []
+        core.delay = 0
+        with trio.fail_after(600):
+            await outbox.wait_settled()
+    assert outbox.stats().dropped == 0
