@@ -607,14 +607,24 @@ async def test_a_backlog_reaches_the_spool_in_bounded_transactions(
     monkeypatch.setattr("runtime._spool.Spool.commit", counting)
     core.status = 503
     async with open_outbox(client, spool_path=spool_path) as outbox:
-        for n in range(30):
+        outbox.telemetry(record(3, 0))
+        await wait_until(lambda: outbox.stats().spool_depth == 1)  # Core is down: all spills
+        appended.clear()
+        for n in range(30):  # all 30 wait for the writer at once
             outbox.telemetry(record(n % 3, n // 3))
-        await wait_until(lambda: outbox.stats().spool_depth == 30)
-        assert max(appended) == 7
+        await wait_until(lambda: outbox.stats().spool_depth == 31)
+        assert appended == [7, 7, 7, 7, 2]
         core.status = 200
         with trio.fail_after(600):
             await outbox.wait_settled()
-        assert_each_once_in_order(core, 3, 10)
+        ids = [body["telemetry_id"] for body in core.telemetry()]
+        assert len(ids) == len(set(ids)) == 31
+        assert sequences(core) == {
+            "d0": list(range(10)),
+            "d1": list(range(10)),
+            "d2": list(range(10)),
+            "d3": [0],
+        }
         core.delay = 30  # what comes now stays in memory until the shutdown writes it
         for n in range(10, 30):
             outbox.telemetry(record(0, n))
