@@ -51,15 +51,26 @@ def envelope(n: int, round_: int) -> str:
 
 
 def established_to(port: int) -> int:
-    """TCP connections this host has open to ``port`` (ESTABLISHED, client side), from
-    /proc/net/tcp: what the broker sees, whoever counts."""
+    """TCP connections this process has open to ``port`` (ESTABLISHED, client side), from
+    /proc/net/tcp: what the broker sees from us, whoever in the process counts. Sockets of
+    other processes are left out: the suite runs in parallel, and a server there whose
+    client happened to get ``port`` as its ephemeral port (free while the broker was
+    down) shows the same remote port."""
+    own = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = fd.readlink().name
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            own.add(target[len("socket:[") : -1])
     count = 0
     with open("/proc/net/tcp") as table:
         next(table)
         for line in table:
             fields = line.split()
             remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if remote_port == port and fields[3] == "01":
+            if remote_port == port and fields[3] == "01" and fields[9] in own:
                 count += 1
     return count
 
