@@ -183,9 +183,10 @@ class OutboxSettings:
     memory_limit: int = attrs.field(default=10_000, validator=_positive)
     """Items held in memory on the lanes; beyond it new items go to the spool."""
     spill_limit: int = attrs.field(default=50_000, validator=_positive)
-    """Items waiting to be written to the spool. Only a slow disk fills it; past it the
-    oldest waiting items are dropped (and counted). While the disk fails outright, at
-    most ``memory_limit`` wait."""
+    """Items waiting to be written to the spool. A slow disk fills it, or a process so far
+    past capacity that its spool writer hardly gets to run; past it the oldest waiting
+    items are dropped (and counted). While the disk fails outright, at most
+    ``memory_limit`` wait."""
     durability: Durability = attrs.field(
         default="memory", validator=attrs.validators.in_(("memory", "write_ahead"))
     )
