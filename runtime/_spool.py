@@ -32,6 +32,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Container, Mapping, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -606,12 +607,8 @@ def _read_sync(con: sqlite3.Connection, seq: int, limit: int) -> list[SpoolRow]:
             )
         )
         at_key, at = end_key, end
-    rows.sort(key=_by_seq)  # the aggregate's order is the subquery's in practice, not by law
+    rows.sort(key=attrgetter("seq"))  # the aggregate keeps the subquery's order in practice
     return rows
-
-
-def _by_seq(row: SpoolRow) -> int:
-    return row.seq
 
 
 def _append(con: sqlite3.Connection, rows: Sequence[Row]) -> int:

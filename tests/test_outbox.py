@@ -66,6 +66,20 @@ def spool_path(tmp_path: Path) -> Path:
     return tmp_path / "spool.db"
 
 
+@pytest.fixture
+def appended(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows each spool transaction appends, in order."""
+    counts: list[int] = []
+    commit = runtime._spool.Spool.commit
+
+    async def counting(self: Any, append: Any = (), *args: Any, **kwargs: Any) -> Any:
+        counts.append(len(append))
+        return await commit(self, append, *args, **kwargs)
+
+    monkeypatch.setattr("runtime._spool.Spool.commit", counting)
+    return counts
+
+
 async def test_delivers_telemetry_in_the_contract_shape(
     core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -593,18 +607,11 @@ async def test_a_backlog_reaches_the_spool_in_bounded_transactions(
     spool_path: Path,
     autojump_clock: trio.abc.Clock,
     monkeypatch: pytest.MonkeyPatch,
+    appended: list[int],
 ) -> None:
     # Each transaction appends at most COMMIT_ROWS (the writer's thread packs a batch
     # holding the GIL); what waits beyond goes in the next ones, and so does the shutdown's.
     monkeypatch.setattr("runtime._outbox.COMMIT_ROWS", 7)
-    appended: list[int] = []
-    commit = runtime._spool.Spool.commit
-
-    async def counting(self: Any, append: Any = (), *args: Any, **kwargs: Any) -> Any:
-        appended.append(len(append))
-        return await commit(self, append, *args, **kwargs)
-
-    monkeypatch.setattr("runtime._spool.Spool.commit", counting)
     core.status = 503
     async with open_outbox(client, spool_path=spool_path) as outbox:
         outbox.telemetry(record(3, 0))
@@ -643,18 +650,11 @@ async def test_a_writer_near_its_limit_takes_all_that_waits(
     spool_path: Path,
     autojump_clock: trio.abc.Clock,
     monkeypatch: pytest.MonkeyPatch,
+    appended: list[int],
 ) -> None:
     # Past half of spill_limit, one transaction takes everything waiting: a long commit
     # stalls the lanes a little, dropping readings is worse.
     monkeypatch.setattr("runtime._outbox.COMMIT_ROWS", 7)
-    appended: list[int] = []
-    commit = runtime._spool.Spool.commit
-
-    async def counting(self: Any, append: Any = (), *args: Any, **kwargs: Any) -> Any:
-        appended.append(len(append))
-        return await commit(self, append, *args, **kwargs)
-
-    monkeypatch.setattr("runtime._spool.Spool.commit", counting)
     core.status = 503
     settings = OutboxSettings(spill_limit=40)
     async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
