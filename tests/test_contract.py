@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import math
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from runtime._contract import (
@@ -42,10 +47,59 @@ def test_the_event_encoder_writes_exactly_its_model() -> None:
 
 
 def test_encoders_refuse_values_that_are_not_json() -> None:
-    with pytest.raises(ValueError, match="not JSON compliant"):
-        encode_telemetry("a", "d", "c", None, None, {"t": math.nan}, {}, iso(0.0))
-    with pytest.raises(ValueError, match="shorter"):  # the encoder is the model's shape
-        encode_telemetry("a", "d", "c", None, None, {}, {})
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            encode_telemetry("a", "d", "c", None, None, {"t": bad}, {}, iso(0.0))
+    with pytest.raises(ValueError, match="shorter"):  # the general encoder is the model's
+        encode_event("e", "t", iso(0.0))  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [0.0, 1.0, -0.5, -1e-7, 0.9999995, 1.9999999999, 2.0000005, 1_765_000_000.0000005, 1e-6],
+)
+def test_a_stamp_rounds_and_carries_as_datetime_does(moment: float) -> None:
+    assert iso(moment) == datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+_metric_values = st.one_of(
+    st.text(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([Level.HIGH]),  # a subclass: the general encoder writes it
+)
+
+
+@given(
+    ids=st.lists(st.text(), min_size=3, max_size=3),
+    container=st.none() | st.text(),
+    integration=st.none() | st.text(),
+    metrics=st.dictionaries(st.text(), _metric_values, max_size=6),
+    units=st.dictionaries(st.text(), st.text(), max_size=3),
+    moment=st.floats(min_value=-1e10, max_value=1e11),
+)
+@settings(max_examples=400)
+def test_telemetry_is_written_byte_for_byte_as_json_writes_its_model(
+    ids: list[str],
+    container: str | None,
+    integration: str | None,
+    metrics: dict[str, Any],
+    units: dict[str, str],
+    moment: float,
+) -> None:
+    """The hand-written encoder and the stamp are fast paths: they must give exactly the
+    bytes of the general ones (json over the model's fields, datetime's isoformat)."""
+    stamp = iso(moment)
+    assert stamp == datetime.fromtimestamp(moment, UTC).isoformat()
+    values = (*ids, container, integration, metrics, units, stamp)
+    fields = dict(zip(TelemetryPayload.model_fields, values, strict=True))
+    expected = json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
+    assert encode_telemetry(*values) == expected
 
 
 class Body(WireModel):

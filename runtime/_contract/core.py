@@ -9,7 +9,9 @@ import, and the tests check that every encoded payload validates as its model.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,6 +98,13 @@ class ConfigRow(WireModel):
     config_data: JsonObject
 
 
+_string: Callable[[str], str] = encode_basestring_ascii
+
+
+def _nullable(value: str | None) -> str:
+    return "null" if value is None else _string(value)
+
+
 def _encoder(model: type[BaseModel]) -> Callable[..., bytes]:
     """A JSON encoder taking ``model``'s fields positionally, in declaration order."""
     fields = tuple(model.model_fields)
@@ -108,5 +117,49 @@ def _encoder(model: type[BaseModel]) -> Callable[..., bytes]:
     return encode
 
 
-encode_telemetry = _encoder(TelemetryPayload)
+_encode_telemetry = _encoder(TelemetryPayload)
 encode_event = _encoder(EventPayload)
+
+
+def _finite(value: float) -> str:
+    if math.isfinite(value):
+        return float.__repr__(value)
+    raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+
+
+# How each exact type of a metric's value is written: what ``json`` writes for it.
+_METRIC_JSON: dict[type, Callable[[Any], str]] = {
+    str: _string,
+    float: _finite,
+    bool: lambda value: "true" if value else "false",
+    int: int.__repr__,
+}
+
+
+def encode_telemetry(
+    telemetry_id: str,
+    device_id: str,
+    config_id: str,
+    container_id: str | None,
+    integration_id: str | None,
+    metrics: Mapping[str, Any],
+    units: Mapping[str, str],
+    timestamp: str,
+) -> bytes:
+    """Encode a TelemetryPayload: the bytes the model's field order and ``json`` give,
+    written field by field in half the time (one is encoded per reading). A value of any
+    other type than str, float, bool or int (a subclass, say) takes the general encoder."""
+    try:
+        values = ",".join([_string(k) + ":" + _METRIC_JSON[type(v)](v) for k, v in metrics.items()])
+        names = ",".join([_string(k) + ":" + _string(v) for k, v in units.items()])
+        return (
+            f'{{"telemetry_id":{_string(telemetry_id)},"device_id":{_string(device_id)},'
+            f'"config_id":{_string(config_id)},"container_id":{_nullable(container_id)},'
+            f'"integration_id":{_nullable(integration_id)},"metrics":{{{values}}},'
+            f'"units":{{{names}}},"timestamp":{_string(timestamp)}}}'
+        ).encode()
+    except (KeyError, TypeError):
+        return _encode_telemetry(
+            telemetry_id, device_id, config_id, container_id, integration_id,
+            dict(metrics), dict(units), timestamp,
+        )  # fmt: skip
