@@ -78,6 +78,9 @@ class CountingSink:
     def event(self, record: EventRecord) -> None:
         self.event_count += 1
 
+    def admit(self) -> bool:
+        return True
+
 
 class Lateness:
     """Samples taken only inside the measurement window."""

@@ -236,7 +236,8 @@ def encode(device: int, seq: int, observed_at: float) -> bytes:
 Emit = Callable[[int, int], None]  # offer one reading: (device index, seq)
 Idle = Callable[[], bool]  # nothing left queued, spooled or in flight
 Extra = Callable[[], dict[str, Any]]  # the sender's own counters
-Sender = tuple[Emit, Idle, Extra]
+Admit = Callable[[], bool]  # whether a poll may run now (the runtime's Sink.admit)
+Sender = tuple[Emit, Idle, Extra, Admit]
 
 
 def emit_line(kind: str, body: dict[str, Any]) -> None:
@@ -317,7 +318,7 @@ async def raw_loop(sink_url: str) -> AsyncIterator[Sender]:
             async with receive:
                 for _ in range(CONNECTIONS):
                     nursery.start_soon(one_sender, receive.clone())
-            yield emit, lambda: queued() == 0, extra
+            yield emit, lambda: queued() == 0, extra, lambda: True
             nursery.cancel_scope.cancel()
 
 
@@ -386,13 +387,14 @@ async def outbox_loop(sink_url: str, spool_path: Path, devices: int) -> AsyncIte
                     "in_flight",
                     "queue_depth",
                     "spool_depth",
+                    "deferred",
                 )
             }
             out["link"] = str(getattr(stats.link, "state", stats.link))
             out["pending"] = stats.queue_depth + stats.spool_depth + stats.in_flight
             return out
 
-        yield emit, idle, extra
+        yield emit, idle, extra, ob.admit
 
 
 async def poll_until(done: Callable[[], bool], interval: float) -> None:
@@ -402,24 +404,32 @@ async def poll_until(done: Callable[[], bool], interval: float) -> None:
 
 
 class Offer:
-    """Offers payloads at a fixed rate; ``count`` is how many so far."""
+    """Offers payloads at a fixed rate; ``count`` is how many were made so far, and
+    ``deferred`` how many were not, because the sender did not admit their tick."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, admit: Admit = lambda: True) -> None:
         self.emit = emit
+        self.admit = admit
         self.count = 0
+        self.deferred = 0
 
     async def run(self, rate: float, seconds: float, devices: int) -> int:
         """Offer ``rate`` payloads a second for ``seconds``, in 10 ms ticks, round-robin
         over ``devices`` with a per-device seq from 1. A late tick catches up, so the
-        offered load does not depend on how busy the process is."""
-        total = self.count + round(rate * seconds)
+        offered load does not depend on how busy the process is; a tick the sender does
+        not admit makes nothing, as the runtime's actors put a poll off
+        (``Sink.admit``), and those readings are never made. Returns the count made."""
+        total = self.count + self.deferred + round(rate * seconds)
         seqs = [0] * devices
-        start, base = trio.current_time(), self.count
+        start, base = trio.current_time(), self.count + self.deferred
         device = tick = 0
-        while self.count < total:
+        while self.count + self.deferred < total:
             tick += 1
             await trio.sleep_until(start + tick * TICK)
-            due = min(total, base + int(rate * (trio.current_time() - start)))
+            due = min(total, base + int(rate * (trio.current_time() - start))) - self.deferred
+            if self.count < due and not self.admit():
+                self.deferred += due - self.count
+                continue
             while self.count < due:
                 seqs[device] += 1
                 self.emit(device, seqs[device])
@@ -453,7 +463,7 @@ async def capacity_step(child: Child, rate: int, window: float, drain: float) ->
     await child.reset()
     sink0 = await child.sink_stats()
     cpu0, host0, t0 = cpu_seconds(), host_busy_seconds(), trio.current_time()
-    async with child.sender() as (emit, idle, extra):
+    async with child.sender() as (emit, idle, extra, _):
         offered = await Offer(emit).run(rate, window, DEVICES)
         t_window = trio.current_time()
         sink_window = await child.sink_stats()
@@ -517,7 +527,7 @@ async def child_fault(child: Child, params: Params) -> None:
     await child.reset()
     samples: list[tuple[float, int]] = []  # (t, offered - arrived)
     settled_at: float | None = None
-    async with child.sender() as (emit, idle, extra):
+    async with child.sender() as (emit, idle, extra, _):
         t0 = trio.current_time()
         offer = Offer(emit)
 
@@ -590,10 +600,11 @@ async def offer_step(child: Child, rate: int, window: float, drain: float) -> di
     await child.reset()
     load = load_average()
     sink0 = await child.sink_stats()
-    async with child.sender(rate) as (emit, idle, extra):
+    async with child.sender(rate) as (emit, idle, extra, admit):
         before = extra()
         cpu0, host0, t0 = cpu_seconds(), host_busy_seconds(), trio.current_time()
-        offered = await Offer(emit).run(rate, window, rate)
+        offer = Offer(emit, admit)
+        offered = await offer.run(rate, window, rate)
         cpu1, host1, t1 = cpu_seconds(), host_busy_seconds(), trio.current_time()
         sink1 = await child.sink_stats()
         at_end = extra()
@@ -614,6 +625,7 @@ async def offer_step(child: Child, rate: int, window: float, drain: float) -> di
         "load": load,
         "window_s": round(elapsed, 3),
         "offered": offered,
+        "deferred": offer.deferred,
         "delivered_in_window": in_window,
         "delivered_per_s": round(in_window / elapsed, 1),
         "delivered": sink2["unique"] - sink0["unique"],
@@ -651,8 +663,8 @@ async def overload_run(child: Child, devices: int, params: Params) -> dict[str, 
     load = load_average()
     timeline: list[dict[str, Any]] = []
     settled_at: float | None = None
-    async with child.sender(devices) as (emit, idle, extra):
-        offer = Offer(emit)
+    async with child.sender(devices) as (emit, idle, extra, admit):
+        offer = Offer(emit, admit)
         t0 = trio.current_time()
         cpu0 = cpu_seconds()
 
@@ -695,6 +707,7 @@ async def overload_run(child: Child, devices: int, params: Params) -> dict[str, 
         "devices": devices,
         "load": load,
         "offered": offered,
+        "deferred": offer.deferred,
         "delivered": sink["unique"],
         "pending_at_end": details.get("pending", 0),
         # Dropped by the outbox; once drained, also whatever never arrived.
@@ -1284,7 +1297,7 @@ def offer_line(r: dict[str, Any]) -> str:
         f"delivered in the window, {fmt(100 * (r['on_time_share'] or 0), 1)}% within 2 s, "
         f"CPU {r['cpu_pct']:.1f}% = {fmt(r['cpu_ms_per_reading'], 3)} ms/reading, spool "
         f"{fmt(r['spool_growth_per_s'])}/s, sink CPU {r['sink_cpu_pct']:.1f}%, other "
-        f"{r['other_cpu_pct']:.1f}%"
+        f"{r['other_cpu_pct']:.1f}%, put off {r.get('deferred', 0)}"
     )
 
 
@@ -1295,7 +1308,7 @@ def overload_line(r: dict[str, Any]) -> str:
         f"{fmt(r['goodput_min'])}/s median {fmt(r['goodput_median'])}/s, spool "
         f"{fmt(r['spool_growth_per_s'])}/s, drained {fmt(r['drained_after_s'])} s after, "
         f"lost {r['lost']}, pending at the end {r['pending_at_end']}, duplicates "
-        f"{r['duplicates']}"
+        f"{r['duplicates']}, made {r['offered']}, put off {r.get('deferred', 0)}"
     )
 
 
@@ -1323,9 +1336,9 @@ def sweep_report(offers: list[dict[str, Any]], overloads: list[dict[str, Any]]) 
         print()
         print(
             "| overload | offered/s | goodput min /s | median /s | min / best capacity "
-            "| spool growth /s | offered - median | drained after s | lost | load avg |"
+            "| spool growth /s | offered - median | drained after s | lost | put off | load avg |"
         )
-        print("|---" * 10 + "|")
+        print("|---" * 11 + "|")
         for r in overloads:
             ratio = r["goodput_min"] / best if best and r["goodput_min"] is not None else None
             excess = r["devices"] - (r["goodput_median"] or 0)
@@ -1333,7 +1346,8 @@ def sweep_report(offers: list[dict[str, Any]], overloads: list[dict[str, Any]]) 
                 f"| {r['devices']:,} devices{' + busy process' if r['hog'] else ''} "
                 f"| {r['devices']:,} | {fmt(r['goodput_min'])} | {fmt(r['goodput_median'])} "
                 f"| {fmt(ratio, 2)} | {fmt(r['spool_growth_per_s'])} | {excess:,} "
-                f"| {fmt(r['drained_after_s'])} | {r['lost']} | {r['load']} |"
+                f"| {fmt(r['drained_after_s'])} | {r['lost']} | {r.get('deferred', 0):,} "
+                f"| {r['load']} |"
             )
     print()
 

@@ -111,6 +111,9 @@ class CountingSink:
     def event(self, record: EventRecord) -> None:
         pass
 
+    def admit(self) -> bool:
+        return True
+
 
 # -- the child: one implementation ----------------------------------------------------------
 

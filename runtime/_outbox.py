@@ -286,6 +286,8 @@ class OutboxStats:
     backlog_age: float | None = None
     """Seconds since the oldest undelivered item was made (in memory, waiting for the
     spool or in it; to within the write-behind's quarter window); None when none is."""
+    deferred: int = 0
+    """Scheduled polls put off because the spool's writer was behind (``Outbox.admit``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -424,6 +426,7 @@ class Outbox:
         self._held: dict[str, int] = dict(spool.newest_by_key)
         self._lane_count = len(self._lanes)
         self._queue_wait = settings.queue_wait
+        self._defer_at = max(1, settings.spill_limit // 2)
         self._ids = IdSource()
         self._committing = False
         self._spool_lock = trio.Lock()
@@ -449,6 +452,7 @@ class Outbox:
         self.recovery: Recovery | None = spool.recovery
         self.accepted = self.delivered = self.retried = self.spooled = 0
         self.replayed = self.dropped = self.rejected = self.written_behind = 0
+        self.deferred = 0
 
     # -- the Sink protocol: called from actors, never blocks ---------------------------
 
@@ -539,6 +543,17 @@ class Outbox:
                 self._spill(item, overflow=True)  # past capacity
             else:
                 self._enqueue(item, lane)
+
+    def admit(self) -> bool:
+        """Whether a scheduled poll may run now: not while half of ``spill_limit`` waits
+        for the spool's writer (counted in ``deferred``). Past capacity every reading
+        made costs the core the lanes and the writer need; a poll put off costs one
+        sample, where a reading dropped at ``spill_limit`` would be lost after it was
+        made. While the disk fails, polls go on: waiting would not bring it back."""
+        if len(self._pending) < self._defer_at or self._spool_failing is not None:
+            return True
+        self.deferred += 1
+        return False
 
     def _still_held(self, key: str) -> bool:
         if self._held[key] > self._cursor:
@@ -675,6 +690,7 @@ class Outbox:
             recovery=self.stats_recovery(),
             configs_tracked=len(self._devices),
             backlog_age=self.backlog_age(),
+            deferred=self.deferred,
         )
 
     def backlog_age(self) -> float | None:

@@ -72,12 +72,17 @@ class EventRecord:
 
 
 class Sink(Protocol):
-    """Takes what actors emit. Both methods must return at once and never block:
-    they are called from inside actors' poll loops."""
+    """Takes what actors emit. Every method must return at once and never block: they
+    are called from inside actors' poll loops."""
 
     def telemetry(self, record: TelemetryRecord) -> None: ...
 
     def event(self, record: EventRecord) -> None: ...
+
+    def admit(self) -> bool:
+        """Whether a scheduled poll may run now; False puts it off for a moment (the
+        sink cannot take readings in as fast as they come)."""
+        ...
 
 
 class ActorOutputs(Protocol):

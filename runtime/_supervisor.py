@@ -84,6 +84,8 @@ _BLOCKING_HINT = (
     "CPU) and held every other device; await the work with trio.to_thread.run_sync()."
 )
 _DEFAULT_POLL_TIMEOUT_CAP = 10.0
+#: Seconds before a poll the sink did not admit (``Sink.admit``) asks again.
+DEFERRED_POLL_RETRY = 0.5
 #: A child's default staleness window: this many poll intervals, and at least the floor.
 _CHILD_STALE_INTERVALS = 3
 _CHILD_STALE_FLOOR = 60.0
@@ -565,7 +567,10 @@ class Supervisor:
                 if not self._ready:
                     await self._setup()
                 elif self.actor.mode == "poll":
-                    await self._poll(now, scheduled=True)
+                    if self._sink.admit():
+                        await self._poll(now, scheduled=True)
+                    else:  # the outbox is behind: the schedule resumes from the retry
+                        self._due = now + min(self._interval, DEFERRED_POLL_RETRY)
                 else:
                     await self._run_push()
             elif self._mailbox:

@@ -82,6 +82,9 @@ class RecordingSink:
         self.event_records.append(record)
         self.event_count += 1
 
+    def admit(self) -> bool:
+        return True
+
     def events(
         self, event_type: str | None = None, device_id: str | None = None
     ) -> list[EventRecord]:

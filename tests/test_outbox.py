@@ -707,3 +707,36 @@ async def test_write_behind_keeps_its_window_while_a_backlog_waits(
         with trio.fail_after(600):
             await outbox.wait_settled()
     assert outbox.stats().dropped == 0
+
+
+async def test_polls_are_put_off_while_half_the_spill_limit_waits_for_the_writer(
+    core: FakeCore,
+    client: CoreClient,
+    spool_path: Path,
+    autojump_clock: trio.abc.Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Making a reading the writer cannot take costs the core it needs; one dropped at
+    # spill_limit is lost after it was made. So past half the limit, polls wait.
+    commit = runtime._spool.Spool.commit
+
+    async def slow(self: Any, *args: Any, **kwargs: Any) -> Any:
+        await trio.sleep(1.0)  # a writer that takes a second a transaction
+        return await commit(self, *args, **kwargs)
+
+    monkeypatch.setattr("runtime._spool.Spool.commit", slow)
+    core.status = 503
+    settings = OutboxSettings(spill_limit=40)
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        outbox.telemetry(record(0, 0))
+        await wait_until(lambda: outbox.stats().link.state == "down")  # now all spills
+        assert outbox.admit()
+        for n in range(1, 20):
+            outbox.telemetry(record(n % 3, n))
+        assert outbox.admit(), "19 wait: under half of spill_limit"
+        outbox.telemetry(record(0, 20))
+        assert not outbox.admit() and not outbox.admit()
+        assert outbox.stats().deferred == 2
+        await wait_until(outbox.admit)  # the writer took them all (each check counts)
+        await wait_until(lambda: outbox.stats().spool_depth == 21)
+        assert outbox.stats().dropped == 0

@@ -131,6 +131,23 @@ async def test_a_full_disk_is_named_and_delivery_goes_on_from_memory(
     assert warnings[0]["data"]["cause"] == "disk"
 
 
+async def test_polls_go_on_while_the_disk_is_full(
+    core: FakeCore, client: CoreClient, spool_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # Outbox.admit puts polls off while the writer is behind; waiting would not bring a
+    # full disk back, and memory_limit bounds what waits for it meanwhile.
+    settings = OutboxSettings(memory_limit=40, spill_limit=40)
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        disk_full(outbox)
+        await core.down()
+        for n in range(60):
+            outbox.telemetry(record(n % 4, n))
+        await wait_until(lambda: outbox.stats().spool_error is not None)
+        assert outbox.stats().queue_depth >= settings.spill_limit // 2
+        assert outbox.admit() and outbox.stats().deferred == 0
+        disk_back(outbox)
+
+
 async def test_a_failed_write_rolls_back_only_an_open_transaction(spool_path: Path) -> None:
     from runtime._spool import Spool, SpoolRow
     from runtime.delivery import SpoolFull

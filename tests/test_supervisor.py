@@ -25,6 +25,7 @@ from runtime import (
     RuntimeConfig,
     command,
 )
+from runtime._supervisor import DEFERRED_POLL_RETRY
 from runtime.lowlevel import (
     ActorBusy,
     ActorNotReady,
@@ -857,3 +858,32 @@ async def test_callers_that_gave_up_do_not_keep_new_ones_out(
             clients.start_soon(impatient)
     # All sixteen gave up; a seventeenth is queued, not refused, and answered after the poll.
     assert await sup.command("echo", {"late": True}, timeout=60) == {"late": True}
+
+
+async def test_polls_wait_while_the_sink_cannot_keep_up_and_commands_are_served(
+    autojump_clock: Any,
+) -> None:
+    class FullSink(RecordingSink):
+        admitting = True
+        asked = 0
+
+        def admit(self) -> bool:
+            self.asked += 1
+            return self.admitting
+
+    sink = FullSink()
+    async with open_actor_nursery(sink) as actors:
+        sup = actors.spawn(Probe, {"id": "p"})  # polls at 1 Hz
+        await wait_until(lambda: len(sup.actor.times("poll")) >= 3)
+        sink.admitting = False
+        await trio.sleep(0.01)  # a poll in progress ends
+        polls, asked = len(sup.actor.times("poll")), sink.asked
+        await trio.sleep(10)
+        assert len(sup.actor.times("poll")) <= polls + 1  # one may have been admitted already
+        assert sink.asked - asked >= 15, "asked again about every DEFERRED_POLL_RETRY"
+        assert await sup.command("echo", {"x": 1}) == {"x": 1}, "commands are not deferred"
+        assert sup.state is ActorState.RUNNING
+        sink.admitting = True
+        start, held = trio.current_time(), len(sup.actor.times("poll"))
+        await wait_until(lambda: len(sup.actor.times("poll")) > held)
+        assert sup.actor.times("poll")[-1] - start <= DEFERRED_POLL_RETRY + 0.01

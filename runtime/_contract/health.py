@@ -186,6 +186,10 @@ class DeliveryStats(Answer):
         default=None,
         description="Seconds since the oldest undelivered item was made (None: none waits).",
     )
+    deferred: int = Field(
+        default=0,
+        description="Scheduled polls put off because the spool's writer was behind.",
+    )
 
 
 class AuthInfo(Answer):

@@ -150,6 +150,11 @@ def _delivery(rt: Runtime) -> Iterator[Metric]:
             f"Telemetry and events {name} (delivery to Core)",
             value=getattr(stats, name),
         )
+    yield CounterMetricFamily(
+        "piphi_polls_deferred",
+        "Scheduled polls put off while the spool's writer was behind",
+        value=stats.deferred,
+    )
     yield GaugeMetricFamily(
         "piphi_delivery_queue_depth", "Items in memory", value=stats.queue_depth
     )
