@@ -301,6 +301,12 @@ class Pipeline:
             await self.close()
             error = httpx.WriteError(f"Core closed the connection: {exc}")
             raise PipelineBroken([], error, False) from None
+        except BaseException:
+            # Cancelled mid-write (the caller's deadline): part of a request may be out,
+            # and answers to earlier ones unread. Reused, the connection would hand
+            # those answers to the next batch as its own.
+            await self.close()
+            raise
         answers = self.answers
         buffer = self._buffer
         try:

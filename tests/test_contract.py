@@ -6,6 +6,7 @@ import enum
 import json
 import math
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -56,10 +57,47 @@ def test_encoders_refuse_values_that_are_not_json() -> None:
 
 @pytest.mark.parametrize(
     "moment",
-    [0.0, 1.0, -0.5, -1e-7, 0.9999995, 1.9999999999, 2.0000005, 1_765_000_000.0000005, 1e-6],
+    [
+        *(0.0, 1.0, -0.5, -1e-7, 0.9999995, 1.9999999999, 2.0000005, 1_765_000_000.0000005),
+        *(1e-6, 5e-7, 2.5e-6, -0.0, 7),  # ties go to even, as datetime rounds them
+    ],
 )
 def test_a_stamp_rounds_and_carries_as_datetime_does(moment: float) -> None:
     assert iso(moment) == datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("moment", "error"),
+    [
+        (math.nan, ValueError),
+        (math.inf, OverflowError),
+        (-math.inf, OverflowError),
+        (1e20, OverflowError),
+        (1e12, ValueError),
+        (Fraction(1, 3), TypeError),
+    ],
+)
+def test_a_stamp_refuses_what_datetime_refuses(moment: float, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        datetime.fromtimestamp(moment, UTC)
+    with pytest.raises(error):
+        iso(moment)
+
+
+def test_telemetry_of_other_shapes_is_written_as_json_writes_it() -> None:
+    class Name(str):
+        pass
+
+    cases: list[tuple[Any, Any]] = [
+        ({Name("t"): 1.5, "s": Name("x")}, {}),  # str subclasses: the fast path
+        (None, None),  # not dicts: the general encoder
+        ({1: 2}, {"a": "b"}),  # a key json converts
+    ]
+    for metrics, units in cases:
+        values = ("a", "d", "c", None, "i", metrics, units, iso(0.0))
+        fields = dict(zip(TelemetryPayload.model_fields, values, strict=True))
+        expected = json.dumps(fields, separators=(",", ":"), allow_nan=False, default=str)
+        assert encode_telemetry(*values) == expected.encode()
 
 
 class Level(enum.IntEnum):

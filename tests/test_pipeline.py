@@ -191,6 +191,31 @@ async def requests_in(stream: trio.SocketStream, count: int) -> bytes:
     return data
 
 
+async def test_a_write_cut_off_by_the_deadline_never_reuses_the_connection(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # A Core that stops reading: the write blocks and the guard cancels it mid-request.
+    # Kept open, the connection would hand answers to that batch to the next one.
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            await trio.sleep_forever()
+        await requests_in(stream, 1)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await trio.sleep_forever()
+
+    url = await raw_server(nursery, handler)
+    huge = (False, b'{"pad":"' + b"x" * 32_000_000 + b'"}')  # more than the socket buffers
+    async with CoreClient(url, container_id="c-1", timeout=2.0) as client, client.lane() as lane:
+        (result,) = await post(lane, [huge])
+        assert isinstance(result, CoreTimeout)
+        assert await post(lane, [body(1)]) == [None]
+    assert connections == 2
+
+
 @pytest.mark.parametrize(
     ("answers", "expected"),
     [
@@ -345,3 +370,38 @@ async def test_dropped_connections_and_503s_lose_nothing_and_keep_order(
     assert seen == {f"d{d}": list(range(60)) for d in range(20)}
     assert (stats.delivered, stats.dropped) == (1200, 0)
     assert stats.retried > 0
+
+
+class WordyCore(FakeCore):
+    """Answers every request with ~320 bytes: a Core whose answers say something."""
+
+    async def _take(self, *args: Any, **kwargs: Any) -> Any:
+        status, headers, _ = await super()._take(*args, **kwargs)
+        return status, headers, json.dumps({"ok": "x" * 300}).encode()
+
+
+async def test_a_full_batch_of_wordy_answers_never_deadlocks_the_lane(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # A batch is written whole before its answers are read, and this server, like most,
+    # stops reading while an answer waits to be sent. The default depth must leave room
+    # in the socket buffers for the answers (1,024 did not: every batch timed out).
+    core = WordyCore(token=TOKEN)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(core.serve)
+        async with CoreClient(core.url, container_id="c-1", token=TOKEN, timeout=2.0) as client:
+            settings = OutboxSettings(senders=1)
+            async with open_outbox(
+                client, spool_path=tmp_path / "spool.db", settings=settings
+            ) as ob:
+                ob.telemetry(record(0, 0))
+                with trio.fail_after(30):
+                    await ob.wait_settled()
+                for device in range(3000):
+                    ob.telemetry(record(device, 1))
+                with trio.fail_after(30):
+                    await ob.wait_settled()
+                stats = ob.stats()
+        nursery.cancel_scope.cancel()
+    assert stats.delivered == 3001
+    assert stats.retried == 0, "a batch timed out"

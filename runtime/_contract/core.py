@@ -147,8 +147,13 @@ def encode_telemetry(
     timestamp: str,
 ) -> bytes:
     """Encode a TelemetryPayload: the bytes the model's field order and ``json`` give,
-    written field by field in half the time (one is encoded per reading). A value of any
-    other type than str, float, bool or int (a subclass, say) takes the general encoder."""
+    written field by field in half the time (one is encoded per reading). Anything else
+    than dicts of str, float, bool or int (a subclass, say) takes the general encoder."""
+    if type(metrics) is not dict or type(units) is not dict:
+        return _encode_telemetry(
+            telemetry_id, device_id, config_id, container_id, integration_id,
+            metrics, units, timestamp,
+        )  # fmt: skip
     try:
         values = ",".join([_string(k) + ":" + _METRIC_JSON[type(v)](v) for k, v in metrics.items()])
         names = ",".join([_string(k) + ":" + _string(v) for k, v in units.items()])
@@ -161,5 +166,5 @@ def encode_telemetry(
     except (KeyError, TypeError):
         return _encode_telemetry(
             telemetry_id, device_id, config_id, container_id, integration_id,
-            dict(metrics), dict(units), timestamp,
+            metrics, units, timestamp,
         )  # fmt: skip

@@ -59,7 +59,9 @@ def iso(moment: datetime | float | str | None) -> str | None:
         return moment
     if isinstance(moment, datetime):
         return moment.astimezone(UTC).isoformat()
-    return _stamp(moment)
+    if type(moment) is float or type(moment) is int:
+        return _stamp(moment)
+    return datetime.fromtimestamp(moment, UTC).isoformat()
 
 
 class _UnixStamps:
