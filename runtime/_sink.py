@@ -81,7 +81,8 @@ class Sink(Protocol):
 
     def admit(self) -> bool:
         """Whether a scheduled poll may run now; False puts it off for a moment (the
-        sink cannot take readings in as fast as they come)."""
+        sink cannot take readings in as fast as they come). A sink without it (written
+        before it existed) admits every poll."""
         ...
 
 

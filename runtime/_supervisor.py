@@ -132,10 +132,12 @@ class Supervisor:
 
     __slots__ = (
         "__weakref__",
+        "_admit",
         "_armed",
         "_bell",
         "_children",
         "_counters",
+        "_deferral",
         "_done",
         "_due",
         "_finished",
@@ -196,6 +198,8 @@ class Supervisor:
         self.identity: DeviceIdentity = actor.config.identity
         self._scheduler = scheduler
         self._sink = sink
+        # Sinks written before admit() existed (it is public, runtime.lowlevel) admit all.
+        self._admit: Callable[[], bool] = getattr(sink, "admit", _admit_all)
         self._rng = rng
         self._phase = phase
         self._policy = policy or cls.restart_policy
@@ -221,6 +225,8 @@ class Supervisor:
         self._state_since = now
         self._due = now  # the next action (setup, poll or run) is due at this trio time
         self._armed = math.nan  # the due time a scheduler entry already exists for
+        # A poll the sink put off: (the retry's due time, the tick on the grid it was).
+        self._deferral: tuple[float, float] | None = None
         self._started = False  # the first poll has been scheduled (spread only once)
         self._needs_teardown = False  # setup() was entered and teardown() has not run since
         self._ready = False  # setup() completed: a session exists
@@ -567,10 +573,11 @@ class Supervisor:
                 if not self._ready:
                     await self._setup()
                 elif self.actor.mode == "poll":
-                    if self._sink.admit():
+                    if self._admit():
+                        self._resume_grid()
                         await self._poll(now, scheduled=True)
-                    else:  # the outbox is behind: the schedule resumes from the retry
-                        self._due = now + min(self._interval, DEFERRED_POLL_RETRY)
+                    else:
+                        self._defer(now)
                 else:
                     await self._run_push()
             elif self._mailbox:
@@ -581,6 +588,22 @@ class Supervisor:
                     self._scheduler.ring_at(self._due, self._bell)
                 await self._bell.wait()
                 yielded = True
+
+    def _defer(self, now: float) -> None:
+        """The sink cannot take readings in: ask again shortly, remembering the tick."""
+        deferral = self._deferral
+        tick = deferral[1] if deferral is not None and deferral[0] == self._due else self._due
+        self._due = now + min(self._interval, DEFERRED_POLL_RETRY)
+        self._deferral = (self._due, tick)
+
+    def _resume_grid(self) -> None:
+        """A poll that was put off runs: the schedule goes on from its tick, not from now
+        (so fleets released together keep their spread), and the ticks that passed
+        meanwhile are skipped and counted as overruns, as for a late poll. A deferral
+        whose retry was replaced (a restart, a new config) is forgotten."""
+        deferral, self._deferral = self._deferral, None
+        if deferral is not None and deferral[0] == self._due:
+            self._due = deferral[1]
 
     async def _setup(self) -> None:
         if self._state is not S.STARTING:
@@ -1086,6 +1109,10 @@ def _timed_out(phase: str, timeout: float, raised: Exception | None) -> PollTime
     error = PollTimeout(f"{phase}() did not finish within {timeout:g} s")
     error.__cause__ = raised
     return error
+
+
+def _admit_all() -> bool:
+    return True
 
 
 def _timings_for(cls: type[DeviceActor[Any]], config: Any) -> tuple[float, float]:

@@ -887,3 +887,54 @@ async def test_polls_wait_while_the_sink_cannot_keep_up_and_commands_are_served(
         start, held = trio.current_time(), len(sup.actor.times("poll"))
         await wait_until(lambda: len(sup.actor.times("poll")) > held)
         assert sup.actor.times("poll")[-1] - start <= DEFERRED_POLL_RETRY + 0.01
+
+
+async def test_polls_put_off_together_go_back_to_their_own_ticks(autojump_clock: Any) -> None:
+    # Released at once, a fleet must not poll in lockstep from then on: each goes back to
+    # its own tick, and the ticks it missed count as overruns.
+    class FullSink(RecordingSink):
+        admitting = True
+
+        def admit(self) -> bool:
+            return self.admitting
+
+    sink = FullSink()
+    interval = 10.0
+    async with open_actor_nursery(sink) as actors:
+        sups = [
+            actors.spawn(Probe, {"id": f"p{n}", "poll_interval_seconds": interval})
+            for n in range(20)
+        ]
+        await wait_until(lambda: all(len(s.actor.times("poll")) >= 2 for s in sups))
+        phases = {s: s.actor.times("poll")[-1] % interval for s in sups}
+        sink.admitting = False
+        await trio.sleep(35)
+        sink.admitting = True
+        released = trio.current_time()
+        await trio.sleep(2 * interval)
+        for sup in sups:
+            after = [t for t in sup.actor.times("poll") if t > released + DEFERRED_POLL_RETRY]
+            assert after, "polling resumed"
+            off = (after[-1] - phases[sup]) % interval
+            assert min(off, interval - off) < 0.01, "back on its own tick"
+            assert sup.health().overruns >= 2  # ticks missed while put off
+        spread = sorted(phases.values())
+        assert spread[-1] - spread[0] > interval / 2, "the fleet was spread to begin with"
+
+
+async def test_a_sink_without_admit_admits_every_poll(autojump_clock: Any) -> None:
+    class OldSink:  # written before Sink.admit existed
+        def __init__(self) -> None:
+            self.count = 0
+
+        def telemetry(self, record: Any) -> None:
+            self.count += 1
+
+        def event(self, record: Any) -> None:
+            pass
+
+    sink = OldSink()
+    async with open_actor_nursery(sink) as actors:  # type: ignore[arg-type]
+        sup = actors.spawn(Probe, {"id": "p"})
+        await wait_until(lambda: len(sup.actor.times("poll")) >= 3)
+    assert sup.health().overruns == 0
