@@ -45,6 +45,8 @@ async def test_the_fleet_delivery_and_requests_are_exported(
     assert got[("piphi_actor_available", (("config_id", "ok-1"),))] == 1
     assert got[("piphi_delivery_delivered_total", ())] >= 80
     assert got[("piphi_polls_deferred_total", ())] == 0
+    served.runtime.outbox.deferred = 3  # as Outbox.admit counts polls it put off
+    assert (await scrape(served))[("piphi_polls_deferred_total", ())] == 3
     assert got[("piphi_core_link", (("state", "up"),))] == 1
     assert got[("piphi_http_requests_total", (("route", "/entities"), ("status", "200")))] == 1
     assert ("process_resident_memory_bytes", ()) in got
