@@ -83,6 +83,7 @@ class Children:
         "_armed",
         "_by_id",
         "_closed",
+        "_grace_until",
         "_log",
         "_scheduler",
         "_stale_after",
@@ -108,6 +109,9 @@ class Children:
         self._log = log
         self._warned = False
         self._closed = False
+        # No child is called stale before this: inf while the actor's polls are put off
+        # (hold), then one window after they resume (release).
+        self._grace_until = -math.inf
         self.cap = cap
         """The most children kept; reports naming others are delivered, not kept."""
 
@@ -170,6 +174,17 @@ class Children:
                 self._by_id[child.device_id] = child
         self._arm(trio.current_time())
 
+    def hold(self) -> None:
+        """The actor's polls are put off (``Sink.admit``): not hearing from a child says
+        nothing about it meanwhile."""
+        self._grace_until = math.inf
+
+    def release(self, now: float) -> None:
+        """Polls resume: each child gets one window to be heard again."""
+        if self._grace_until == math.inf:
+            self._grace_until = now + self._stale_after
+            self._arm(self._grace_until)
+
     def records(self) -> tuple[Child, ...]:
         return tuple(self._by_id.values())
 
@@ -225,7 +240,7 @@ class Children:
         for child in self._by_id.values():
             if not child.available:
                 continue
-            deadline = child.last_seen + window
+            deadline = max(child.last_seen + window, self._grace_until)
             if deadline <= now:
                 child.available = False
                 self._say("device.unavailable", child, {"stale_after_s": window})

@@ -595,15 +595,22 @@ class Supervisor:
         tick = deferral[1] if deferral is not None and deferral[0] == self._due else self._due
         self._due = now + min(self._interval, DEFERRED_POLL_RETRY)
         self._deferral = (self._due, tick)
+        if self._children is not None:
+            self._children.hold()
 
     def _resume_grid(self) -> None:
         """A poll that was put off runs: the schedule goes on from its tick, not from now
         (so fleets released together keep their spread), and the ticks that passed
-        meanwhile are skipped and counted as overruns, as for a late poll. A deferral
-        whose retry was replaced (a restart, a new config) is forgotten."""
+        meanwhile are skipped and counted as overruns, as for a late poll; its children
+        get one window to be heard again. A deferral whose retry was replaced (a
+        restart, a new config) leaves the schedule as that made it."""
         deferral, self._deferral = self._deferral, None
-        if deferral is not None and deferral[0] == self._due:
+        if deferral is None:
+            return
+        if deferral[0] == self._due:
             self._due = deferral[1]
+        if self._children is not None:
+            self._children.release(trio.current_time())
 
     async def _setup(self) -> None:
         if self._state is not S.STARTING:

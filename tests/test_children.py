@@ -14,10 +14,12 @@ import trio
 
 from runtime import (
     CommandContext,
+    DeviceActor,
     DeviceUnavailable,
     InvalidActor,
     InvalidReading,
     Reading,
+    RuntimeConfig,
     command,
 )
 from runtime._children import MAX_CHILD_KEYS, Children
@@ -286,3 +288,38 @@ def test_a_handler_declares_args_and_at_most_a_context() -> None:
     assert Gateway.commands["turn_on"].idempotent
     assert not Gateway.commands["ping"].takes_context
     assert not Gateway.commands["unpair"].idempotent
+
+
+class Hub(DeviceActor[RuntimeConfig]):
+    """A polled gateway: each poll reports its child c1."""
+
+    poll_interval: ClassVar[float] = 10.0
+
+    async def poll(self) -> list[Reading]:
+        self.report([Reading("temperature_c", 21.0)], device_id="c1")
+        return [Reading("connected", True)]
+
+
+async def test_children_are_not_called_offline_while_the_gateways_polls_are_put_off(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    class FullSink(RecordingSink):
+        admitting = True
+
+        def admit(self) -> bool:
+            return self.admitting
+
+    sink = FullSink()
+    async with open_actor_nursery(sink) as actors:
+        sup = actors.spawn(Hub, {"id": "hub"})  # window max(3 x 10 s, 60 s) = 60 s
+        await wait_until(lambda: sup.child("c1") is not None)
+        sink.admitting = False
+        await trio.sleep(150)  # two and a half windows without a poll
+        assert child_events(sink, "c1") == []
+        sink.admitting = True
+        await trio.sleep(100)
+        assert child_events(sink, "c1") == []
+        assert sup.child("c1").available  # type: ignore[union-attr]
+        sup.actor.poll = trio.sleep_forever  # type: ignore[method-assign]  # now it is silent
+        await wait_until(lambda: child_events(sink, "c1"), timeout=200)
+        assert child_events(sink, "c1") == ["device.unavailable"]
