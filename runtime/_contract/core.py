@@ -151,22 +151,20 @@ def encode_telemetry(
     """Encode a TelemetryPayload: the bytes the model's field order and ``json`` give,
     written field by field in half the time (one is encoded per reading). Anything else
     than dicts of str, float, bool or int (a subclass, say) takes the general encoder."""
-    if type(metrics) is not dict or type(units) is not dict:
-        return _encode_telemetry(
-            telemetry_id, device_id, config_id, container_id, integration_id,
-            metrics, units, timestamp,
-        )  # fmt: skip
-    try:
-        values = ",".join([_string(k) + ":" + _METRIC_JSON[type(v)](v) for k, v in metrics.items()])
-        names = ",".join([_string(k) + ":" + _string(v) for k, v in units.items()])
-        return (
-            f'{{"telemetry_id":{_string(telemetry_id)},"device_id":{_string(device_id)},'
-            f'"config_id":{_string(config_id)},"container_id":{_nullable(container_id)},'
-            f'"integration_id":{_nullable(integration_id)},"metrics":{{{values}}},'
-            f'"units":{{{names}}},"timestamp":{_string(timestamp)}}}'
-        ).encode()
-    except (KeyError, TypeError):
-        return _encode_telemetry(
-            telemetry_id, device_id, config_id, container_id, integration_id,
-            metrics, units, timestamp,
-        )  # fmt: skip
+    if type(metrics) is dict and type(units) is dict:
+        try:
+            write = _METRIC_JSON
+            values = ",".join([_string(k) + ":" + write[type(v)](v) for k, v in metrics.items()])
+            names = ",".join([_string(k) + ":" + _string(v) for k, v in units.items()])
+            return (
+                f'{{"telemetry_id":{_string(telemetry_id)},"device_id":{_string(device_id)},'
+                f'"config_id":{_string(config_id)},"container_id":{_nullable(container_id)},'
+                f'"integration_id":{_nullable(integration_id)},"metrics":{{{values}}},'
+                f'"units":{{{names}}},"timestamp":{_string(timestamp)}}}'
+            ).encode()
+        except (KeyError, TypeError):
+            pass  # a value json writes its own way
+    return _encode_telemetry(
+        telemetry_id, device_id, config_id, container_id, integration_id,
+        metrics, units, timestamp,
+    )  # fmt: skip
