@@ -15,6 +15,7 @@ from pydantic import Field
 from runtime import CommandContext, DeviceActor, DeviceUnavailable, Reading, RuntimeConfig, command
 from runtime._config import PollInterval
 from runtime.lowlevel import ActorCallError
+from runtime.testing import RecordingSink
 
 
 class ProbeConfig(RuntimeConfig):
@@ -187,3 +188,16 @@ class Gateway(DeviceActor[GatewayConfig]):
     @command("ping")
     async def ping(self, args: Mapping[str, Any]) -> str:
         return "pong"
+
+
+class ThrottledSink(RecordingSink):
+    """A sink whose ``admit()`` answers ``admitting`` (a runtime that cannot keep up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admitting = True
+        self.asked = 0
+
+    def admit(self) -> bool:
+        self.asked += 1
+        return self.admitting

@@ -26,7 +26,7 @@ from runtime._children import MAX_CHILD_KEYS, Children
 from runtime.lowlevel import ActorNursery, ConfigSync, open_actor_nursery
 from runtime.testing import RecordingSink
 
-from .helpers import VENDOR_TIME, Gateway, wait_until
+from .helpers import VENDOR_TIME, Gateway, ThrottledSink, wait_until
 
 
 def child_events(sink: RecordingSink, device_id: str) -> list[str]:
@@ -303,13 +303,7 @@ class Hub(DeviceActor[RuntimeConfig]):
 async def test_children_are_not_called_offline_while_the_gateways_polls_are_put_off(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    class FullSink(RecordingSink):
-        admitting = True
-
-        def admit(self) -> bool:
-            return self.admitting
-
-    sink = FullSink()
+    sink = ThrottledSink()
     async with open_actor_nursery(sink) as actors:
         sup = actors.spawn(Hub, {"id": "hub"})  # window max(3 x 10 s, 60 s) = 60 s
         await wait_until(lambda: sup.child("c1") is not None)

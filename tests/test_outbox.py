@@ -8,7 +8,7 @@ import json
 import random
 import sqlite3
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,21 @@ def appended(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr("runtime._spool.Spool.commit", counting)
     return counts
+
+
+@pytest.fixture
+def slow_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Call with ``seconds``: from then on each spool transaction takes that much longer."""
+    commit = runtime._spool.Spool.commit
+
+    def slow_by(seconds: float) -> None:
+        async def slow(self: Any, *args: Any, **kwargs: Any) -> Any:
+            await trio.sleep(seconds)
+            return await commit(self, *args, **kwargs)
+
+        monkeypatch.setattr("runtime._spool.Spool.commit", slow)
+
+    return slow_by
 
 
 async def test_delivers_telemetry_in_the_contract_shape(
@@ -673,17 +688,12 @@ async def test_write_behind_keeps_its_window_while_a_backlog_waits(
     spool_path: Path,
     autojump_clock: trio.abc.Clock,
     monkeypatch: pytest.MonkeyPatch,
+    slow_disk: Callable[[float], None],
 ) -> None:
     # Past capacity more than a transaction's worth always waits for the writer; what has
     # waited on a lane for memory_window still goes to disk with every commit.
     monkeypatch.setattr("runtime._outbox.COMMIT_ROWS", 5)
-    commit = runtime._spool.Spool.commit
-
-    async def slow(self: Any, *args: Any, **kwargs: Any) -> Any:
-        await trio.sleep(0.2)  # a disk that takes 200 ms a transaction
-        return await commit(self, *args, **kwargs)
-
-    monkeypatch.setattr("runtime._spool.Spool.commit", slow)
+    slow_disk(0.2)  # a disk that takes 200 ms a transaction
     core.delay = 3.0
     async with open_outbox(
         client, spool_path=spool_path, settings=OutboxSettings(memory_limit=8)
@@ -714,17 +724,11 @@ async def test_polls_are_put_off_while_half_the_spill_limit_waits_for_the_writer
     client: CoreClient,
     spool_path: Path,
     autojump_clock: trio.abc.Clock,
-    monkeypatch: pytest.MonkeyPatch,
+    slow_disk: Callable[[float], None],
 ) -> None:
     # Making a reading the writer cannot take costs the core it needs; one dropped at
     # spill_limit is lost after it was made. So past half the limit, polls wait.
-    commit = runtime._spool.Spool.commit
-
-    async def slow(self: Any, *args: Any, **kwargs: Any) -> Any:
-        await trio.sleep(1.0)  # a writer that takes a second a transaction
-        return await commit(self, *args, **kwargs)
-
-    monkeypatch.setattr("runtime._spool.Spool.commit", slow)
+    slow_disk(1.0)  # a writer that takes a second a transaction
     core.status = 503
     settings = OutboxSettings(spill_limit=40)
     async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:

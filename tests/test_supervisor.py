@@ -39,7 +39,7 @@ from runtime.lowlevel import (
 )
 from runtime.testing import RecordingSink
 
-from .helpers import PatientProbe, Probe, TopRandom, attempt, wait_until
+from .helpers import PatientProbe, Probe, ThrottledSink, TopRandom, attempt, wait_until
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -863,15 +863,7 @@ async def test_callers_that_gave_up_do_not_keep_new_ones_out(
 async def test_polls_wait_while_the_sink_cannot_keep_up_and_commands_are_served(
     autojump_clock: Any,
 ) -> None:
-    class FullSink(RecordingSink):
-        admitting = True
-        asked = 0
-
-        def admit(self) -> bool:
-            self.asked += 1
-            return self.admitting
-
-    sink = FullSink()
+    sink = ThrottledSink()
     async with open_actor_nursery(sink) as actors:
         sup = actors.spawn(Probe, {"id": "p"})  # polls at 1 Hz
         await wait_until(lambda: len(sup.actor.times("poll")) >= 3)
@@ -892,13 +884,7 @@ async def test_polls_wait_while_the_sink_cannot_keep_up_and_commands_are_served(
 async def test_polls_put_off_together_go_back_to_their_own_ticks(autojump_clock: Any) -> None:
     # Released at once, a fleet must not poll in lockstep from then on: each goes back to
     # its own tick, and the ticks it missed count as overruns.
-    class FullSink(RecordingSink):
-        admitting = True
-
-        def admit(self) -> bool:
-            return self.admitting
-
-    sink = FullSink()
+    sink = ThrottledSink()
     interval = 10.0
     async with open_actor_nursery(sink) as actors:
         sups = [
