@@ -320,8 +320,8 @@ class CoreLane:
     """One sender's way to Core for telemetry and events: ``post()`` a batch, in order.
 
     Over plain ``http://`` with ``H11Transport`` (the default) the lane has a keep-alive
-    connection of its own (``_transport.Pipeline``): each batch is written with one
-    ``send_all`` from request heads built once per auth change, and Core's small 2xx
+    connection of its own (``_transport.Pipeline``): each batch is written at once from
+    request heads built once per auth change, and Core's small 2xx
     answers are parsed without h11 (anything unusual still goes through h11). Otherwise
     (https, a custom transport) each item is one ``CoreClient`` request, as before.
 

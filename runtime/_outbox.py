@@ -141,7 +141,7 @@ LANE_FLOOR = 256
 #: dozen waits for the GIL, and small ones could not keep up: readings were dropped.
 COMMIT_ROWS = 8192
 #: At most this many bytes of bodies go out in one pipelined write.
-PIPELINE_BYTES = 64 * 1024
+PIPELINE_BYTES = 1024 * 1024
 #: A lane writes several items at once only once more than this many wait on it: it has
 #: fallen behind. Below, one request per write costs little, and a Core that stops
 #: answering mid-write cuts off one request rather than a batch (whose later requests it
@@ -227,14 +227,14 @@ class OutboxSettings:
     backlog_age_limit: float = attrs.field(default=30.0, validator=_positive)
     """``/health`` says degraded (``delivery_backlog``) while the oldest undelivered item
     is older than this many seconds."""
-    pipeline: int = attrs.field(default=128, validator=_positive)
+    pipeline: int = attrs.field(default=1024, validator=_positive)
     """Requests a lane writes at once on its connection (HTTP/1.1 pipelining) while Core
     answers; at most one per device, so a failed item never lets a later one of the same
-    device through. 1 turns pipelining off. Deep, because a lane writes once per turn of
-    the event loop, and past capacity a turn is long: devices make readings in it too.
-    Not deeper: a batch is written whole before its answers are read, and a server that
-    stops reading while its answers wait to be sent (most do) would wait on the lane
-    while the lane waits on it (1,024 of ~400-byte answers did, docs/benchmarks.md)."""
+    device through. 1 turns pipelining off. Deep, because a lane exchanges once every few
+    turns of the event loop, and past capacity a turn is long (devices make readings in it
+    too, as many as came due since the last): what a lane may send in one exchange bounds
+    the rate. Below capacity a write holds only what came since the last one. A large
+    batch is read while it is written, so its answers need not fit in socket buffers."""
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     """How long leaving ``open_outbox`` may take to write what is in memory to the spool."""
 

@@ -224,6 +224,13 @@ Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 #: Answers larger than this, or with an unusual framing, are read with h11, not parsed here.
 SIMPLE_BODY_MAX = 64 * 1024
 SIMPLE_HEAD_MAX = 8 * 1024
+#: A batch larger than this is written while its answers are read (``_write_while_reading``).
+#: Smaller, it fits in the smallest send buffer Linux gives a socket (``tcp_wmem``'s default,
+#: 16 KiB), so writing it never waits on the server: one ``send_all``, no task.
+SOLO_WRITE = 16 * 1024
+#: The write of a larger batch is cut in pieces this large; each that is out pushes the
+#: caller's deadline (``progress``).
+WRITE_PIECE = 64 * 1024
 _CONTENT_LENGTH = b"\r\ncontent-length:"
 _HEADERS: list[tuple[bytes, bytes]] = []  # what a plainly parsed 2xx answer hands on
 
@@ -246,11 +253,12 @@ class PipelineBroken(Exception):
 class Pipeline:
     """One keep-alive HTTP/1.1 connection to ``host:port`` owned by one sender (a lane).
 
-    ``exchange()`` writes a batch of ready-made requests with one ``send_all`` and reads
-    their answers in order (HTTP/1.1 pipelining: a server answers a connection's requests
-    in the order they came). The common answer, a small 2xx with a ``Content-Length``, is
-    parsed here in a few microseconds; anything else (another status, chunked, large, a
-    1xx, a malformed head) is read by h11 exactly as ``H11Transport`` would. No timeouts
+    ``exchange()`` writes a batch of ready-made requests and reads their answers in order
+    (HTTP/1.1 pipelining: a server answers a connection's requests in the order they
+    came); a small batch with one ``send_all``, a large one while its answers are read.
+    The common answer, a small 2xx with a ``Content-Length``, is parsed here in a few
+    microseconds; anything else (another status, chunked, large, a 1xx, a malformed
+    head) is read by h11 exactly as ``H11Transport`` would. No timeouts
     of its own: the caller bounds each exchange (the outbox's lane holds one long-lived
     deadline, docs/design.md), and ``answers`` says what had arrived when it fired.
 
@@ -295,6 +303,8 @@ class Pipeline:
             stream = await self._connect()
         else:
             self._reused = True
+        if len(data) > SOLO_WRITE:
+            return await self._write_while_reading(stream, data, want)
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -307,29 +317,74 @@ class Pipeline:
             # those answers to the next batch as its own.
             await self.close()
             raise
+        return await self._read(stream, want)
+
+    async def _write_while_reading(
+        self, stream: trio.SocketStream, data: bytes, want: int
+    ) -> list[Answer]:
+        """A batch larger than ``SOLO_WRITE``: written by a task of its own, in pieces,
+        while this one reads the answers. Written whole before reading, it deadlocks with
+        a server that stops reading while its answers wait to be sent (most do) once the
+        answers outgrow the two sockets' buffers; and a write that makes headway pushes
+        the caller's deadline as answers do."""
+        written = False
+
+        async def write() -> None:
+            nonlocal written
+            view = memoryview(data)
+            try:
+                for at in range(0, len(data), WRITE_PIECE):
+                    await stream.send_all(view[at : at + WRITE_PIECE])
+                    if self.progress is not None:
+                        self.progress()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return  # the reader finds the connection's end and says what came before
+            written = True
+
+        broken: PipelineBroken | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            try:
+                answers = await self._read(stream, want)
+            except PipelineBroken as exc:
+                broken = exc
+            nursery.cancel_scope.cancel()
+        if broken is not None:
+            raise broken
+        if not written:
+            # Every answer came before the batch was all out: what is left of it would
+            # make the connection's next answers wrong.
+            await self.close()
+        return answers
+
+    async def _read(self, stream: trio.SocketStream, want: int) -> list[Answer]:
+        """Read answers on ``self.answers`` until it holds ``want``. A buffer of many
+        answers is parsed by offset: cutting the rest off after each would copy it."""
         answers = self.answers
         buffer = self._buffer
+        at = 0
         try:
             while True:
                 while len(answers) < want:
-                    parsed = _parse_simple(buffer)
+                    parsed = _parse_simple(buffer, at)
                     if parsed is None:
                         break
                     if parsed is _UNUSUAL:
-                        answer, buffer, closing = await self._read_with_h11(stream, buffer)
+                        answer, buffer, closing = await self._read_with_h11(stream, buffer[at:])
+                        at = 0
                     else:
-                        status, start, end, closing = parsed  # type: ignore[misc]
-                        answer = (status, _HEADERS, buffer[start:end])
-                        buffer = buffer[end:]
+                        status, start, at, closing = parsed  # type: ignore[misc]
+                        answer = (status, _HEADERS, buffer[start:at])
                     answers.append(answer)
-                    self.started = bool(buffer)
+                    self.started = at < len(buffer)
                     if closing:
                         await self._closing(len(answers) < want)
                         return answers
                 if len(answers) == want:
-                    self._buffer = buffer
+                    self._buffer = buffer[at:]
                     return answers
-                buffer += await self._receive(stream, bool(buffer))
+                buffer = buffer[at:] + await self._receive(stream, at < len(buffer))
+                at = 0
                 self.started = True
                 if self.progress is not None:
                     self.progress()
@@ -426,33 +481,35 @@ class _Unusual:
 _UNUSUAL = _Unusual()
 
 
-def _parse_simple(buffer: bytes) -> tuple[int, int, int, bool] | _Unusual | None:
-    """A whole plain answer at the start of ``buffer``: ``(status, body start, body end,
-    closing)``; None if more bytes are needed; ``_UNUSUAL`` unless it is a 2xx with one
-    ``Content-Length`` of at most ``SIMPLE_BODY_MAX`` and no ``Transfer-Encoding``."""
-    end = buffer.find(b"\r\n\r\n")
+def _parse_simple(buffer: bytes, at: int = 0) -> tuple[int, int, int, bool] | _Unusual | None:
+    """A whole plain answer at ``buffer[at:]``: ``(status, body start, body end,
+    closing)``, offsets into ``buffer``; None if more bytes are needed; ``_UNUSUAL`` unless
+    it is a 2xx with one ``Content-Length`` of at most ``SIMPLE_BODY_MAX`` and no
+    ``Transfer-Encoding``."""
+    end = buffer.find(b"\r\n\r\n", at)
     if end < 0:
-        return _UNUSUAL if len(buffer) > SIMPLE_HEAD_MAX else None
-    if not buffer.startswith(b"HTTP/1.1 2") or end > SIMPLE_HEAD_MAX:
+        return _UNUSUAL if len(buffer) - at > SIMPLE_HEAD_MAX else None
+    if not buffer.startswith(b"HTTP/1.1 2", at) or end - at > SIMPLE_HEAD_MAX:
         return _UNUSUAL
-    code = buffer[9:12]
-    if not code.isdigit() or buffer[12:13] not in (b" ", b"\r"):
+    code = buffer[at + 9 : at + 12]
+    if not code.isdigit() or buffer[at + 12 : at + 13] not in (b" ", b"\r"):
         return _UNUSUAL
-    head = buffer[:end].lower()
-    at = head.find(_CONTENT_LENGTH)
-    if at < 0 or b"transfer-encoding" in head or head.find(_CONTENT_LENGTH, at + 1) >= 0:
+    head = buffer[at:end].lower()
+    end -= at
+    found = head.find(_CONTENT_LENGTH)
+    if found < 0 or b"transfer-encoding" in head or head.find(_CONTENT_LENGTH, found + 1) >= 0:
         return _UNUSUAL
-    line_end = head.find(b"\r\n", at + 2)
-    value = head[at + len(_CONTENT_LENGTH) : end if line_end < 0 else line_end].strip()
+    line_end = head.find(b"\r\n", found + 2)
+    value = head[found + len(_CONTENT_LENGTH) : end if line_end < 0 else line_end].strip()
     if not value.isdigit() or len(value) > 6 or int(value) > SIMPLE_BODY_MAX:
         return _UNUSUAL
-    start = end + 4
+    start = at + end + 4
     stop = start + int(value)
     if len(buffer) < stop:
         return None
     closing = False
     if b"\r\nconnection:" in head:
-        at = head.find(b"\r\nconnection:")
-        line_end = head.find(b"\r\n", at + 2)
-        closing = b"close" in head[at : end if line_end < 0 else line_end]
+        found = head.find(b"\r\nconnection:")
+        line_end = head.find(b"\r\n", found + 2)
+        closing = b"close" in head[found : end if line_end < 0 else line_end]
     return int(code), start, stop, closing

@@ -216,6 +216,86 @@ async def test_a_write_cut_off_by_the_deadline_never_reuses_the_connection(
     assert connections == 2
 
 
+async def test_a_batch_whose_answers_outgrow_the_socket_buffers_is_read_while_written(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # Like most servers, this one reads a request, writes its answer whole, then reads on.
+    # A batch written whole before any answer is read would wait on it while it waits on
+    # the lane (about 1 MB of requests, 8 MB of answers: far past the buffers).
+    connections = 0
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: 8192\r\n\r\n" + b"x" * 8192
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        data = b""
+        while True:
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                head = data[:end].lower()
+                length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(data) >= end + 4 + length:
+                    data = data[end + 4 + length :]
+                    await stream.send_all(answer)
+                    continue
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+
+    url = await raw_server(nursery, handler)
+    items = [(False, b'{"n":%d,"pad":"%s"}' % (n, b"p" * 1000)) for n in range(1000)]
+    async with CoreClient(url, container_id="c-1", timeout=2.0) as client, client.lane() as lane:
+        with trio.fail_after(60):
+            results = await post(lane, items)
+            assert results == [None] * 1000
+            assert await post(lane, items[:3]) == [None] * 3  # the connection is still good
+    assert connections == 1
+
+
+async def test_a_large_batch_cut_off_by_the_server_keeps_the_answers_that_came(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await requests_in(stream, 10)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}" * 10)
+        await stream.aclose()
+
+    url = await raw_server(nursery, handler)
+    items = [(False, b'{"n":%d,"pad":"%s"}' % (n, b"p" * 1000)) for n in range(1000)]
+    async with CoreClient(url, container_id="c-1", timeout=2.0) as client, client.lane() as lane:
+        with trio.fail_after(60):
+            results = await post(lane, items)
+    assert results[:10] == [None] * 10
+    assert len(results) == 11 and isinstance(results[10], CoreUnavailable)
+
+
+async def test_answers_that_come_before_the_batch_is_all_written_close_the_connection(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # The rest of the batch would reach the server after it answered: never reuse that.
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            await stream.receive_some(1)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}" * 1000)
+            await trio.sleep_forever()
+        await requests_in(stream, 1)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await trio.sleep_forever()
+
+    url = await raw_server(nursery, handler)
+    items = [(False, b'{"n":%d,"pad":"%s"}' % (n, b"p" * 32_000)) for n in range(1000)]
+    async with CoreClient(url, container_id="c-1", timeout=2.0) as client, client.lane() as lane:
+        with trio.fail_after(60):
+            assert await post(lane, items) == [None] * 1000
+            assert await post(lane, [body(1)]) == [None]
+    assert connections == 2
+
+
 @pytest.mark.parametrize(
     ("answers", "expected"),
     [
@@ -383,9 +463,9 @@ class WordyCore(FakeCore):
 async def test_a_full_batch_of_wordy_answers_never_deadlocks_the_lane(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    # A batch is written whole before its answers are read, and this server, like most,
-    # stops reading while an answer waits to be sent. The default depth must leave room
-    # in the socket buffers for the answers (1,024 did not: every batch timed out).
+    # This server, like most, stops reading while an answer waits to be sent. Written
+    # whole before its answers were read, a batch at the default depth (1,024) deadlocked
+    # on it: every one timed out.
     core = WordyCore(token=TOKEN)
     async with trio.open_nursery() as nursery:
         await nursery.start(core.serve)
