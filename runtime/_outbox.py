@@ -140,6 +140,13 @@ LANE_FLOOR = 256
 #: the trio thread (and the lanes) as long; but past capacity each commit also costs a
 #: dozen waits for the GIL, and small ones could not keep up: readings were dropped.
 COMMIT_ROWS = 8192
+#: While Core answers, scheduled polls wait once more items than this wait for the spool's
+#: writer (``Outbox.admit``). The writer lags only when the process is past capacity (at
+#: this depth its commits take milliseconds), and then each reading made to be spilled
+#: costs the core the lanes need: at 25,000 (half ``spill_limit``, the rule while Core is
+#: down) the rate delivered fell to a fifth of capacity at 2.4 times it, at 512 it held
+#: (docs/benchmarks.md, "Past capacity, fourth round").
+DEFER_AFTER = 512
 #: At most this many bytes of bodies go out in one pipelined write.
 PIPELINE_BYTES = 1024 * 1024
 #: A lane writes several items at once only once more than this many wait on it: it has
@@ -546,12 +553,21 @@ class Outbox:
                 self._enqueue(item, lane)
 
     def admit(self) -> bool:
-        """Whether a scheduled poll may run now: not while half of ``spill_limit`` waits
-        for the spool's writer (counted in ``deferred``). Past capacity every reading
-        made costs the core the lanes and the writer need; a poll put off costs one
-        sample, where a reading dropped at ``spill_limit`` would be lost after it was
-        made. While the disk fails, polls go on: waiting would not bring it back."""
-        if len(self._pending) < self._defer_at or self._spool_failing is not None:
+        """Whether a scheduled poll may run now (each refusal counts in ``deferred``).
+
+        Not while Core answers and more than ``DEFER_AFTER`` items wait for the spool's
+        writer: the lanes are past capacity, and every reading made now costs the core
+        they need (made, spilled, read back), where a poll put off costs one sample.
+        While Core does not answer the spool is the only way on and the lanes cost
+        nothing, so polls wait only from half of ``spill_limit``, where a reading
+        dropped at the limit would be lost after it was made. While the disk fails,
+        polls go on: waiting would not bring it back."""
+        if self._spool_failing is not None:
+            return True
+        limit = self._defer_at
+        if self._link.state == "up":
+            limit = min(limit, DEFER_AFTER)
+        if len(self._pending) < limit:
             return True
         self.deferred += 1
         return False

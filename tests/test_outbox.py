@@ -744,3 +744,41 @@ async def test_polls_are_put_off_while_half_the_spill_limit_waits_for_the_writer
         await wait_until(outbox.admit)  # the writer took them all (each check counts)
         await wait_until(lambda: outbox.stats().spool_depth == 21)
         assert outbox.stats().dropped == 0
+
+
+async def test_while_core_answers_polls_wait_once_a_few_hundred_items_wait_for_the_writer(
+    core: FakeCore,
+    client: CoreClient,
+    spool_path: Path,
+    autojump_clock: trio.abc.Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    slow_disk: Callable[[float], None],
+) -> None:
+    # With Core answering, an overflow the writer cannot take at once means the lanes are
+    # past capacity, and each reading made to be spilled costs the core they need. With
+    # Core down the spool is the only way on: polls wait only from half of spill_limit.
+    monkeypatch.setattr("runtime._outbox.DEFER_AFTER", 10)
+    slow_disk(1.0)
+    core.status = 503
+    async with open_outbox(
+        client, spool_path=spool_path, settings=OutboxSettings(memory_limit=8)
+    ) as outbox:
+        outbox.telemetry(record(0, 0))
+        await wait_until(lambda: outbox.stats().link.state == "down")
+        for n in range(1, 30):
+            outbox.telemetry(record(n, n))
+        assert len(outbox._pending) > 10
+        assert outbox.admit(), "Core down: the spool is the only way on"
+        core.status = 200
+        with trio.fail_after(600):
+            await outbox.wait_settled()
+        for n in range(30):  # 8 fit in memory, the rest overflow
+            outbox.telemetry(record(n, 100 + n))
+        assert outbox.stats().link.state == "up"
+        assert not outbox.admit()
+        assert outbox.stats().deferred == 1
+        await wait_until(outbox.admit)
+        with trio.fail_after(600):
+            await outbox.wait_settled()
+        stats = outbox.stats()
+    assert (stats.delivered, stats.dropped) == (60, 0)
