@@ -18,6 +18,7 @@ server may have closed the idle socket, and Core recognises redelivered payloads
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -224,11 +225,11 @@ Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 #: Answers larger than this, or with an unusual framing, are read with h11, not parsed here.
 SIMPLE_BODY_MAX = 64 * 1024
 SIMPLE_HEAD_MAX = 8 * 1024
-#: A batch larger than this is written while its answers are read (``_write_while_reading``).
-#: Smaller, it fits in the smallest send buffer Linux gives a socket (``tcp_wmem``'s default,
-#: 16 KiB), so writing it never waits on the server: one ``send_all``, no task.
-SOLO_WRITE = 16 * 1024
-#: The write of a larger batch is cut in pieces this large; each that is out pushes the
+#: How long the answers to a batch the socket could not take at once wait for its write
+#: to end before they are read as they come (so a server that stops reading while its
+#: answers back up waits this long).
+READ_PATIENCE = 0.05
+#: The rest of such a batch is written in pieces this large; each that is out pushes the
 #: caller's deadline (``progress``).
 WRITE_PIECE = 64 * 1024
 _CONTENT_LENGTH = b"\r\ncontent-length:"
@@ -255,7 +256,7 @@ class Pipeline:
 
     ``exchange()`` writes a batch of ready-made requests and reads their answers in order
     (HTTP/1.1 pipelining: a server answers a connection's requests in the order they
-    came); a small batch with one ``send_all``, a large one while its answers are read.
+    came); what the socket cannot take at once is written while the answers are read.
     The common answer, a small 2xx with a ``Content-Length``, is parsed here in a few
     microseconds; anything else (another status, chunked, large, a 1xx, a malformed
     head) is read by h11 exactly as ``H11Transport`` would. No timeouts
@@ -303,51 +304,59 @@ class Pipeline:
             stream = await self._connect()
         else:
             self._reused = True
-        if len(data) > SOLO_WRITE:
-            return await self._write_while_reading(stream, data, want)
+        # What the socket takes at once goes out without a task or a wait (its file is
+        # non-blocking, as trio keeps every socket); most batches go out whole this way.
+        view = memoryview(data)
+        sent = 0
         try:
-            await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            while sent < len(view):
+                sent += os.write(stream.socket.fileno(), view[sent:])
+        except BlockingIOError:
+            return await self._write_while_reading(stream, view[sent:], want)
+        except OSError as exc:
             await self.close()
             error = httpx.WriteError(f"Core closed the connection: {exc}")
             raise PipelineBroken([], error, False) from None
-        except BaseException:
-            # Cancelled mid-write (the caller's deadline): part of a request may be out,
-            # and answers to earlier ones unread. Reused, the connection would hand
-            # those answers to the next batch as its own.
-            await self.close()
-            raise
         return await self._read(stream, want)
 
     async def _write_while_reading(
-        self, stream: trio.SocketStream, data: bytes, want: int
+        self, stream: trio.SocketStream, data: memoryview, want: int
     ) -> list[Answer]:
-        """A batch larger than ``SOLO_WRITE``: written by a task of its own, in pieces,
-        while this one reads the answers. Written whole before reading, it deadlocks with
-        a server that stops reading while its answers wait to be sent (most do) once the
-        answers outgrow the two sockets' buffers; and a write that makes headway pushes
-        the caller's deadline as answers do."""
+        """The rest of a batch the socket could not take at once: written by a task of
+        its own, in pieces, while this one reads the answers. Written whole before
+        reading, it deadlocks with a server that stops reading while its answers wait to
+        be sent (most do) once the answers outgrow the two sockets' buffers; and a write
+        that makes headway pushes the caller's deadline as answers do. The reader waits
+        up to ``READ_PATIENCE`` for the write to end first: answers read as they trickle
+        in cost a wake-up each."""
         written = False
+        ended = trio.Event()
 
         async def write() -> None:
             nonlocal written
-            view = memoryview(data)
             try:
                 for at in range(0, len(data), WRITE_PIECE):
-                    await stream.send_all(view[at : at + WRITE_PIECE])
+                    await stream.send_all(data[at : at + WRITE_PIECE])
                     if self.progress is not None:
                         self.progress()
+                written = True
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return  # the reader finds the connection's end and says what came before
-            written = True
+                pass  # the reader finds the connection's end and says what came before
+            finally:
+                ended.set()
 
         broken: PipelineBroken | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(write)
             try:
+                with trio.move_on_after(READ_PATIENCE):
+                    await ended.wait()
                 answers = await self._read(stream, want)
             except PipelineBroken as exc:
                 broken = exc
+            except BaseException:
+                await self.close()  # cancelled while waiting for the write: never reuse it
+                raise
             nursery.cancel_scope.cancel()
         if broken is not None:
             raise broken

@@ -17,7 +17,7 @@ import trio
 
 from runtime import DeviceIdentity, Reading
 from runtime._core import CoreLane
-from runtime._transport import _UNUSUAL, _parse_simple
+from runtime._transport import _UNUSUAL, READ_PATIENCE, _parse_simple
 from runtime.delivery import (
     CoreAuthRejected,
     CoreClient,
@@ -191,11 +191,16 @@ async def requests_in(stream: trio.SocketStream, count: int) -> bytes:
     return data
 
 
+@pytest.mark.parametrize("patience", [READ_PATIENCE, 10.0])  # cut off reading, or waiting
 async def test_a_write_cut_off_by_the_deadline_never_reuses_the_connection(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    patience: float,
 ) -> None:
     # A Core that stops reading: the write blocks and the guard cancels it mid-request.
     # Kept open, the connection would hand answers to that batch to the next one.
+    monkeypatch.setattr("runtime._transport.READ_PATIENCE", patience)
     connections = 0
 
     async def handler(stream: trio.SocketStream) -> None:
