@@ -455,7 +455,7 @@ def _status_error(method: str, path: str, response: httpx.Response, token: str |
     if status == 404:
         return CoreRouteNotFound(f"{where}: route not found on this Core", status=status)
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    if status == 429 or status >= 500:
+    if status in (408, 429) or status >= 500:  # 408: Core gave up waiting for the request
         return CoreServerError(where, status=status, retry_after=retry_after)
     if status == 413:  # terminal: the same body will never fit
         return CorePayloadTooLarge(f"{where}: payload too large", status=status)

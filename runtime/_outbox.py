@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import time
@@ -140,13 +141,14 @@ LANE_FLOOR = 256
 #: the trio thread (and the lanes) as long; but past capacity each commit also costs a
 #: dozen waits for the GIL, and small ones could not keep up: readings were dropped.
 COMMIT_ROWS = 8192
-#: While Core answers, scheduled polls wait once more items than this wait for the spool's
-#: writer (``Outbox.admit``). The writer lags only when the process is past capacity (at
-#: this depth its commits take milliseconds), and then each reading made to be spilled
-#: costs the core the lanes need: at 25,000 (half ``spill_limit``, the rule while Core is
-#: down) the rate delivered fell to a fifth of capacity at 2.4 times it, at 512 it held
-#: (docs/benchmarks.md, "Past capacity, fourth round").
+#: Past capacity (the lanes overflowed to the spool in the last ``PAST_CAPACITY_FOR``
+#: seconds), scheduled polls wait once more items than this wait for the spool's writer
+#: (``Outbox.admit``): each reading made to be spilled costs the core the lanes need. At
+#: 25,000 (half ``spill_limit``, the rule otherwise) the rate delivered fell to a fifth of
+#: capacity at 2.4 times it; at 512 it held (docs/benchmarks.md, "Past capacity, fourth
+#: round").
 DEFER_AFTER = 512
+PAST_CAPACITY_FOR = 1.0
 #: At most this many bytes of bodies go out in one pipelined write.
 PIPELINE_BYTES = 1024 * 1024
 #: A lane writes several items at once only once more than this many wait on it: it has
@@ -435,6 +437,7 @@ class Outbox:
         self._lane_count = len(self._lanes)
         self._queue_wait = settings.queue_wait
         self._defer_at = max(1, settings.spill_limit // 2)
+        self._overflowed_at = -math.inf
         self._ids = IdSource()
         self._committing = False
         self._spool_lock = trio.Lock()
@@ -555,19 +558,20 @@ class Outbox:
     def admit(self) -> bool:
         """Whether a scheduled poll may run now (each refusal counts in ``deferred``).
 
-        Not while Core answers and more than ``DEFER_AFTER`` items wait for the spool's
-        writer: the lanes are past capacity, and every reading made now costs the core
-        they need (made, spilled, read back), where a poll put off costs one sample.
-        While Core does not answer the spool is the only way on and the lanes cost
-        nothing, so polls wait only from half of ``spill_limit``, where a reading
-        dropped at the limit would be lost after it was made. While the disk fails,
+        Not past capacity (the lanes overflowed in the last ``PAST_CAPACITY_FOR``
+        seconds, which happens only while Core answers) with more than ``DEFER_AFTER``
+        items waiting for the spool's writer: every reading made now costs the core the
+        lanes need (made, spilled, read back), where a poll put off costs one sample.
+        Otherwise (Core down, ``write_ahead``, a device's older items still on disk) the
+        spool is the way on, and polls wait only from half of ``spill_limit``, where a
+        reading would be dropped at the limit after it was made. While the disk fails,
         polls go on: waiting would not bring it back."""
         if self._spool_failing is not None:
             return True
-        limit = self._defer_at
-        if self._link.state == "up":
-            limit = min(limit, DEFER_AFTER)
-        if len(self._pending) < limit:
+        waiting = len(self._pending)
+        if waiting < self._defer_at and (
+            waiting < DEFER_AFTER or trio.current_time() - self._overflowed_at >= PAST_CAPACITY_FOR
+        ):
             return True
         self.deferred += 1
         return False
@@ -608,6 +612,8 @@ class Outbox:
         than sending it, so past capacity the rate would fall instead of holding."""
         if not overflow or item.kind & EVENT:
             self._held[item.lane_key] = item.seq
+        if overflow:
+            self._overflowed_at = trio.current_time()
         pending = self._pending
         failing = self._spool_failing is not None
         cap = self._limit if failing else self.settings.spill_limit

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import select
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -273,6 +274,7 @@ class Pipeline:
         self._stream: trio.SocketStream | None = None
         self._buffer = b""
         self._reused = False
+        self._poll = select.poll()  # the connection's own, registered on connect
         self.answers: list[Answer] = []
         """Answers of the batch in flight (or the last one) so far, in request order."""
         self.started = False
@@ -300,12 +302,18 @@ class Pipeline:
 
     async def _exchange(self, data: bytes, want: int) -> list[Answer]:
         stream = self._stream
+        if stream is not None and (self._buffer or self._poll.poll(0)):
+            # Bytes no request of ours asked for (a server's 408 on an idle connection),
+            # or its end: read as the next batch's answers, they would be misbooked.
+            await self.close()
+            stream = None
         if stream is None:
             stream = await self._connect()
         else:
             self._reused = True
         # What the socket takes at once goes out without a task or a wait (its file is
-        # non-blocking, as trio keeps every socket); most batches go out whole this way.
+        # non-blocking, as trio keeps every socket): small batches whole, large ones up to
+        # what trio's TCP_NOTSENT_LOWAT (16 KiB) lets the kernel queue (~140 KB here).
         view = memoryview(data)
         sent = 0
         try:
@@ -346,24 +354,23 @@ class Pipeline:
                 ended.set()
 
         broken: PipelineBroken | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            try:
-                with trio.move_on_after(READ_PATIENCE):
-                    await ended.wait()
-                answers = await self._read(stream, want)
-            except PipelineBroken as exc:
-                broken = exc
-            except BaseException:
-                await self.close()  # cancelled while waiting for the write: never reuse it
-                raise
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write)
+                try:
+                    with trio.move_on_after(READ_PATIENCE):
+                        await ended.wait()
+                    answers = await self._read(stream, want)
+                except PipelineBroken as exc:
+                    broken = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            if not written:
+                # Cut off, or every answer came before the batch was all out: what is
+                # left of it would make the connection's next answers wrong.
+                await self.close()
         if broken is not None:
             raise broken
-        if not written:
-            # Every answer came before the batch was all out: what is left of it would
-            # make the connection's next answers wrong.
-            await self.close()
         return answers
 
     async def _read(self, stream: trio.SocketStream, want: int) -> list[Answer]:
@@ -410,6 +417,8 @@ class Pipeline:
             error = httpx.ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}")
             raise PipelineBroken([], error, False) from None
         self._stream, self._buffer, self._reused = stream, b"", False
+        self._poll = select.poll()
+        self._poll.register(stream.socket.fileno(), select.POLLIN)
         self.connects += 1
         return stream
 
@@ -458,6 +467,8 @@ class Pipeline:
                 raise PipelineBroken(self.answers, error, True) from None
             if event is h11.NEED_DATA:
                 conn.receive_data(await self._receive(stream, True))
+                if self.progress is not None:
+                    self.progress()
             elif isinstance(event, h11.Response):
                 status, headers = event.status_code, list(event.headers)
             elif isinstance(event, h11.Data):

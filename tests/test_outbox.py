@@ -782,3 +782,29 @@ async def test_while_core_answers_polls_wait_once_a_few_hundred_items_wait_for_t
             await outbox.wait_settled()
         stats = outbox.stats()
     assert (stats.delivered, stats.dropped) == (60, 0)
+
+
+async def test_polls_go_on_while_items_wait_for_the_writer_below_capacity(
+    core: FakeCore,
+    client: CoreClient,
+    spool_path: Path,
+    autojump_clock: trio.abc.Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    slow_disk: Callable[[float], None],
+) -> None:
+    # With write_ahead every item waits for the writer first; that is not past capacity.
+    monkeypatch.setattr("runtime._outbox.DEFER_AFTER", 10)
+    slow_disk(1.0)
+    settings = OutboxSettings(durability="write_ahead")
+    async with open_outbox(client, spool_path=spool_path, settings=settings) as outbox:
+        outbox.telemetry(record(0, 0))
+        with trio.fail_after(600):
+            await outbox.wait_settled()
+        assert outbox.stats().link.state == "up"
+        for n in range(30):
+            outbox.telemetry(record(n, n + 1))
+        assert len(outbox._pending) > 10
+        assert outbox.admit() and outbox.stats().deferred == 0
+        with trio.fail_after(600):
+            await outbox.wait_settled()
+        assert outbox.stats().delivered == 31

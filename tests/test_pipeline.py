@@ -301,6 +301,76 @@ async def test_answers_that_come_before_the_batch_is_all_written_close_the_conne
     assert connections == 2
 
 
+async def test_bytes_no_request_asked_for_never_answer_the_next_batch(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # A server's 408 on an idle keep-alive connection would otherwise be read as the first
+    # answer of the next batch, and that item refused for good.
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await requests_in(stream, 1)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        if connections == 1:
+            await trio.sleep(1)
+            await stream.send_all(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+        await trio.sleep_forever()
+
+    url = await raw_server(nursery, handler)
+    async with CoreClient(url, container_id="c-1", timeout=5.0) as client, client.lane() as lane:
+        assert await post(lane, [body(1)]) == [None]
+        await trio.sleep(2)
+        assert await post(lane, [body(2)]) == [None]
+    assert connections == 2
+
+
+async def test_a_408_is_retried_not_refused(nursery: trio.Nursery) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await requests_in(stream, 1)
+        await stream.send_all(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+        await trio.sleep(0.5)
+
+    url = await raw_server(nursery, handler)
+    async with CoreClient(url, container_id="c-1", timeout=5.0) as client, client.lane() as lane:
+        (result,) = await post(lane, [body(1)])
+    assert isinstance(result, CoreServerError) and result.status == 408
+
+
+async def test_a_deadline_after_every_answer_but_before_the_write_ended_closes_it(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # The server answers the whole batch early and stops reading; the lane's deadline
+    # passes (a stalled loop) just as the last answer is parsed, with the write not done.
+    connections = 0
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await stream.receive_some(1)
+        await stream.send_all(ok * 200)
+        await trio.sleep_forever()
+
+    url = await raw_server(nursery, handler)
+    items = [(False, b'{"n":%d,"pad":"%s"}' % (n, b"p" * 32_000)) for n in range(200)]
+    async with CoreClient(url, container_id="c-1", timeout=2.0) as client, client.lane() as lane:
+        pipeline = lane._pipeline
+        assert pipeline is not None
+
+        def stall() -> None:
+            lane.arm()
+            if pipeline._buffer == b"" and lane.guard is not None:
+                lane.guard.deadline = trio.current_time()
+
+        pipeline.progress = stall
+        with trio.fail_after(60):
+            results = await post(lane, items)
+        assert results[:200] == [None] * 200
+        assert pipeline._stream is None, "a half-written connection was kept"
+
+
 @pytest.mark.parametrize(
     ("answers", "expected"),
     [
