@@ -24,7 +24,7 @@
     │   │                           whether the same call may succeed later
     │   ├── CoreUnavailable         connection refused, reset or unresolvable (retryable)
     │   ├── CoreTimeout             Core did not answer in time (retryable)
-    │   ├── CoreServerError         5xx or 429, with Core's Retry-After when given (retryable)
+    │   ├── CoreServerError         5xx, 429 or 408, with Core's Retry-After when given (retryable)
     │   ├── CoreAuthRejected        401/403: not retried until the token changes
     │   ├── CoreRouteNotFound       404: this Core does not serve the route
     │   ├── CoreRejected            another 4xx: Core refused this payload

@@ -308,6 +308,7 @@ class Pipeline:
             await self.close()
             stream = None
         if stream is None:
+            self._reused = False
             stream = await self._connect()
         else:
             self._reused = True
@@ -354,6 +355,7 @@ class Pipeline:
                 ended.set()
 
         broken: PipelineBroken | None = None
+        answered = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write)
@@ -361,13 +363,14 @@ class Pipeline:
                     with trio.move_on_after(READ_PATIENCE):
                         await ended.wait()
                     answers = await self._read(stream, want)
+                    answered = True
                 except PipelineBroken as exc:
                     broken = exc
                 nursery.cancel_scope.cancel()
         finally:
-            if not written:
-                # Cut off, or every answer came before the batch was all out: what is
-                # left of it would make the connection's next answers wrong.
+            if not (written and answered):
+                # Cut off before every answer was read, or every answer came before the
+                # batch was all out: the connection's next answers would be wrong.
                 await self.close()
         if broken is not None:
             raise broken

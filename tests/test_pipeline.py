@@ -5,6 +5,7 @@ h11 for anything else, one long-lived deadline per lane. Real sockets on 127.0.0
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ import trio
 
 from runtime import DeviceIdentity, Reading
 from runtime._core import CoreLane
-from runtime._transport import _UNUSUAL, READ_PATIENCE, _parse_simple
+from runtime._transport import _UNUSUAL, READ_PATIENCE, Pipeline, PipelineBroken, _parse_simple
 from runtime.delivery import (
     CoreAuthRejected,
     CoreClient,
@@ -369,6 +370,86 @@ async def test_a_deadline_after_every_answer_but_before_the_write_ended_closes_i
             results = await post(lane, items)
         assert results[:200] == [None] * 200
         assert pipeline._stream is None, "a half-written connection was kept"
+
+
+async def test_a_deadline_as_the_last_piece_goes_out_never_keeps_the_connection(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The guard fires while the answers wait for the write to end, in the turn its last
+    # piece goes out (a stalled loop): all written, nothing answered yet. Kept, the
+    # connection would hand the late answers (400s here) to the next batch.
+    monkeypatch.setattr("runtime._transport.WRITE_PIECE", 1 << 30)
+
+    def request(n: int, size: int) -> bytes:
+        data = b'{"n":%d,"p":"%s"}' % (n, b"x" * size)
+        return b"POST /t HTTP/1.1\r\nhost: h\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data)
+
+    batch = [request(n, 50_000) for n in range(20)]
+
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            got = 0
+            while got < sum(map(len, batch)):
+                got += len(await stream.receive_some(1 << 20))
+            await trio.sleep(0.2)  # slow to answer
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(b"HTTP/1.1 400 Bad\r\ncontent-length: 2\r\n\r\n{}" * 20)
+        else:
+            await stream.receive_some(1 << 20)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await trio.sleep_forever()
+
+    url = await raw_server(nursery, handler)
+    pipeline = Pipeline("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    with trio.CancelScope() as guard:
+        pipeline.progress = guard.cancel
+        await pipeline.exchange(batch, 20)
+    assert guard.cancelled_caught and pipeline.answers == []
+    pipeline.progress = None
+    try:
+        (answer,) = await pipeline.exchange([request(99, 10)], 1)
+    finally:
+        await pipeline.close()
+    assert answer[0] == 200 and connections == 2
+
+
+async def test_a_refused_reconnect_after_a_dead_idle_connection_is_tried_once(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dead socket is replaced before writing, so the refusal is not a stale socket's.
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    request = b"POST /t HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\n\r\n{}"
+
+    gone = trio.Event()
+
+    async def core_once() -> None:  # answers two requests on one connection, then goes away
+        async with listener, await listener.accept() as stream:
+            for _ in range(2):
+                await stream.receive_some(65536)
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        gone.set()
+
+    nursery.start_soon(core_once)
+    pipeline = Pipeline("127.0.0.1", listener.socket.getsockname()[1])
+    for _ in range(2):  # the second on the kept-alive connection
+        assert [a[0] for a in await pipeline.exchange([request], 1)] == [200]
+    await gone.wait()
+    attempts = 0
+    connect = trio.open_tcp_stream
+
+    async def counted(host: str, port: int) -> trio.SocketStream:
+        nonlocal attempts
+        attempts += 1
+        return await connect(host, port)
+
+    monkeypatch.setattr(trio, "open_tcp_stream", counted)
+    with pytest.raises(PipelineBroken):
+        await pipeline.exchange([request], 1)
+    assert attempts == 1
 
 
 @pytest.mark.parametrize(
