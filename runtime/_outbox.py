@@ -151,11 +151,6 @@ DEFER_AFTER = 512
 PAST_CAPACITY_FOR = 1.0
 #: At most this many bytes of bodies go out in one pipelined write.
 PIPELINE_BYTES = 1024 * 1024
-#: A lane writes several items at once only once more than this many wait on it: it has
-#: fallen behind. Below, one request per write costs little, and a Core that stops
-#: answering mid-write cuts off one request rather than a batch (whose later requests it
-#: may still process after the lane gave up on the connection: sent again, duplicates).
-PIPELINE_AFTER = 8
 
 
 class IdSource:
@@ -861,7 +856,6 @@ class Outbox:
         if (
             pipelined
             and depth > 1
-            and len(queue) > PIPELINE_AFTER
             and not lane.attempt
             and self._link.state == "up"
         ):
