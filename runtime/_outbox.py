@@ -853,12 +853,7 @@ class Outbox:
         first = queue[0]
         batch = [first]
         depth = self.settings.pipeline
-        if (
-            pipelined
-            and depth > 1
-            and not lane.attempt
-            and self._link.state == "up"
-        ):
+        if pipelined and depth > 1 and not lane.attempt and self._link.state == "up":
             keys = {first.lane_key}
             size = len(first.payload)
             for item in itertools.islice(queue, 1, depth):
