@@ -272,7 +272,6 @@ class Pipeline:
         self.host = host
         self.port = port
         self._stream: trio.SocketStream | None = None
-        self._buffer = b""
         self._reused = False
         self._poll = select.poll()  # the connection's own, registered on connect
         self.answers: list[Answer] = []
@@ -302,13 +301,12 @@ class Pipeline:
 
     async def _exchange(self, data: bytes, want: int) -> list[Answer]:
         stream = self._stream
-        if stream is not None and (self._buffer or self._poll.poll(0)):
+        if stream is not None and self._poll.poll(0):
             # Bytes no request of ours asked for (a server's 408 on an idle connection),
             # or its end: read as the next batch's answers, they would be misbooked.
             await self.close()
             stream = None
         if stream is None:
-            self._reused = False
             stream = await self._connect()
         else:
             self._reused = True
@@ -380,7 +378,7 @@ class Pipeline:
         """Read answers on ``self.answers`` until it holds ``want``. A buffer of many
         answers is parsed by offset: cutting the rest off after each would copy it."""
         answers = self.answers
-        buffer = self._buffer
+        buffer = b""
         at = 0
         try:
             while True:
@@ -400,7 +398,8 @@ class Pipeline:
                         await self._closing(len(answers) < want)
                         return answers
                 if len(answers) == want:
-                    self._buffer = buffer[at:]
+                    if at < len(buffer):  # bytes no request asked for: see _exchange
+                        await self.close()
                     return answers
                 buffer = buffer[at:] + await self._receive(stream, at < len(buffer))
                 at = 0
@@ -408,18 +407,18 @@ class Pipeline:
                 if self.progress is not None:
                     self.progress()
         except BaseException:
-            self._buffer = b""
             if len(answers) < want:
                 await self.close()
             raise
 
     async def _connect(self) -> trio.SocketStream:
+        self._reused = False  # also when it fails: a refused connect is no stale socket
         try:
             stream = await trio.open_tcp_stream(self.host, self.port)
         except OSError as exc:
             error = httpx.ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}")
             raise PipelineBroken([], error, False) from None
-        self._stream, self._buffer, self._reused = stream, b"", False
+        self._stream = stream
         self._poll = select.poll()
         self._poll.register(stream.socket.fileno(), select.POLLIN)
         self.connects += 1
@@ -491,7 +490,7 @@ class Pipeline:
                 raise PipelineBroken(self.answers, error, True)
 
     async def close(self) -> None:
-        stream, self._stream, self._buffer = self._stream, None, b""
+        stream, self._stream = self._stream, None
         if stream is not None:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
