@@ -57,6 +57,20 @@ async def client(core: FakeCore) -> AsyncIterator[CoreClient]:
         yield c
 
 
+@pytest.fixture
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of items in each batch a lane posts, in order."""
+    sizes: list[int] = []
+    real_post = CoreLane.post
+
+    async def counting(lane: CoreLane, items: list[tuple[bool, bytes]]) -> list[Any]:
+        sizes.append(len(items))
+        return await real_post(lane, items)
+
+    monkeypatch.setattr(CoreLane, "post", counting)
+    return sizes
+
+
 async def post(lane: CoreLane, items: list[tuple[bool, bytes]]) -> list[Any]:
     """``lane.post`` under a guard of its own, as an outbox lane holds one."""
     with trio.CancelScope() as guard:
@@ -548,18 +562,10 @@ async def test_readings_that_wait_together_go_out_in_one_write(
     client: CoreClient,
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
-    monkeypatch: pytest.MonkeyPatch,
+    batch_sizes: list[int],
 ) -> None:
     # Even at a low rate: a write and a wake-up per request cost a third more CPU a reading
     # at 1,000/s than one write for what came due together (docs/benchmarks.md).
-    sizes: list[int] = []
-    real_post = CoreLane.post
-
-    async def counting(lane: CoreLane, items: list[tuple[bool, bytes]]) -> list[Any]:
-        sizes.append(len(items))
-        return await real_post(lane, items)
-
-    monkeypatch.setattr(CoreLane, "post", counting)
     settings = OutboxSettings(senders=1)
     async with open_outbox(client, spool_path=tmp_path / "spool.db", settings=settings) as ob:
         ob.telemetry(record(0, 0))
@@ -569,7 +575,7 @@ async def test_readings_that_wait_together_go_out_in_one_write(
             ob.telemetry(record(device, 1))
         with trio.fail_after(10):
             await ob.wait_settled()
-    assert sizes == [1, 3]
+    assert batch_sizes == [1, 3]
 
 
 async def test_a_failure_inside_a_batch_never_lets_a_devices_later_item_through(
@@ -577,7 +583,7 @@ async def test_a_failure_inside_a_batch_never_lets_a_devices_later_item_through(
     client: CoreClient,
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
-    monkeypatch: pytest.MonkeyPatch,
+    batch_sizes: list[int],
 ) -> None:
     # d1's fourth reading is refused once with 503; the batches it is in carry other
     # devices' readings, which go through. d1's later readings must not overtake it.
@@ -590,14 +596,6 @@ async def test_a_failure_inside_a_batch_never_lets_a_devices_later_item_through(
         return None
 
     core.answer = answer
-    sizes: list[int] = []
-    real_post = CoreLane.post
-
-    async def counting(lane: CoreLane, items: list[tuple[bool, bytes]]) -> list[Any]:
-        sizes.append(len(items))
-        return await real_post(lane, items)
-
-    monkeypatch.setattr(CoreLane, "post", counting)
     settings = OutboxSettings(senders=1)
     async with open_outbox(client, spool_path=tmp_path / "spool.db", settings=settings) as ob:
         ob.telemetry(record(0, 0))
@@ -615,7 +613,7 @@ async def test_a_failure_inside_a_batch_never_lets_a_devices_later_item_through(
     assert seen == {"d0": list(range(30)), "d1": list(range(1, 30)), "d2": list(range(1, 30))}
     assert failed == {3}
     assert stats.retried == 1
-    assert max(sizes) == 3, "the lane pipelined, one item per device in a batch"
+    assert max(batch_sizes) == 3, "the lane pipelined, one item per device in a batch"
     assert core.connections == 1
 
 
