@@ -557,27 +557,6 @@ def test_the_minimal_parse_takes_only_plain_small_2xx_answers() -> None:
 # -- through the outbox --------------------------------------------------------------------------
 
 
-async def test_readings_that_wait_together_go_out_in_one_write(
-    core: FakeCore,
-    client: CoreClient,
-    tmp_path: Path,
-    autojump_clock: trio.abc.Clock,
-    batch_sizes: list[int],
-) -> None:
-    # Even at a low rate: a write and a wake-up per request cost a third more CPU a reading
-    # at 1,000/s than one write for what came due together (docs/benchmarks.md).
-    settings = OutboxSettings(senders=1)
-    async with open_outbox(client, spool_path=tmp_path / "spool.db", settings=settings) as ob:
-        ob.telemetry(record(0, 0))
-        with trio.fail_after(10):
-            await ob.wait_settled()  # the link is up
-        for device in range(3):
-            ob.telemetry(record(device, 1))
-        with trio.fail_after(10):
-            await ob.wait_settled()
-    assert batch_sizes == [1, 3]
-
-
 async def test_a_failure_inside_a_batch_never_lets_a_devices_later_item_through(
     core: FakeCore,
     client: CoreClient,
